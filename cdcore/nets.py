@@ -1,0 +1,179 @@
+"""VGG-19 style encoders and mirrored decoders, built from one width table.
+
+Encoder k maps an RGB image in [0, 1] (B, 3, H, W) to its relu{k}_1 feature; decoder k maps that
+feature back to an image. Every model family (the VGG-19 teacher, the published 16x students, any
+student made by dividing widths) is a `Widths` value; the layer order below is shared by all.
+State-dict keys are the layer names (`conv11.weight`, `conv41_aux.bias`), so published weights load
+into models built here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# VGG-19 up to conv51: 3x3 conv names in order, "pool" where a 2x2 max-pool (floor) follows.
+LAYERS: tuple[str, ...] = (
+    "conv11", "conv12", "pool",
+    "conv21", "conv22", "pool",
+    "conv31", "conv32", "conv33", "conv34", "pool",
+    "conv41", "conv42", "conv43", "conv44", "pool",
+    "conv51",
+)
+STAGES = (1, 2, 3, 4, 5)
+TEACHER_WIDTHS: Mapping[str, int] = {
+    "conv11": 64, "conv12": 64, "conv21": 128, "conv22": 128,
+    "conv31": 256, "conv32": 256, "conv33": 256, "conv34": 256,
+    "conv41": 512, "conv42": 512, "conv43": 512, "conv44": 512, "conv51": 512,
+}
+
+
+@dataclass(frozen=True)
+class Widths:
+    """Output channels of every conv, plus per-stage exceptions.
+
+    `stage_overrides[k]` replaces widths in encoder/decoder k only (the published stage-1 16x
+    encoder has a 24-wide conv11). `aux` says whether encoders carry the 1x1 `conv{j}1_aux`
+    embeddings to teacher width used by distillation.
+    """
+
+    name: str
+    widths: Mapping[str, int]
+    stage_overrides: Mapping[int, Mapping[str, int]] = field(default_factory=dict)
+    aux: bool = False
+
+    def for_stage(self, k: int) -> dict[str, int]:
+        """Widths of the convs in encoder k, in layer order."""
+        check_stage(k)
+        names = [n for n in LAYERS[: LAYERS.index(f"conv{k}1") + 1] if n != "pool"]
+        merged = {**self.widths, **self.stage_overrides.get(k, {})}
+        return {n: merged[n] for n in names}
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "widths": dict(self.widths), "aux": self.aux,
+                "stage_overrides": {str(k): dict(v) for k, v in self.stage_overrides.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Widths":
+        return cls(d["name"], dict(d["widths"]),
+                   {int(k): dict(v) for k, v in d.get("stage_overrides", {}).items()},
+                   bool(d.get("aux", False)))
+
+
+def student_widths(divisor: int, name: str | None = None) -> Widths:
+    """A student whose every width is the teacher's divided by `divisor` (with aux layers)."""
+    if divisor < 1 or any(w % divisor for w in TEACHER_WIDTHS.values()):
+        raise ValueError(f"width divisor must divide 64 (got {divisor})")
+    widths = {n: w // divisor for n, w in TEACHER_WIDTHS.items()}
+    return Widths(name or f"student_div{divisor}", widths, aux=True)
+
+
+TEACHER = Widths("vgg19", TEACHER_WIDTHS)
+# The published Collaborative Distillation 16x set: a quarter of the channels (1/16 of the
+# parameters), except that the stage-1 encoder keeps 24 filters in conv11.
+CD16X = Widths("cd16x", student_widths(4).widths, {1: {"conv11": 24}}, aux=True)
+FAMILIES = {w.name: w for w in (TEACHER, CD16X)}
+
+
+def check_stage(k: int) -> None:
+    if k not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES} (got {k!r})")
+
+
+def _conv3x3_reflect(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return F.relu(conv(F.pad(x, (1, 1, 1, 1), mode="reflect")), inplace=True)
+
+
+class Encoder(nn.Module):
+    """Encoder k: image (B, 3, H, W) in [0, 1] -> relu{k}_1 feature (B, C_k, H/2^(k-1), W/2^(k-1))."""
+
+    def __init__(self, stage: int, widths: Widths = CD16X):
+        super().__init__()
+        self.stage = stage
+        self.widths = widths
+        convs = widths.for_stage(stage)
+        # conv0 absorbs RGB -> BGR * 255 - ImageNet mean; no ReLU after it.
+        self.conv0 = nn.Conv2d(3, 3, 1)
+        c_in = 3
+        for name, c_out in convs.items():
+            self.add_module(name, nn.Conv2d(c_in, c_out, 3))
+            c_in = c_out
+        if widths.aux:
+            for j in range(1, stage + 1):
+                teacher = TEACHER_WIDTHS[f"conv{j}1"]
+                self.add_module(f"conv{j}1_aux", nn.Conv2d(convs[f"conv{j}1"], teacher, 1))
+        self._plan = LAYERS[: LAYERS.index(f"conv{stage}1") + 1]
+
+    @property
+    def out_channels(self) -> int:
+        return getattr(self, f"conv{self.stage}1").out_channels
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """relu{j}_1 features for j = 1..stage, in order."""
+        out = []
+        x = self.conv0(x)
+        for name in self._plan:
+            if name == "pool":
+                x = F.max_pool2d(x, 2, 2)
+                continue
+            x = _conv3x3_reflect(getattr(self, name), x)
+            if name.endswith("1"):
+                out.append(x)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv0(x)
+        for name in self._plan:
+            x = F.max_pool2d(x, 2, 2) if name == "pool" else _conv3x3_reflect(getattr(self, name), x)
+        return x
+
+    def embed(self, j: int, feature: torch.Tensor) -> torch.Tensor:
+        """The 1x1 linear embedding of the student's relu{j}_1 feature to teacher width."""
+        return getattr(self, f"conv{j}1_aux")(feature)
+
+
+class Decoder(nn.Module):
+    """Decoder k: relu{k}_1 feature -> image (B, 3, H, W); mirrors encoder k (nearest 2x upsampling
+    where the encoder pooled, ReLU after every conv including the last)."""
+
+    def __init__(self, stage: int, widths: Widths = CD16X):
+        super().__init__()
+        self.stage = stage
+        self.widths = widths
+        convs = widths.for_stage(stage)
+        names = list(convs)
+        for i, name in enumerate(names):
+            c_in_encoder = 3 if i == 0 else convs[names[i - 1]]
+            self.add_module(name, nn.Conv2d(convs[name], c_in_encoder, 3))
+        self._plan = tuple(reversed(LAYERS[: LAYERS.index(f"conv{stage}1") + 1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self._plan:
+            if name == "pool":
+                x = F.interpolate(x, scale_factor=2, mode="nearest")
+            else:
+                x = _conv3x3_reflect(getattr(self, name), x)
+        return x
+
+
+def receptive_halo(stage: int) -> int:
+    """Pixels of input context on each side that one output pixel of encoder k, then decoder k,
+    depends on (the receptive-field radius of the pair, in image pixels)."""
+    check_stage(stage)
+    plan = LAYERS[: LAYERS.index(f"conv{stage}1") + 1]
+    radius, scale = 0, 1
+    for name in plan:  # encoder: each 3x3 conv adds one feature pixel, each pool doubles the step
+        if name == "pool":
+            radius += scale  # a 2x2 pool window reaches one more input pixel
+            scale *= 2
+        else:
+            radius += scale
+    for name in reversed(plan):  # decoder mirrors it
+        if name == "pool":
+            scale //= 2
+        else:
+            radius += scale
+    return radius
