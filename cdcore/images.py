@@ -25,9 +25,10 @@ FORMATS = {
     ".tiff": ("TIFF", True, {"compression": "tiff_deflate"}),
     ".webp": ("WEBP", True, {"quality": 95}),
 }
-# Modes Pillow decodes that have a meaningful RGB rendering.
-SUPPORTED_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
-                   "LAB", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+# Modes with a faithful RGB rendering in Pillow. LAB is not among them: Pillow's convert() copies
+# its channels into RGB without a colour transform, which would silently give wrong colours.
+SUPPORTED_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr",
+                   "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
 
 class ImageError(ValueError):
@@ -84,7 +85,7 @@ def decode(data: bytes | io.IOBase, name: str, max_pixels: int = DEFAULT_MAX_PIX
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     alpha = None
-    if img.mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+    if img.mode in ("LA", "PA", "RGBA"):
         alpha = np.array(img.getchannel("A"))
     if img.mode.startswith("I") or img.mode == "F":
         grey = _to_8bit_gray(img)
@@ -135,7 +136,3 @@ def resize_to(picture: Picture, longest_side: int | None) -> Picture:
         alpha = np.array(Image.fromarray(picture.alpha).resize(size, Image.Resampling.LANCZOS))
     return Picture(rgb, alpha)
 
-
-def ensure_parent(path: str | Path) -> None:
-    if storage.is_local(str(path)):
-        storage.local_path(str(path)).parent.mkdir(parents=True, exist_ok=True)

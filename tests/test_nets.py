@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+from cdcore.nets import CD16X, TEACHER, Decoder, Encoder, student_widths
+
+
+def n_params(module, aux=False):
+    return sum(p.numel() for n, p in module.named_parameters() if aux or "_aux" not in n)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("widths", [TEACHER, CD16X, student_widths(8)], ids=lambda w: w.name)
+def test_encoder_decoder_shapes(k, widths):
+    enc, dec = Encoder(k, widths), Decoder(k, widths)
+    x = torch.rand(1, 3, 48, 64)
+    f = enc(x)
+    assert f.shape == (1, widths.for_stage(k)[f"conv{k}1"], 48 >> (k - 1), 64 >> (k - 1))
+    assert dec(f).shape == x.shape
+    feats = enc.features(x)
+    assert len(feats) == k and torch.equal(feats[-1], f)
+
+
+def test_parameter_counts_match_the_design():
+    # DESIGN.md: encoder to relu5_1 12.9M (teacher) vs 0.81M (16x); to relu4_1 3.5M vs 0.22M.
+    assert n_params(Encoder(5, TEACHER)) == pytest.approx(12.9e6, rel=0.02)
+    assert n_params(Encoder(5, CD16X)) == pytest.approx(0.81e6, rel=0.02)
+    assert n_params(Encoder(4, TEACHER)) == pytest.approx(3.5e6, rel=0.02)
+    assert n_params(Encoder(4, CD16X)) == pytest.approx(0.22e6, rel=0.02)
+
+
+def test_published_stage1_override_and_aux_layers():
+    enc = Encoder(1, CD16X)
+    assert enc.conv11.out_channels == 24 and enc.conv11_aux.out_channels == 64
+    assert Encoder(2, CD16X).conv11.out_channels == 16
+    assert not hasattr(Encoder(3, TEACHER), "conv31_aux")
+
+
+def test_bad_arguments_raise_value_error():
+    with pytest.raises(ValueError, match="stage"):
+        Encoder(6)
+    with pytest.raises(ValueError, match="divisor"):
+        student_widths(3)

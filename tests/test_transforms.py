@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from cdcore import transforms as T
+
+
+def reference_wct(fc, fs, alpha):
+    """Textbook WCT in float64 on (C, N) matrices, written independently of the module."""
+    def centre(f):
+        m = f.mean(1, keepdim=True)
+        return f - m, m
+
+    def power(f, p):
+        cov = f @ f.T / (f.shape[1] - 1)
+        e, v = torch.linalg.eigh(cov)
+        return v @ torch.diag(e**p) @ v.T
+
+    cc, mc = centre(fc)
+    cs, ms = centre(fs)
+    out = power(cs, 0.5) @ power(cc, -0.5) @ cc + ms
+    return alpha * out + (1 - alpha) * fc
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.6])
+def test_affine_map_equals_textbook_wct(alpha):
+    g = torch.Generator().manual_seed(0)
+    fc = torch.randn(8, 500, generator=g, dtype=torch.float64) * 3 + 5
+    mix = torch.randn(8, 8, generator=g, dtype=torch.float64)
+    fs = mix @ torch.randn(8, 700, generator=g, dtype=torch.float64) - 2
+    style = T.style_stage(T.moments(fs.reshape(8, 700, 1)))
+    a, b = T.affine_map(T.moments(fc.reshape(8, 500, 1)), style, alpha)
+    ours = a @ fc + b[:, None]
+    torch.testing.assert_close(ours, reference_wct(fc, fs, alpha), rtol=1e-9, atol=1e-9)
+
+
+def test_moments_accumulate_to_the_whole():
+    f = torch.randn(1, 16, 30, 20) * 10 + 100
+    whole = T.moments(f)
+    parts = T.moments(f[..., :13, :]) + T.moments(f[..., 13:, :])
+    for x, y in zip(whole.mean_cov(), parts.mean_cov()):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-7)
+    assert parts.count == 600
+
+
+def test_adain_matches_style_mean_and_std():
+    fc = torch.randn(1, 4, 20, 20) * 2 + 1
+    fs = torch.randn(1, 4, 20, 20) * torch.tensor([0.5, 1, 2, 4])[:, None, None] - 3
+    a, b = T.affine_map(T.moments(fc), T.style_stage(T.moments(fs), "adain"), 1.0, "adain")
+    out = T.apply_affine(fc.double(), a, b)[0].reshape(4, -1)
+    ref = fs[0].reshape(4, -1).double()
+    torch.testing.assert_close(out.mean(1), ref.mean(1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out.std(1), ref.std(1), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", T.METHODS)
+def test_flat_content_or_style_stays_finite(method):
+    flat = torch.full((1, 8, 10, 10), 3.0)
+    noisy = torch.randn(1, 8, 10, 10)
+    for c, s in [(flat, noisy), (noisy, flat), (flat, flat)]:
+        a, b = T.affine_map(T.moments(c), T.style_stage(T.moments(s), method), 1.0, method)
+        assert torch.isfinite(a).all() and torch.isfinite(b).all()
+
+
+def test_bad_arguments():
+    m = T.moments(torch.randn(2, 5, 5))
+    with pytest.raises(ValueError, match="alpha"):
+        T.affine_map(m, T.style_stage(m), 1.5)
+    with pytest.raises(ValueError, match="method"):
+        T.style_stage(m, "cyclegan")
+    with pytest.raises(ValueError, match="channels"):
+        T.affine_map(m, T.style_stage(T.moments(torch.randn(3, 5, 5))))
