@@ -37,13 +37,15 @@ class Widths:
 
     `stage_overrides[k]` replaces widths in encoder/decoder k only (the published stage-1 16x
     encoder has a 24-wide conv11). `aux` says whether encoders carry the 1x1 `conv{j}1_aux`
-    embeddings to teacher width used by distillation.
+    embeddings to teacher width used by distillation; `aux_widths` gives that teacher's widths of
+    the conv{j}1 layers (None: VGG-19's, as for the published students).
     """
 
     name: str
     widths: Mapping[str, int]
     stage_overrides: Mapping[int, Mapping[str, int]] = field(default_factory=dict)
     aux: bool = False
+    aux_widths: Mapping[str, int] | None = None
 
     def for_stage(self, k: int) -> dict[str, int]:
         """Widths of the convs in encoder k, in layer order."""
@@ -52,15 +54,23 @@ class Widths:
         merged = {**self.widths, **self.stage_overrides.get(k, {})}
         return {n: merged[n] for n in names}
 
+    def aux_width(self, j: int) -> int:
+        """Output channels of `conv{j}1_aux`: the teacher's width of conv{j}1."""
+        return (self.aux_widths or TEACHER_WIDTHS)[f"conv{j}1"]
+
     def to_dict(self) -> dict:
-        return {"name": self.name, "widths": dict(self.widths), "aux": self.aux,
-                "stage_overrides": {str(k): dict(v) for k, v in self.stage_overrides.items()}}
+        d = {"name": self.name, "widths": dict(self.widths), "aux": self.aux,
+             "stage_overrides": {str(k): dict(v) for k, v in self.stage_overrides.items()}}
+        if self.aux_widths is not None:
+            d["aux_widths"] = dict(self.aux_widths)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Widths":
+        aux_widths = d.get("aux_widths")
         return cls(d["name"], dict(d["widths"]),
                    {int(k): dict(v) for k, v in d.get("stage_overrides", {}).items()},
-                   bool(d.get("aux", False)))
+                   bool(d.get("aux", False)), dict(aux_widths) if aux_widths is not None else None)
 
 
 def student_widths(divisor: int, name: str | None = None) -> Widths:
@@ -103,8 +113,7 @@ class Encoder(nn.Module):
             c_in = c_out
         if widths.aux:
             for j in range(1, stage + 1):
-                teacher = TEACHER_WIDTHS[f"conv{j}1"]
-                self.add_module(f"conv{j}1_aux", nn.Conv2d(convs[f"conv{j}1"], teacher, 1))
+                self.add_module(f"conv{j}1_aux", nn.Conv2d(convs[f"conv{j}1"], widths.aux_width(j), 1))
         self._plan = LAYERS[: LAYERS.index(f"conv{stage}1") + 1]
 
     @property
