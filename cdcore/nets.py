@@ -93,8 +93,24 @@ def check_stage(k: int) -> None:
         raise ValueError(f"stage must be one of {STAGES} (got {k!r})")
 
 
-def _conv3x3_reflect(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    return F.relu(conv(F.pad(x, (1, 1, 1, 1), mode="reflect")), inplace=True)
+def conv3x3_reflect(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """ReLU(conv(ReflectionPad2d(1)(x))) without materialising the padded copy of x.
+
+    The convolution runs with zero padding (which oneDNN/cuDNN handle without a copy) and only
+    the one-pixel output border, the sole place where reflect and zero padding differ, is
+    recomputed from thin reflect-padded strips. On CPU this saves a full read and write of every
+    activation, about a quarter of the time of a stage. Needs H, W >= 2, as reflection does.
+    """
+    h, w = x.shape[-2:]
+    if h < 2 or w < 2:
+        raise ValueError(f"reflection padding needs a feature map of at least 2x2 (got {h}x{w})")
+    y = F.conv2d(x, conv.weight, conv.bias, padding=1)
+    weight, bias = conv.weight, conv.bias
+    y[..., :1, :] = F.conv2d(F.pad(x[..., :2, :], (1, 1, 1, 0), mode="reflect"), weight, bias)
+    y[..., -1:, :] = F.conv2d(F.pad(x[..., -2:, :], (1, 1, 0, 1), mode="reflect"), weight, bias)
+    y[..., :, :1] = F.conv2d(F.pad(x[..., :, :2], (1, 0, 1, 1), mode="reflect"), weight, bias)
+    y[..., :, -1:] = F.conv2d(F.pad(x[..., :, -2:], (0, 1, 1, 1), mode="reflect"), weight, bias)
+    return y.relu_()
 
 
 class Encoder(nn.Module):
@@ -128,7 +144,7 @@ class Encoder(nn.Module):
             if name == "pool":
                 x = F.max_pool2d(x, 2, 2)
                 continue
-            x = _conv3x3_reflect(getattr(self, name), x)
+            x = conv3x3_reflect(getattr(self, name), x)
             if name.endswith("1"):
                 out.append(x)
         return out
@@ -136,7 +152,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv0(x)
         for name in self._plan:
-            x = F.max_pool2d(x, 2, 2) if name == "pool" else _conv3x3_reflect(getattr(self, name), x)
+            x = F.max_pool2d(x, 2, 2) if name == "pool" else conv3x3_reflect(getattr(self, name), x)
         return x
 
     def embed(self, j: int, feature: torch.Tensor) -> torch.Tensor:
@@ -164,7 +180,7 @@ class Decoder(nn.Module):
             if name == "pool":
                 x = F.interpolate(x, scale_factor=2, mode="nearest")
             else:
-                x = _conv3x3_reflect(getattr(self, name), x)
+                x = conv3x3_reflect(getattr(self, name), x)
         return x
 
 

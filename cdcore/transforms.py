@@ -43,11 +43,12 @@ class Moments:
         return mean, cov
 
 
-def moments(feature: torch.Tensor) -> Moments:
+def moments(feature: torch.Tensor, chunk: int = 1 << 18) -> Moments:
     """Moments of a feature map (C, H, W) or (1, C, H, W), accumulated in float64.
 
-    The mean is taken out before the outer product (then added back) so the float64 sums do not
-    lose the covariance to cancellation when features have a large mean.
+    Pixels are taken `chunk` at a time so the float64 copy stays small on big images. Within a
+    chunk the chunk mean is taken out before the outer product (then added back), so the sums
+    do not lose the covariance to cancellation when features have a large mean.
     """
     if feature.dim() == 4:
         if feature.shape[0] != 1:
@@ -55,12 +56,17 @@ def moments(feature: torch.Tensor) -> Moments:
         feature = feature[0]
     if feature.dim() != 3:
         raise ValueError(f"expected a (C, H, W) feature, got shape {tuple(feature.shape)}")
-    f = feature.reshape(feature.shape[0], -1).to(torch.float64)
-    n = f.shape[1]
-    mean = f.mean(dim=1)
-    centred = f - mean[:, None]
-    outer = centred @ centred.T + n * torch.outer(mean, mean)
-    return Moments(f.sum(dim=1), outer, n)
+    c = feature.shape[0]
+    pixels = feature.permute(1, 2, 0).reshape(-1, c)  # (N, C): a view for channels-last input
+    total = torch.zeros(c, dtype=torch.float64, device=feature.device)
+    outer = torch.zeros(c, c, dtype=torch.float64, device=feature.device)
+    for start in range(0, pixels.shape[0], chunk):
+        f = pixels[start:start + chunk].to(torch.float64)
+        mean = f.mean(dim=0)
+        centred = f - mean
+        total += f.sum(dim=0)
+        outer += centred.T @ centred + f.shape[0] * torch.outer(mean, mean)
+    return Moments(total, outer, pixels.shape[0])
 
 
 def _sym_power(cov: torch.Tensor, power: float) -> torch.Tensor:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cdcore.nets import CD16X, TEACHER, Decoder, Encoder, student_widths
+from cdcore.nets import CD16X, TEACHER, Decoder, Encoder, conv3x3_reflect, student_widths
 
 
 def n_params(module, aux=False):
@@ -40,3 +40,23 @@ def test_bad_arguments_raise_value_error():
         Encoder(6)
     with pytest.raises(ValueError, match="divisor"):
         student_widths(3)
+
+
+@pytest.mark.parametrize("h,w", [(2, 2), (5, 9), (32, 17)])
+def test_conv3x3_reflect_equals_padded_convolution(h, w):
+    conv = torch.nn.Conv2d(6, 5, 3)
+    x = torch.randn(2, 6, h, w)
+    ref = torch.relu(conv(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")))
+    torch.testing.assert_close(conv3x3_reflect(conv, x), ref)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(conv3x3_reflect(conv, x_cl), ref)
+
+
+def test_conv3x3_reflect_gradients_match():
+    conv = torch.nn.Conv2d(3, 4, 3)
+    x = torch.randn(1, 3, 7, 6, requires_grad=True)
+    conv3x3_reflect(conv, x).sum().backward()
+    g = x.grad.clone()
+    x.grad = None
+    torch.relu(conv(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"))).sum().backward()
+    torch.testing.assert_close(x.grad, g)
