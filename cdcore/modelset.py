@@ -150,7 +150,9 @@ def _infer_widths(sd: dict, k: int, path: str, family: str, decoder: bool) -> Wi
     except (KeyError, IndexError) as e:
         raise ModelError(f"{path}: malformed weights ({e})") from None
     full = {**TEACHER_WIDTHS, **widths}  # deeper layers are unused by this stage
-    return Widths(family, full, aux=any(key.endswith("1_aux.weight") for key in sd))
+    # A student's aux layers map to its teacher's widths, which need not be VGG-19's.
+    aux = {key.split("_aux")[0]: int(t.shape[0]) for key, t in sd.items() if key.endswith("1_aux.weight")}
+    return Widths(family, full, aux=bool(aux), aux_widths={**TEACHER_WIDTHS, **aux} if aux else None)
 
 
 def _load_module(module: torch.nn.Module, sd: dict, path: str) -> None:
