@@ -1,0 +1,240 @@
+"""What every Ray Train worker of `jobs.distill` runs: build the models, train each phase, report.
+
+A checkpoint is a directory:
+    encoder.safetensors, decoder.safetensors   the student (the encoder with its aux layers)
+    optimizer.pt                               Adam's state for the current phase
+    progress.json                              phase, steps done in it, loss history, settings
+Workers restore from `ray.train.get_checkpoint()`, which Ray Train fills after a worker failure
+(FailureConfig) and on a rerun under the same run name, so both continue where training stopped.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from cdcore import distill, pruning, trainset, vgg
+from cdcore.modelset import load_model_set
+from cdcore.nets import Decoder, Encoder
+
+from .distill_config import DistillConfig
+
+log = logging.getLogger(__name__)
+ENCODER_FILE, DECODER_FILE, OPTIMIZER_FILE, PROGRESS_FILE = (
+    "encoder.safetensors", "decoder.safetensors", "optimizer.pt", "progress.json")
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def load_teacher(cfg: DistillConfig) -> tuple[Encoder, Decoder | None]:
+    """Teacher encoder and decoder (None for torchvision VGG-19, which has none), frozen, on the CPU."""
+    k = cfg.stage
+    if cfg.teacher_vgg19:
+        return vgg.encoder_from_torchvision(vgg.load_torchvision_weights(cfg.teacher_vgg19), k), None
+    models = load_model_set(cfg.teacher, stages=[k])
+    return models.encoder(k), models.decoder(k)
+
+
+def starting_student(cfg: DistillConfig, teacher: Encoder, collaborator: Decoder | None) -> tuple[Encoder, Decoder]:
+    """The student before training: `cfg.student`'s stage if given, else the L1-pruned teacher.
+
+    Without a teacher decoder to prune, the student decoder starts from PyTorch's default
+    initialisation (seeded, so every worker and every restart builds the same one).
+    """
+    k = cfg.stage
+    if cfg.student:
+        models = load_model_set(cfg.student, stages=[k])
+        return models.encoder(k), models.decoder(k)
+    if collaborator is None:
+        encoder, _ = pruning.prune_encoder(teacher, cfg.width_divisor)
+        torch.manual_seed(cfg.seed)
+        return encoder, Decoder(k, encoder.widths)
+    return pruning.prune_stage(teacher, collaborator, cfg.width_divisor)
+
+
+def phase_loss(phase: str, cfg: DistillConfig, student: Encoder, decoder: Decoder, teacher: Encoder,
+               collaborator: Decoder | None) -> tuple[nn.Module, list[nn.Parameter]]:
+    """The loss module of a phase and the parameters it trains (requires_grad set accordingly).
+
+    conv0 is the fixed input normalisation and never trains; aux layers train only with the
+    embedding loss (in "joint" they would get no gradient, which DDP rejects).
+    """
+    student.requires_grad_(False)
+    decoder.requires_grad_(phase in ("decoder", "joint"))
+    if phase in ("encoder", "joint"):
+        for name, module in student.named_children():
+            module.requires_grad_(name != "conv0" and (phase == "encoder" or not name.endswith("_aux")))
+    if phase == "encoder":
+        if collaborator is None:
+            raise ValueError("the encoder phase needs the teacher's decoder as collaborator; a torchvision "
+                             "VGG-19 teacher has none: train one first (--mode decoder --width-divisor 1)")
+        if not student.widths.aux:
+            raise ValueError(f"student {cfg.student} has no aux layers for the embedding loss")
+        loss_cls = distill.AdaINDistillLoss if cfg.objective == "adain" else distill.CollaborativeLoss
+        module = loss_cls(student, teacher, collaborator, cfg.weights)
+    else:
+        module = distill.ReconstructionLoss(student, decoder, teacher, cfg.weights)
+    return module, [p for p in module.parameters() if p.requires_grad]
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class Progress:
+    """Where training stands: steps done in `phase`, and the loss history of the whole run."""
+
+    phase: str
+    step: int = 0
+    history: list[dict] = field(default_factory=list)  # {"phase", "step", term: mean, ...}
+
+
+def save_checkpoint(directory: str, student: Encoder, decoder: Decoder, optimizer: torch.optim.Optimizer,
+                    progress: Progress, cfg: DistillConfig) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()},
+              os.path.join(directory, ENCODER_FILE))
+    save_file({k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()},
+              os.path.join(directory, DECODER_FILE))
+    torch.save(optimizer.state_dict(), os.path.join(directory, OPTIMIZER_FILE))
+    state = {"phase": progress.phase, "step": progress.step, "history": progress.history, "config": cfg.to_dict()}
+    Path(directory, PROGRESS_FILE).write_text(json.dumps(state))
+
+
+def read_progress(directory: str) -> Progress:
+    state = json.loads(Path(directory, PROGRESS_FILE).read_text())
+    return Progress(state["phase"], state["step"], state["history"])
+
+
+def load_weights(directory: str, student: Encoder, decoder: Decoder) -> None:
+    """Load a checkpoint's student weights into models of the same widths."""
+    student.load_state_dict(load_file(os.path.join(directory, ENCODER_FILE)))
+    decoder.load_state_dict(load_file(os.path.join(directory, DECODER_FILE)))
+
+
+def read_optimizer(directory: str) -> dict:
+    data = Path(directory, OPTIMIZER_FILE).read_bytes()
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+# -------------------------------------------------------------------------------------- the loop
+
+
+class LossWindow:
+    """Running sums of loss terms between two reports, averaged over steps and workers."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value.detach())
+        self.steps += 1
+
+    def mean(self, world: int) -> dict[str, float]:
+        names = sorted(self.sums)
+        values = torch.tensor([self.sums[n] for n in names], dtype=torch.float64) / max(self.steps, 1)
+        if world > 1:
+            # Each worker saw its own share of the batch; the mean of equal shares is the global mean.
+            dist.all_reduce(values)
+            values /= world
+        return dict(zip(names, values.tolist()))
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def _progress_line(phase: str, step: int, cfg: DistillConfig, means: dict, rate: float, phases_left: int) -> str:
+    remaining = cfg.steps - step + phases_left * cfg.steps
+    terms = "  ".join(f"{n} {v:.4g}" for n, v in means.items() if n != "total")
+    return (f"[{phase}] step {step}/{cfg.steps}  loss {means['total']:.4g} ({terms})  "
+            f"{rate:.2f} step/s  {rate * cfg.batch_size:.1f} img/s  ETA {_duration(remaining / rate)}")
+
+
+def train_phase(phase: str, cfg: DistillConfig, models: tuple, progress: Progress,
+                optimizer_state: dict | None = None) -> None:
+    """Train one phase from `progress.step` to `cfg.steps`, reporting every `log_every` steps and
+    checkpointing every `checkpoint_every` steps and at the end of the phase."""
+    student, decoder, teacher, collaborator = models
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    module, params = phase_loss(phase, cfg, student, decoder, teacher, collaborator)
+    model = ray.train.torch.prepare_model(module)
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    content = trainset.CropStream(trainset.list_images(cfg.data), cfg.crop, cfg.short_side, cfg.seed)
+    # The style stream draws from its own seed so that content and style crops are independent.
+    style = (trainset.CropStream(trainset.list_images(cfg.style_data), cfg.crop, cfg.short_side, cfg.seed + 1)
+             if phase == "encoder" and cfg.objective == "adain" else None)
+    window, started, first = LossWindow(), time.monotonic(), progress.step
+    phases_left = len(cfg.phases) - cfg.phases.index(phase) - 1
+    for step in range(progress.step, cfg.steps):
+        x = content.batch(step, cfg.batch_size, rank, world).to(device)
+        inputs = (x, style.batch(step, cfg.batch_size, rank, world).to(device)) if style else (x,)
+        terms = model(*inputs)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        optimizer.step()
+        window.add(terms)
+        done = step + 1
+        save = done % cfg.checkpoint_every == 0 or done == cfg.steps
+        if not (save or done % cfg.log_every == 0):
+            continue
+        means = window.mean(world)
+        window = LossWindow()
+        progress.step = done
+        progress.history.append({"phase": phase, "step": done, **means})
+        rate = (done - first) / (time.monotonic() - started)
+        if rank == 0:
+            log.info(_progress_line(phase, done, cfg, means, rate, phases_left))
+        _report(means, phase, done, cfg, (student, decoder, optimizer, progress) if save and rank == 0 else None)
+
+
+def _report(means: dict, phase: str, step: int, cfg: DistillConfig, state: tuple | None) -> None:
+    """Report metrics from every worker (Ray Train's report is a barrier); rank 0 adds the
+    checkpoint when `state` is given."""
+    metrics = {"phase": phase, "step": step, **means}
+    if state is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        save_checkpoint(directory, *state, cfg)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                         checkpoint_dir_name=f"checkpoint-{phase}-{step:07d}")
+
+
+def train_worker(config: dict) -> None:
+    """Ray Train's per-worker entry point; `config` is `DistillConfig.to_dict()`."""
+    cfg = DistillConfig.from_dict(config)
+    device = ray.train.torch.get_device()
+    teacher, collaborator = load_teacher(cfg)
+    student, decoder = starting_student(cfg, teacher, collaborator)
+    progress, optimizer_state = Progress(cfg.phases[0]), None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            progress = read_progress(directory)
+            load_weights(directory, student, decoder)
+            optimizer_state = read_optimizer(directory)
+    models = tuple(m.to(device) if m is not None else None for m in (student, decoder, teacher, collaborator))
+    for phase in cfg.phases[cfg.phases.index(progress.phase):]:
+        if phase != progress.phase:  # the checkpoint's phase is finished: the next starts afresh
+            progress.phase, progress.step, optimizer_state = phase, 0, None
+        train_phase(phase, cfg, models, progress, optimizer_state)

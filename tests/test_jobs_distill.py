@@ -1,0 +1,166 @@
+"""jobs.distill on a real local Ray: 2-worker gloo training, checkpoints, resume, export, S3.
+
+Kept small for 2 CPU cores: stage 2 of the 16x models as teacher, a half-width student, 64 px crops,
+four steps per phase.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import pytest
+import ray
+import torch
+from PIL import Image
+
+from cdcore import distill, images, pruning, storage, trainset
+from cdcore.modelset import load_model_set
+from cdcore.stylize import stylize, style_statistics, to_tensor
+from jobs import distill as job
+from jobs.distill_config import DistillConfig
+from jobs.distill_train import load_weights
+
+TEACHER = "../shared/models/cd16x"
+TRAIN = "../shared/images/train"
+STEPS = 4
+
+
+def config(tmp, **overrides) -> DistillConfig:
+    settings = dict(teacher=TEACHER, stage=2, width_divisor=2, mode="both", data=TRAIN, steps=STEPS,
+                    batch_size=4, lr=1e-3, crop=64, workers=2, storage=str(tmp / "runs"),
+                    export=str(tmp / "export"), log_every=1, checkpoint_every=2, seed=3)
+    return DistillConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def ray_local(s3_endpoint):
+    # After s3_endpoint: Ray's workers inherit the environment that points S3 at the moto server.
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def two_workers(ray_local, tmp_path_factory):
+    """A finished 2-worker run (encoder then decoder phase) and its settings."""
+    cfg = config(tmp_path_factory.mktemp("two"))
+    return cfg, job.run(cfg)
+
+
+@pytest.fixture(scope="module")
+def one_worker_s3(ray_local, s3_endpoint, tmp_path_factory):
+    """The same encoder phase on 1 worker with the same global batch, data, checkpoints and
+    export on S3."""
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket="distill")
+    for path in trainset.list_images(TRAIN):
+        storage.upload(path, storage.join("s3://distill/train", storage.local_path(path).name))
+    cfg = config(tmp_path_factory.mktemp("one"), workers=1, mode="encoder", steps=3, data="s3://distill/train",
+                 storage="s3://distill/runs", export="s3://distill/export")
+    return cfg, job.run(cfg)
+
+
+def checkpoint_dir(cfg: DistillConfig, name: str):
+    return storage.local_path(storage.join(cfg.storage, cfg.name, name))
+
+
+def held_out_batch() -> torch.Tensor:
+    stream = trainset.CropStream(trainset.list_images("../shared/images/content"), crop=64, seed=11)
+    return trainset.to_batch([stream.sample(p) for p in range(8)])
+
+
+def test_two_worker_run_reports_every_step_and_leaves_checkpoints_and_figures(two_workers):
+    cfg, summary = two_workers
+    assert [(r["phase"], r["step"]) for r in summary.history] == [
+        (phase, step) for phase in ("encoder", "decoder") for step in range(1, STEPS + 1)]
+    assert summary.metrics["phase"] == "decoder" and summary.metrics["step"] == STEPS
+    for name in ("checkpoint-encoder-0000002", "checkpoint-encoder-0000004", "checkpoint-decoder-0000004"):
+        assert (checkpoint_dir(cfg, name) / "encoder.safetensors").is_file()
+    for figure in ("loss_curve.png", "samples.png"):
+        image = Image.open(io.BytesIO(storage.read_bytes(storage.join(summary.run_dir, figure))))
+        assert image.width > 100 and image.height > 100
+
+
+def test_training_lowers_the_loss_on_held_out_images(two_workers):
+    cfg, _ = two_workers
+    models = load_model_set(TEACHER, stages=[2])
+    teacher, collaborator = models.encoder(2), models.decoder(2)
+    x = held_out_batch()
+
+    def losses(checkpoint: str | None) -> tuple[float, float]:
+        student, decoder = pruning.prune_stage(teacher, collaborator, 2)
+        if checkpoint:
+            load_weights(str(checkpoint_dir(cfg, checkpoint)), student, decoder)
+        with torch.no_grad():
+            encoder_loss = distill.collaborative_loss(student, teacher, collaborator, x)["total"]
+            decoder_loss = distill.reconstruction_loss(student, decoder, teacher, x)["total"]
+        return encoder_loss.item(), decoder_loss.item()
+
+    start, after_encoder, after_both = losses(None), losses("checkpoint-encoder-0000004"), losses(
+        "checkpoint-decoder-0000004")
+    assert after_encoder[0] < 0.97 * start[0]  # the encoder phase lowers the collaborative loss
+    assert after_both[1] < 0.97 * after_encoder[1]  # the decoder phase lowers the reconstruction loss
+
+
+def test_export_loads_and_stylizes(two_workers):
+    cfg, _ = two_workers
+    models = load_model_set(cfg.export, stages=[2])
+    assert models.encoder(2).widths.for_stage(2) == {"conv11": 8, "conv12": 8, "conv21": 16}
+    content = to_tensor(trainset.resize_shorter_side(images.read_image("../shared/images/content/harbor_420.jpg").rgb, 96))
+    style = to_tensor(trainset.resize_shorter_side(images.read_image("../shared/images/style/style_b_512.jpg").rgb, 96))
+    out = stylize(models, content, style_statistics(models, style, levels=(2,)), levels=(2,))
+    assert out.shape == content.shape and torch.isfinite(out).all()
+    assert 0.02 < out.std() and out.mean().item() == pytest.approx(0.5, abs=0.35)
+
+
+def test_one_worker_matches_two_workers_with_the_same_global_batch(two_workers, one_worker_s3):
+    _, two = two_workers
+    _, one = one_worker_s3
+    steps = len(one.history)
+    assert steps == 3
+    for a, b in zip(one.history, two.history[:steps]):
+        assert (a["phase"], a["step"]) == (b["phase"], b["step"])
+        for term in ("embed", "pixel", "perceptual", "total"):
+            assert a[term] == pytest.approx(b[term], rel=1e-3), (a["step"], term)
+
+
+def test_s3_run_checkpoints_and_exports_to_s3(one_worker_s3):
+    cfg, summary = one_worker_s3
+    files = storage.list_files(summary.run_dir)
+    assert any(f.endswith("checkpoint-encoder-0000002/encoder.safetensors") for f in files)
+    assert storage.join(summary.run_dir, "loss_curve.png") in files
+    assert load_model_set(cfg.export, stages=[2]).family == "cd16x-div2"
+
+
+def test_resume_continues_from_the_last_checkpoint(two_workers):
+    cfg, first = two_workers
+    summary = job.run(dataclasses.replace(cfg, steps=STEPS + 2, resume=True))
+    assert summary.history[: len(first.history)] == first.history
+    assert [(r["phase"], r["step"]) for r in summary.history[len(first.history):]] == [
+        ("decoder", STEPS + 1), ("decoder", STEPS + 2)]
+    assert (checkpoint_dir(cfg, f"checkpoint-decoder-{STEPS + 2:07d}") / "decoder.safetensors").is_file()
+
+
+def test_a_run_is_only_continued_with_resume_and_the_same_settings(tmp_path):
+    cfg = config(tmp_path)
+    with pytest.raises(ValueError, match="no run at"):
+        job.run(dataclasses.replace(cfg, resume=True))
+    job.start_or_resume(cfg)
+    with pytest.raises(ValueError, match="already exists"):
+        job.run(cfg)
+    with pytest.raises(ValueError, match="width_divisor"):
+        job.run(dataclasses.replace(cfg, resume=True, width_divisor=4))
+
+
+def test_command_line_builds_the_config():
+    cfg = job.parse_args(["--teacher", TEACHER, "--stage", "3", "--width-divisor", "2", "--data", TRAIN,
+                          "--storage", "runs", "--workers", "2", "--pixel-weight", "0", "--perceptual-weight", "0"])
+    assert (cfg.stage, cfg.width_divisor, cfg.mode, cfg.workers, cfg.batch_size) == (3, 2, "both", 2, 16)
+    assert cfg.weights == distill.LossWeights(pixel=0.0, perceptual=0.0)
+    assert cfg.name == "distill-stage3-div2-both"
+    with pytest.raises(ValueError, match="multiple of workers"):
+        job.parse_args(["--teacher", TEACHER, "--stage", "3", "--data", TRAIN, "--storage", "runs",
+                        "--workers", "3"])
