@@ -1,0 +1,698 @@
+"""Exact tiled stylization: images of any size in memory that does not grow with them.
+
+A stage k of the cascade (`stylize.run_stage`) runs here in two passes over tiles:
+
+1. statistics: encode each tile with a halo, keep the features of its interior, accumulate their
+   `Moments` (float64); the sum is the whole image's, so the affine map A, b is exact;
+2. render: per tile, take the features of its interior plus a decoder halo, apply A, b, decode,
+   keep the interior and write it into the stage's output buffer.
+
+Why every kept pixel equals the whole-image result (up to float rounding). Work in stage k's
+feature grid, where one feature pixel is m = 2^(k-1) image pixels. A tile's image window starts
+on a multiple of m, so its pooling grid is the whole image's; where the window ends at the image
+edge, every layer reflect-pads exactly where it does for the whole image; where the window is cut
+inside the image, each layer's reflection padding is wrong at the cut, and the wrong band grows
+by one pixel per 3x3 conv, halves (rounded up) at each 2x2 pool and doubles at each upsampling.
+`encoder_halo` and `decoder_halo` count that band, so the kept pixels never see it. For stage 5
+of the published models they are 5 + 5 feature pixels (160 image pixels), for stage 1 1 + 1.
+The content is reflect-padded to a multiple of m at the bottom and right, as
+`stylize.pad_to_multiple` pads the whole image, by reading the window through a reflected index.
+
+Where a stage's features take no more room than the image (stages 4 and 5 of the 16x set), the
+statistics pass stores them and the render pass decodes from that store instead of encoding
+again: the encoder is half of such a stage's cost and its halo is the larger half.
+
+The image between stages and the feature store are `ImageBuffer`s: in RAM, or for large images
+`numpy.memmap` files in a temporary directory that is removed afterwards. Features of the whole
+image are never in memory at once; peak memory is that of the largest tile window
+(`choose_tile_size`), plus the caller's input and the 8-bit result.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import images, storage, transforms
+from .modelset import ModelSet
+from .nets import LAYERS, check_stage
+from .stylize import (DEFAULT_LEVELS, StyleStats, stage_multiple, style_statistics, stylize, to_tensor,
+                      to_uint8)
+
+# An intermediate image larger than this goes to disk when `disk_buffer` is left to choose (about
+# 5.6 MP of float32 RGB): reading a tile window from the page cache costs far less than encoding it.
+DISK_BUFFER_BYTES = 64 << 20
+# Peak bytes of activation memory per image pixel and per channel of the widest full-resolution
+# layer (a padded copy, the conv output and the next layer's input, float32), measured on CPU
+# with the 16x models: 200-290 B/px for 16-24 channels.
+BYTES_PER_CHANNEL_PIXEL = 14
+# Tiles never grow beyond this on the CPU: throughput stops improving at about 1 MP windows there.
+MAX_CPU_TILE = 1024
+MAX_CUDA_TILE = 4096
+MIN_TILE = 64
+# choose_tile_size keeps whole images and tile windows to this share of the available memory.
+MEMORY_SHARE = 0.25
+# Stages whose strokes `stylize_stroke_scaled` enlarges: their receptive fields (about 40 to 300
+# image pixels) set the size of the style's patterns; stages 2 and 1 refine edges and texture.
+COARSE_STAGES = (5, 4, 3)
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def _layer_plan(stage: int) -> tuple[str, ...]:
+    check_stage(stage)
+    return LAYERS[: LAYERS.index(f"conv{stage}1") + 1]
+
+
+def encoder_halo(stage: int) -> int:
+    """Feature pixels along a cut window edge that encoder `stage` gets wrong.
+
+    The first 3x3 conv reflect-pads at the cut, so its edge pixel is wrong; each further conv
+    widens the band by one pixel, each 2x2 pool halves it (rounded up). Stage 5: 5 (80 image px).
+    """
+    depth = 0
+    for name in _layer_plan(stage):
+        depth = -(-depth // 2) if name == "pool" else depth + 1
+    return depth
+
+
+def decoder_halo(stage: int) -> int:
+    """Feature pixels of context around a tile that decoder `stage` needs for an exact interior.
+
+    A cut edge of the decoder's input corrupts a band that grows by one pixel per conv and doubles
+    at each upsampling; this is that band in image pixels, in feature pixels rounded up.
+    Stage 5: 70 image pixels, so 5 feature pixels.
+    """
+    depth = 0
+    for name in reversed(_layer_plan(stage)):
+        depth = 2 * depth if name == "pool" else depth + 1
+    return -(-depth // stage_multiple(stage))
+
+
+def _tiles(grid_h: int, grid_w: int, step: int) -> list[tuple[slice, slice]]:
+    """Row-major tiles of `step` x `step` feature pixels covering a grid_h x grid_w grid."""
+    return [(slice(r, min(r + step, grid_h)), slice(c, min(c + step, grid_w)))
+            for r in range(0, grid_h, step) for c in range(0, grid_w, step)]
+
+
+def _grow(span: slice, by: int, limit: int) -> slice:
+    return slice(max(0, span.start - by), min(span.stop + by, limit))
+
+
+def _image_span(span: slice, halo: int, grid: int, m: int, size: int) -> slice:
+    """Image pixels to encode for feature pixels `span` with `halo` feature pixels around them.
+
+    The window ends at the image edge (`size`) when the halo reaches the grid's end, so that an
+    unpadded style whose size is not a multiple of m pools and pads at its true edge.
+    """
+    start = max(0, span.start - halo) * m
+    stop = size if span.stop + halo >= grid else (span.stop + halo) * m
+    return slice(start, stop)
+
+
+# ---------------------------------------------------------------- buffers
+
+
+class ImageBuffer:
+    """An (H, W, C) array read and written by window: in RAM, or a numpy.memmap file.
+
+    A file-backed buffer is mapped afresh for every access, so the pages an access touches leave
+    this process's resident set when it returns (they stay in the page cache): a 40 MP float image
+    on disk does not count against the run's memory.
+    """
+
+    def __init__(self, array: np.ndarray | None = None, path: str | None = None,
+                 shape: tuple[int, ...] | None = None, dtype=np.float32):
+        self._array, self.path = array, path
+        self.shape = tuple(array.shape) if array is not None else tuple(shape)
+        self.dtype = np.dtype(array.dtype if array is not None else dtype)
+
+    @classmethod
+    def in_memory(cls, shape: tuple[int, ...], dtype=np.float32) -> "ImageBuffer":
+        return cls(np.empty(shape, dtype))
+
+    @classmethod
+    def on_disk(cls, directory: str, shape: tuple[int, ...], dtype=np.float32) -> "ImageBuffer":
+        path = os.path.join(directory, f"{uuid.uuid4().hex}.raw")
+        with open(path, "wb") as f:
+            f.truncate(math.prod(shape) * np.dtype(dtype).itemsize)  # sparse until written
+        return cls(path=path, shape=shape, dtype=dtype)
+
+    def _view(self, mode: str) -> np.ndarray:
+        if self._array is not None:
+            return self._array
+        return np.memmap(self.path, self.dtype, mode, shape=self.shape)
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        """A copy of [rows, cols]: (h, w, C)."""
+        return np.array(self._view("r")[rows, cols])
+
+    def write(self, rows: slice, cols: slice, block: np.ndarray) -> None:
+        view = self._view("r+")
+        view[rows, cols] = block
+        if isinstance(view, np.memmap):
+            view.flush()
+
+    def close(self) -> None:
+        """Free the memory or delete the file (a wrapped caller's array is only let go)."""
+        self._array = None
+        if self.path:
+            os.unlink(self.path)
+            self.path = None
+
+
+class _Buffers:
+    """Makes the run's ImageBuffers, in RAM or in one temporary directory."""
+
+    def __init__(self, on_disk: bool, directory: str | None):
+        self.on_disk, self.directory = on_disk, directory
+
+    def new(self, shape: tuple[int, ...]) -> ImageBuffer:
+        if self.on_disk:
+            return ImageBuffer.on_disk(self.directory, shape)
+        return ImageBuffer.in_memory(shape)
+
+
+@contextmanager
+def _buffers(height: int, width: int, disk_buffer: bool | None, temp_dir: str | None) -> Iterator[_Buffers]:
+    on_disk = height * width * 3 * 4 > DISK_BUFFER_BYTES if disk_buffer is None else bool(disk_buffer)
+    if not on_disk:
+        yield _Buffers(False, None)
+        return
+    with tempfile.TemporaryDirectory(prefix="cdcore-tiles-", dir=temp_dir) as directory:
+        yield _Buffers(True, directory)
+
+
+def _as_buffer(image) -> ImageBuffer:
+    """Wrap an (H, W, 3) uint8 or float32 array (a numpy.memmap too) or pass an ImageBuffer on."""
+    if isinstance(image, ImageBuffer):
+        buffer = image
+    else:
+        buffer = ImageBuffer(image)
+    if len(buffer.shape) != 3 or buffer.shape[2] != 3 or buffer.dtype not in (np.uint8, np.float32):
+        raise ValueError(f"expected an (H, W, 3) uint8 or float32 image, got shape {buffer.shape} "
+                         f"dtype {buffer.dtype}")
+    return buffer
+
+
+@dataclass
+class _Source:
+    """An image buffer seen through reflect padding at the bottom and right up to `height` x
+    `width`: the padding `stylize.pad_to_multiple` gives the whole image (replicate where an image
+    is too small to reflect)."""
+
+    image: ImageBuffer
+    height: int
+    width: int
+
+    def window(self, rows: slice, cols: slice, device: torch.device) -> torch.Tensor:
+        """(1, 3, h, w) float32 in [0, 1] (uint8 images) on `device`; rows, cols in padded coordinates."""
+        h, w = self.image.shape[:2]
+        reflect = self.height - h < h and self.width - w < w
+        ri, ci = _padded_index(rows, h, reflect), _padded_index(cols, w, reflect)
+        block = self.image.read(slice(ri.min(), ri.max() + 1), slice(ci.min(), ci.max() + 1))
+        block = block[np.ix_(ri - ri.min(), ci - ci.min())]
+        if block.dtype == np.uint8:
+            return to_tensor(block, device)
+        return torch.from_numpy(block).to(device).permute(2, 0, 1)[None]
+
+
+def _padded_index(span: slice, size: int, reflect: bool) -> np.ndarray:
+    """Indices into an axis of length `size` for positions `span` of its bottom/right padding."""
+    i = np.arange(span.start, span.stop)
+    return np.where(i < size, i, 2 * (size - 1) - i) if reflect else np.minimum(i, size - 1)
+
+
+def _store(dest: ImageBuffer, rows: slice, cols: slice, image: torch.Tensor) -> None:
+    """Write (1, 3, h, w) into dest: as is for float buffers, as `to_uint8` rounds it for uint8."""
+    if dest.dtype == np.uint8:
+        dest.write(rows, cols, to_uint8(image))
+    else:
+        dest.write(rows, cols, image[0].permute(1, 2, 0).cpu().numpy())
+
+
+def _features_to_numpy(feature: torch.Tensor) -> np.ndarray:
+    return feature[0].permute(1, 2, 0).cpu().numpy()
+
+
+def _features_from_numpy(block: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(block).to(device).permute(2, 0, 1)[None]
+
+
+# ---------------------------------------------------------------- progress
+
+
+@dataclass
+class Progress:
+    """One report per tile: where the run is, how fast and how long it has left."""
+
+    stage: int
+    step: str  # "statistics", "render" or "style"
+    tile: int  # 1-based
+    tiles: int
+    mp_per_s: float  # image megapixels per second through the current pass
+    eta_s: float  # seconds left in the whole run, from the work done so far
+
+    def __str__(self) -> str:
+        eta = f"{self.eta_s // 60:.0f} min {self.eta_s % 60:02.0f} s" if self.eta_s >= 60 else f"{self.eta_s:.0f} s"
+        return (f"stage {self.stage} {self.step}: tile {self.tile}/{self.tiles}, "
+                f"{self.mp_per_s:.2f} MP/s, ETA {eta}")
+
+
+class _Meter:
+    """Turns finished tiles into Progress reports. Work is counted in multiply-accumulates (tile
+    pixels times the per-pixel cost of the networks run on them), so the ETA weighs stage 5
+    tiles as the heavy ones they are."""
+
+    def __init__(self, callback: Callable[[Progress], None] | None, total_work: float):
+        self.callback, self.total, self.done = callback, total_work, 0.0
+        self.started = time.perf_counter()
+
+    def start_pass(self, stage: int, step: str, tiles: int) -> None:
+        self.stage, self.step, self.tiles = stage, step, tiles
+        self.pass_started, self.pass_pixels = time.perf_counter(), 0
+
+    def tile_done(self, index: int, pixels: int, work: float) -> None:
+        self.done += work
+        self.pass_pixels += pixels
+        if self.callback is None:
+            return
+        now = time.perf_counter()
+        rate = self.pass_pixels / 1e6 / max(now - self.pass_started, 1e-9)
+        eta = (now - self.started) * max(self.total - self.done, 0.0) / max(self.done, 1e-9)
+        self.callback(Progress(self.stage, self.step, index + 1, self.tiles, rate, eta))
+
+
+def _macs_per_pixel(module: torch.nn.Module, stage: int) -> float:
+    """Multiply-accumulates per image pixel of encoder or decoder `stage` (its 3x3 convs)."""
+    macs, level = 0.0, 0
+    for name in _layer_plan(stage):
+        if name == "pool":
+            level += 1
+        else:
+            macs += getattr(module, name).weight.numel() / 4 ** level
+    return macs
+
+
+# ---------------------------------------------------------------- the two passes
+
+
+def _stores_features(encoder: torch.nn.Module, m: int) -> bool:
+    """Keep stage features between the passes where they take no more room than the RGB image."""
+    return encoder.out_channels <= 3 * m * m
+
+
+def _encode(encoder: torch.nn.Module, source: _Source, rows: slice, cols: slice,
+            grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Exact features (1, C, h, w) of feature pixels [rows, cols]: the encoder runs on the image
+    window they cover plus `encoder_halo`, and the band the cut window edges spoil is dropped."""
+    m, halo = stage_multiple(encoder.stage), encoder_halo(encoder.stage)
+    y = _image_span(rows, halo, grid[0], m, source.height)
+    x = _image_span(cols, halo, grid[1], m, source.width)
+    feature = encoder(source.window(y, x, device))
+    r0, c0 = rows.start - y.start // m, cols.start - x.start // m
+    return feature[..., r0: r0 + rows.stop - rows.start, c0: c0 + cols.stop - cols.start]
+
+
+def _statistics_pass(encoder, source: _Source, grid, tiles, device, meter: _Meter, step: str,
+                     store: ImageBuffer | None = None) -> transforms.Moments:
+    """Moments of the features of the whole grid, accumulated tile by tile (and the features
+    written to `store` when given)."""
+    m, cost = stage_multiple(encoder.stage), _macs_per_pixel(encoder, encoder.stage)
+    meter.start_pass(encoder.stage, step, len(tiles))
+    total = None
+    for i, (rows, cols) in enumerate(tiles):
+        feature = _encode(encoder, source, rows, cols, grid, device)
+        part = transforms.moments(feature)
+        total = part if total is None else total + part
+        if store is not None:
+            store.write(rows, cols, _features_to_numpy(feature))
+        pixels = (rows.stop - rows.start) * (cols.stop - cols.start) * m * m
+        meter.tile_done(i, pixels, pixels * cost)
+    return total
+
+
+def _render_pass(encoder, decoder, source: _Source, grid, tiles, a, b, dest: ImageBuffer,
+                 device, meter: _Meter, store: ImageBuffer | None) -> None:
+    """Decode every tile's features, moved by A f + b, with a decoder halo; keep the interior,
+    cropped to the unpadded image, in `dest`."""
+    k = decoder.stage
+    m, halo = stage_multiple(k), decoder_halo(k)
+    height, width = dest.shape[:2]
+    cost = _macs_per_pixel(decoder, k) + (0.0 if store is not None else _macs_per_pixel(encoder, k))
+    meter.start_pass(k, "render", len(tiles))
+    for i, (rows, cols) in enumerate(tiles):
+        rr, cc = _grow(rows, halo, grid[0]), _grow(cols, halo, grid[1])
+        if store is not None:
+            feature = _features_from_numpy(store.read(rr, cc), device)
+        else:
+            feature = _encode(encoder, source, rr, cc, grid, device)
+        image = decoder(transforms.apply_affine(feature, a, b))
+        y = slice(rows.start * m, min(rows.stop * m, height))
+        x = slice(cols.start * m, min(cols.stop * m, width))
+        y0, x0 = y.start - rr.start * m, x.start - cc.start * m
+        _store(dest, y, x, image[..., y0: y0 + y.stop - y.start, x0: x0 + x.stop - x.start])
+        pixels = (y.stop - y.start) * (x.stop - x.start)
+        meter.tile_done(i, pixels, pixels * cost)
+
+
+def _run_stage(models: ModelSet, k: int, image: ImageBuffer, dest: ImageBuffer, style: StyleStats,
+               alpha: float, tile_size: int, buffers: _Buffers, meter: _Meter) -> None:
+    """Stage k, tiled: image (H, W, 3) -> dest (H, W, 3); equals `stylize.run_stage`."""
+    encoder, decoder = models.encoder(k), models.decoder(k)
+    device = next(encoder.parameters()).device
+    m = stage_multiple(k)
+    height, width = image.shape[:2]
+    grid = (-(-height // m), -(-width // m))
+    source = _Source(image, grid[0] * m, grid[1] * m)
+    tiles = _tiles(*grid, max(1, tile_size // m))
+    store = buffers.new((*grid, encoder.out_channels)) if _stores_features(encoder, m) else None
+    try:
+        content = _statistics_pass(encoder, source, grid, tiles, device, meter, "statistics", store)
+        a, b = transforms.affine_map(content, style.stages[k], alpha, style.method)
+        _render_pass(encoder, decoder, source, grid, tiles, a, b, dest, device, meter, store)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _stage_work(models: ModelSet, k: int, pixels: int) -> float:
+    """The MACs `_run_stage` counts for an image of `pixels` (halos left out)."""
+    enc = _macs_per_pixel(models.encoder(k), k)
+    dec = _macs_per_pixel(models.decoder(k), k)
+    stored = _stores_features(models.encoder(k), stage_multiple(k))
+    return pixels * (enc + dec + (0.0 if stored else enc))
+
+
+# ---------------------------------------------------------------- public API
+
+
+def _available_memory(device: torch.device) -> int:
+    """Bytes free on `device`: free GPU memory on CUDA, MemAvailable (Linux) or free pages on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def choose_tile_size(height: int, width: int, device: torch.device | str = "cpu", levels=(5, 4, 3, 2, 1),
+                     channels: int = 24, available: int | None = None) -> int:
+    """A tile size for an image of height x width: 0 (whole image) when it fits comfortably.
+
+    Memory is estimated as BYTES_PER_CHANNEL_PIXEL x `channels` (the widest full-resolution layer
+    of the models: 24 for the 16x set, 64 for VGG-19) per pixel of what one network call sees.
+    The whole image is chosen when that is at most MEMORY_SHARE of the `available` bytes (default:
+    what `device` has free). Otherwise the tile is the largest whose window (tile plus the halo
+    of the deepest level on both sides) fits that share, a multiple of 64 between MIN_TILE and
+    MAX_CPU_TILE (CPU, where throughput stops improving) or MAX_CUDA_TILE.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive (got {height}x{width})")
+    device = torch.device(device)
+    budget = MEMORY_SHARE * (available if available is not None else _available_memory(device))
+    per_pixel = BYTES_PER_CHANNEL_PIXEL * channels
+    if height * width * per_pixel <= budget:
+        return 0
+    halo = max((encoder_halo(k) + decoder_halo(k)) * stage_multiple(k) for k in levels)
+    side = int(math.sqrt(budget / per_pixel)) - 2 * halo
+    ceiling = MAX_CUDA_TILE if device.type == "cuda" else MAX_CPU_TILE
+    return max(MIN_TILE, min(ceiling, side // 64 * 64))
+
+
+def _check_levels(models: ModelSet, style: StyleStats, levels) -> tuple[int, ...]:
+    if style.model_id != models.model_id:
+        raise ValueError(f"style statistics were made with {style.model_id}, not {models.model_id}")
+    levels = tuple(levels or style.stages)
+    missing = [k for k in levels if k not in style.stages]
+    if missing:
+        raise ValueError(f"style statistics lack stages {missing}")
+    return levels
+
+
+def _check_tile_size(tile_size) -> None:
+    if tile_size is not None and (not isinstance(tile_size, int) or tile_size < 0):
+        raise ValueError(f"tile size must be a non-negative integer (got {tile_size!r})")
+
+
+def _device(models: ModelSet, k: int) -> torch.device:
+    return next(models.encoder(k).parameters()).device
+
+
+def _full_res_channels(models: ModelSet, levels) -> int:
+    return max(models.encoder(k).conv11.out_channels for k in levels)
+
+
+def _as_tensor(image: ImageBuffer) -> torch.Tensor:
+    block = image.read(slice(None), slice(None))
+    return to_tensor(block) if block.dtype == np.uint8 else torch.from_numpy(block).permute(2, 0, 1)[None]
+
+
+@torch.inference_mode()
+def style_statistics_tiled(models: ModelSet, style, method: str = "wct", levels=None,
+                           tile_size: int | None = None,
+                           progress: Callable[[Progress], None] | None = None) -> StyleStats:
+    """`stylize.style_statistics` of an (H, W, 3) uint8 or float32 style, computed tile by tile.
+
+    The style is not padded (pooling floors odd sizes, as in the whole-image path), so tiles at
+    its bottom and right reach its true edge. `tile_size` None chooses one from free memory; 0
+    encodes the whole style at once.
+    """
+    if method not in DEFAULT_LEVELS:
+        raise ValueError(f"method must be one of {tuple(DEFAULT_LEVELS)} (got {method!r})")
+    levels = tuple(levels or DEFAULT_LEVELS[method])
+    _check_tile_size(tile_size)
+    image = _as_buffer(style)
+    height, width = image.shape[:2]
+    device = _device(models, levels[0])
+    if tile_size is None:
+        tile_size = choose_tile_size(height, width, device, levels, _full_res_channels(models, levels))
+    if tile_size == 0:
+        return style_statistics(models, _as_tensor(image), method, levels)
+    need = 2 * stage_multiple(max(levels))
+    if min(height, width) < need:
+        raise ValueError(f"style image too small: {min(height, width)} px on its short side, stage "
+                         f"{max(levels)} needs at least {need}")
+    meter = _Meter(progress, sum(height * width * _macs_per_pixel(models.encoder(k), k) for k in levels))
+    source = _Source(image, height, width)
+    stages = {}
+    for k in levels:
+        m = stage_multiple(k)
+        grid = (height // m, width // m)
+        tiles = _tiles(*grid, max(1, tile_size // m))
+        total = _statistics_pass(models.encoder(k), source, grid, tiles, device, meter, "style")
+        stages[k] = transforms.style_stage(total, method)
+    return StyleStats(method, models.model_id, stages)
+
+
+def _stylize_into(models: ModelSet, image: ImageBuffer, dest: ImageBuffer, style: StyleStats,
+                  alpha: float, levels: tuple[int, ...], tile_size: int | None, buffers: _Buffers,
+                  meter: _Meter) -> None:
+    """Stages `levels` in order from `image` to `dest` (uint8 or float32, (H, W, 3)). Each
+    stage's float result, unclamped, is the next one's input, in a buffer freed once read."""
+    height, width = image.shape[:2]
+    if tile_size is None:
+        tile_size = choose_tile_size(height, width, _device(models, levels[0]), levels,
+                                     _full_res_channels(models, levels))
+    if tile_size == 0:
+        _store(dest, slice(None), slice(None), stylize(models, _as_tensor(image), style, alpha, levels))
+        return
+    current = image
+    for i, k in enumerate(levels):
+        out = dest if i == len(levels) - 1 else buffers.new((height, width, 3))
+        _run_stage(models, k, current, out, style, alpha, tile_size, buffers, meter)
+        if current is not image:
+            current.close()
+        current = out
+
+
+def _new_output(out: np.ndarray | None, height: int, width: int) -> np.ndarray:
+    if out is None:
+        return np.empty((height, width, 3), np.uint8)
+    if out.shape != (height, width, 3) or out.dtype != np.uint8:
+        raise ValueError(f"out must be ({height}, {width}, 3) uint8 (got {out.shape} {out.dtype})")
+    return out
+
+
+@torch.inference_mode()
+def stylize_tiled(models: ModelSet, content, style: StyleStats, alpha: float = 1.0, levels=None,
+                  tile_size: int | None = None, *, out: np.ndarray | None = None,
+                  disk_buffer: bool | None = None, temp_dir: str | None = None,
+                  progress: Callable[[Progress], None] | None = None) -> np.ndarray:
+    """Stylize an (H, W, 3) image into (H, W, 3) uint8, equal to `stylize.stylize` then `to_uint8`.
+
+    content: uint8 RGB, or float32 in [0, 1]; a numpy array, a numpy.memmap or an ImageBuffer.
+    tile_size: tile side in image pixels (rounded down per stage to the stage's pooling multiple,
+        2^(k-1)); 0 runs the whole image at once (`stylize.stylize`); None picks one with
+        `choose_tile_size` from the memory free on the models' device.
+    out: an (H, W, 3) uint8 array to write the result into (for instance `Canvas.rgb`, so that the
+        encoder reads it in place); a new array when None.
+    disk_buffer: keep the image between stages (and stored features) in numpy.memmap files in a
+        temporary directory under `temp_dir` (True), in RAM (False), or decide by size (None: on
+        disk above DISK_BUFFER_BYTES per image). Use a disk-backed `temp_dir` where /tmp is tmpfs.
+    progress: called with a `Progress` after every tile.
+    """
+    levels = _check_levels(models, style, levels)
+    _check_tile_size(tile_size)
+    image = _as_buffer(content)
+    height, width = image.shape[:2]
+    out = _new_output(out, height, width)
+    meter = _Meter(progress, sum(_stage_work(models, k, height * width) for k in levels))
+    with _buffers(height, width, disk_buffer, temp_dir) as buffers:
+        _stylize_into(models, image, ImageBuffer(out), style, alpha, levels, tile_size, buffers, meter)
+    return out
+
+
+# ---------------------------------------------------------------- stroke scale
+
+
+def _linear_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices i0, i1 and the weight of i1 for linear resampling of n_in samples to n_out
+    with half-pixel centres (torch's align_corners=False)."""
+    x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    i0 = np.floor(x).astype(np.int64)
+    return i0, np.minimum(i0 + 1, n_in - 1), (x - i0).astype(np.float32)
+
+
+def _upsample_bilinear(small: ImageBuffer, dest: ImageBuffer, band: int = 128) -> None:
+    """Bilinear resize of an (h, w, 3) float32 buffer into dest (H, W, 3), `band` output rows at
+    a time, so that neither image is held whole."""
+    (h, w), (height, width) = small.shape[:2], dest.shape[:2]
+    r0, r1, rw = _linear_taps(height, h)
+    c0, c1, cw = _linear_taps(width, w)
+    for y in range(0, height, band):
+        ys = slice(y, min(y + band, height))
+        lo = r0[ys][0]
+        block = small.read(slice(lo, r1[ys][-1] + 1), slice(None))
+        top, bottom = block[r0[ys] - lo], block[r1[ys] - lo]
+        rows = top + (bottom - top) * rw[ys, None, None]
+        left, right = rows[:, c0], rows[:, c1]
+        dest.write(ys, slice(None), left + (right - left) * cw[None, :, None])
+
+
+def _split_levels(levels: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    coarse = tuple(k for k in levels if k in COARSE_STAGES)
+    fine = levels[len(coarse):]
+    if not coarse or not fine or levels[: len(coarse)] != coarse:
+        raise ValueError(f"a stroke scale needs coarse levels (of {COARSE_STAGES}) followed by fine "
+                         f"ones (2, 1), both present (got levels {levels})")
+    return coarse, fine
+
+
+@torch.inference_mode()
+def stylize_stroke_scaled(models: ModelSet, content: np.ndarray, style: StyleStats, alpha: float = 1.0,
+                          levels=None, stroke_scale: float = 2.0, tile_size: int | None = None, *,
+                          out: np.ndarray | None = None, disk_buffer: bool | None = None,
+                          temp_dir: str | None = None,
+                          progress: Callable[[Progress], None] | None = None) -> np.ndarray:
+    """Stylize with brush strokes `stroke_scale` (S) times larger than `stylize_tiled` paints them.
+
+    The size of a style's patterns in the output is set by the receptive fields of the coarse
+    stages (COARSE_STAGES: 5, 4, 3), which are fixed in pixels, so on a 40 MP image the strokes
+    that look right at 1 MP shrink to fine texture. Here the coarse levels run on the content
+    downscaled by S (Lanczos); their float result is upsampled back to full size (bilinear) and
+    the fine levels (2, 1) run on it at full size, restoring sharp edges and fine texture. S = 1
+    is `stylize_tiled`. The levels must list the coarse stages first, and hold both kinds.
+
+    content: (H, W, 3) uint8. Returns (H, W, 3) uint8; the other arguments as in `stylize_tiled`.
+    """
+    if not (isinstance(stroke_scale, (int, float)) and stroke_scale >= 1.0):
+        raise ValueError(f"stroke scale must be a number >= 1 (got {stroke_scale!r})")
+    if stroke_scale == 1.0:
+        return stylize_tiled(models, content, style, alpha, levels, tile_size, out=out,
+                             disk_buffer=disk_buffer, temp_dir=temp_dir, progress=progress)
+    levels = _check_levels(models, style, levels)
+    coarse, fine = _split_levels(levels)
+    _check_tile_size(tile_size)
+    image = _as_buffer(content)
+    if image.dtype != np.uint8:
+        raise ValueError(f"content must be uint8 for a stroke scale (got {image.dtype})")
+    height, width = image.shape[:2]
+    out = _new_output(out, height, width)
+    rgb = image.read(slice(None), slice(None))
+    small = np.asarray(Image.fromarray(rgb).resize(
+        (max(1, round(width / stroke_scale)), max(1, round(height / stroke_scale))), Image.Resampling.LANCZOS))
+    del rgb
+    meter = _Meter(progress, sum(_stage_work(models, k, small.shape[0] * small.shape[1]) for k in coarse)
+                   + sum(_stage_work(models, k, height * width) for k in fine))
+    with _buffers(height, width, disk_buffer, temp_dir) as buffers:
+        coarse_result = buffers.new(small.shape)
+        _stylize_into(models, ImageBuffer(small), coarse_result, style, alpha, coarse, tile_size, buffers, meter)
+        upsampled = buffers.new((height, width, 3))
+        _upsample_bilinear(coarse_result, upsampled)
+        coarse_result.close()
+        _stylize_into(models, upsampled, ImageBuffer(out), style, alpha, fine, tile_size, buffers, meter)
+        upsampled.close()
+    return out
+
+
+# ---------------------------------------------------------------- output
+
+
+class Canvas:
+    """The 8-bit result in Pillow's own 4-byte pixel layout, (H, W, 4) uint8: RGBX, or RGBA when
+    an alpha channel is carried through.
+
+    `Image.frombuffer` wraps it without a copy, so JPEG, TIFF and WebP encoders read its rows in
+    place: the result exists once, 4 bytes per pixel, while it is encoded. (Pillow cannot write
+    RGBX as PNG, so an opaque PNG costs one conversion copy.) Write the result into `rgb`.
+    """
+
+    def __init__(self, height: int, width: int, alpha: np.ndarray | None = None):
+        if height < 1 or width < 1:
+            raise ValueError(f"canvas size must be positive (got {height}x{width})")
+        if alpha is not None and alpha.shape != (height, width):
+            raise ValueError(f"alpha must be ({height}, {width}) (got {alpha.shape})")
+        self.pixels = np.empty((height, width, 4), np.uint8)
+        self.pixels[..., 3] = 255 if alpha is None else alpha
+        self.has_alpha = alpha is not None
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """The (H, W, 3) colour view to write into (`stylize_tiled(..., out=canvas.rgb)`)."""
+        return self.pixels[..., :3]
+
+    def image(self, keep_alpha: bool = True) -> Image.Image:
+        """A Pillow image sharing the canvas memory (RGBA when it has alpha and `keep_alpha`)."""
+        mode = "RGBA" if self.has_alpha and keep_alpha else "RGBX"
+        height, width = self.pixels.shape[:2]
+        return Image.frombuffer(mode, (width, height), self.pixels, "raw", mode, 0, 1)
+
+    def save(self, uri: str) -> None:
+        """Encode in the format of `uri`'s extension (`images.FORMATS`) and write it atomically:
+        a local file through a temporary file in the same directory, renamed when complete."""
+        fmt, keeps_alpha, options = images.output_format(uri)
+        img = self.image(keeps_alpha)
+        if fmt == "PNG" and img.mode == "RGBX":
+            img = img.convert("RGB")
+        if not storage.is_local(uri):
+            data = io.BytesIO()
+            img.save(data, fmt, **options)
+            storage.write_bytes(uri, data.getvalue())
+            return
+        path = storage.local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                img.save(f, fmt, **options)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
