@@ -1,0 +1,384 @@
+"""jobs.stylize: planning and queueing as plain functions; the whole job on a real local Ray, on
+local files and on moto's HTTP S3 server; `ray job submit` to a real token-authenticated head;
+an actor killed mid-job; style statistics reused across rows."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+import torch
+from PIL import Image
+
+from cdcore import storage
+from cdcore.cli import main as cdcore_main
+from cdcore.images import read_image
+from jobs.manifest import Options, Row, derived_output, plan_rows
+from jobs.scheduler import StyleQueue
+from jobs.stylize import build_parser, main, prepare, run
+from shared import CONTENT, MODELS, STYLE
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The few stylizations run in this process use one thread, as each actor does: on two shared
+    cores, two OpenMP threads stall for seconds whenever another process is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------- inputs on disk
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """Small images (sizes not multiples of 16, one with alpha) and the three kinds of bad input."""
+    d = tmp_path_factory.mktemp("inputs")
+    Image.open(CONTENT / "bridge_512.jpg").resize((150, 110)).save(d / "bridge.jpg", quality=95)
+    harbor = np.array(Image.open(CONTENT / "harbor_420.jpg").resize((100, 75)))
+    alpha = np.tile(np.linspace(0, 255, 100).astype(np.uint8), (75, 1))
+    Image.fromarray(np.dstack([harbor, alpha]), "RGBA").save(d / "harbor.png")
+    Image.open(STYLE / "style_a_570.jpg").resize((128, 128)).save(d / "style_a.jpg")
+    Image.open(STYLE / "style_b_512.jpg").resize((96, 128)).save(d / "style_b.jpg")
+    (d / "truncated.jpg").write_bytes((d / "bridge.jpg").read_bytes()[:1500])
+    (d / "notes.png").write_text("not an image")
+    return d
+
+
+GOOD = [  # content, style, extra columns
+    ("bridge.jpg", "style_a.jpg", {}),
+    ("harbor.png", "style_a.jpg", {"alpha": 0.5}),
+    ("bridge.jpg", "style_b.jpg", {"method": "adain"}),
+]
+BAD = [  # content, style, what the error must say
+    ("truncated.jpg", "style_a.jpg", "truncated"),
+    ("missing.jpg", "style_b.jpg", "no such file"),
+    ("notes.png", "style_a.jpg", "not a readable image"),
+]
+
+
+def manifest_rows(base: str) -> list[dict]:
+    rows = [{"content": f"{base}/{c}", "style": f"{base}/{s}", **extra} for c, s, extra in GOOD]
+    rows += [{"content": f"{base}/{c}", "style": f"{base}/{s}"} for c, s, _ in BAD]
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    columns = ["content", "style", "method", "alpha"]
+    lines = [",".join(columns)] + [",".join(str(r.get(c, "")) for c in columns) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def read_results(uri: str) -> list[dict]:
+    return sorted(pq.read_table(uri).to_pylist(), key=lambda r: r["row"])
+
+
+def check_first_run(results: list[dict], base: str) -> None:
+    assert [r["row"] for r in results] == list(range(len(GOOD) + len(BAD)))
+    for r, (content, _, _) in zip(results, GOOD):
+        assert r["status"] == "ok" and r["error"] is None and r["attempts"] == 1, r
+        expected = read_image(f"{base}/{content}").size
+        assert (r["width"], r["height"]) == expected
+        assert read_image(r["output"]).size == expected  # written whole, and decodable
+        assert r["model_id"].startswith("cd16x-") and r["actor"]
+    for r, (content, _, reason) in zip(results[len(GOOD):], BAD):
+        assert r["status"] == "failed" and r["output"], r
+        assert f"{base}/{content}" in r["error"] and reason in r["error"], r["error"]
+
+
+def job_args(manifest, prefix, results, models=MODELS, *extra) -> list[str]:
+    return ["--manifest", str(manifest), "--output-prefix", str(prefix), "--results", str(results),
+            "--models", str(models), *map(str, extra)]
+
+
+# --------------------------------------------------------------------------- planning, queueing
+
+def test_planning_defaults_overrides_and_row_problems():
+    options = Options(output_prefix="s3://b/out", method="wct", alpha=0.8)
+    records = [
+        {"content": "s3://b/in/cat.jpg", "style": "s3://b/st/ink.png"},
+        {"content": "s3://b/in/cat.tif", "style": "s3://b/st/ink.png", "method": "adain", "alpha": 0.25},
+        {"content": "s3://b/in/dog.bmp", "style": "s3://b/st/ink.png", "method": "gatys"},
+        {"content": "s3://b/in/x.jpg", "style": "s3://b/st/ink.png", "alpha": "strong"},
+        {"content": "s3://b/in/x.jpg", "style": "s3://b/st/ink.png", "method": "vangogh"},
+        {"content": None, "style": "s3://b/st/ink.png"},
+        {"content": "s3://b/other/cat.jpg", "style": "s3://b/st/ink.png"},  # same derived output as row 0
+        {"content": "rel/cat.jpg", "style": "s3://b/st/ink.png", "output": "out/x.gif"},
+    ]
+    rows = plan_rows(records, options, source="m.csv")
+    assert rows[0] == Row(0, "s3://b/in/cat.jpg", "s3://b/st/ink.png", "s3://b/out/cat+ink_wct_a0.8.jpg",
+                          "wct", 0.8, (5, 4, 3, 2, 1))
+    assert (rows[1].output, rows[1].levels) == ("s3://b/out/cat+ink_adain_a0.25.tif", (4,))
+    assert (rows[2].output, rows[2].levels) == ("s3://b/out/dog+ink_gatys.png", (5,))  # bmp: we write png
+    assert rows[3].error == "m.csv row 3: alpha 'strong' is not a number"
+    assert rows[4].error.startswith("m.csv row 4: method 'vangogh' is not one of")
+    assert rows[5].error == "m.csv row 5: no content URI"
+    assert rows[6].error == "m.csv row 6: output s3://b/out/cat+ink_wct_a0.8.jpg is also the output of row 0"
+    assert "unsupported output format .gif" in rows[7].error
+    assert derived_output("/o", "/a/b.c.JPG", "s.png", "wct", 1.0) == "/o/b.c+s_wct_a1.jpg"
+
+
+def test_queue_keeps_styles_on_actors_and_shares_the_last_one():
+    rows = [Row(i, f"c{i}", style, "o", "wct", 1.0, (5,)) for i, style in enumerate("aaaabbc")]
+    queue = StyleQueue(rows)
+    taken = {actor: [queue.take(actor).style for _ in range(2)] for actor in ("x", "y")}
+    assert taken == {"x": ["a", "a"], "y": ["b", "b"]}  # the largest free group first
+    assert queue.take("y").style == "c"  # b is used up: the free group before a shared one
+    assert queue.take("y").style == "a" and queue.take("x").style == "a"  # then help with a
+    queue.put_back(rows[0])
+    assert queue.take("x") is rows[0] and queue.take("x") is None and len(queue) == 0
+
+
+def test_stylizer_encodes_a_style_once_and_keeps_going_after_bad_rows(inputs, tmp_path):
+    """The actor class without Ray: counters, cache and per-row failures."""
+    from jobs.worker import Stylizer, WorkerConfig
+
+    records = manifest_rows(str(inputs)) + [{"content": str(inputs / "bridge.jpg"),
+                                              "style": str(inputs / "style_a.jpg"), "alpha": 0.3}]
+    rows = plan_rows(records, Options(str(tmp_path)))
+    worker = Stylizer("w0", WorkerConfig(str(MODELS), stages=(5, 4, 3, 2, 1), style_cache=1))
+    statuses = [worker.process(row) for row in rows]
+    assert [s["status"] for s in statuses] == ["ok"] * 3 + ["failed"] * 3 + ["ok"]
+    # Styles a, a, b (adain), then a again, which one cache slot no longer holds; the bad contents
+    # fail before their styles are needed.
+    assert worker.counters["styles_encoded"] == 3 and worker.counters["rows"] == 7
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing manifest", "manifest not found"),
+    ("missing column", "missing column(s) style"),
+    ("unknown format", "unsupported manifest format .txt"),
+    ("missing models", "model file missing"),
+    ("tile size", "--tile-size"),
+])
+def test_a_job_that_cannot_run_exits_2_with_one_line(tmp_path, capsys, inputs, case, expected):
+    manifest, models, extra = tmp_path / "m.csv", MODELS, []
+    write_csv(manifest, manifest_rows(str(inputs))[:1])
+    if case == "missing manifest":
+        manifest = tmp_path / "nope.csv"
+    elif case == "missing column":
+        manifest.write_text("content\na.jpg\n")
+    elif case == "unknown format":
+        manifest = tmp_path / "m.txt"
+    elif case == "missing models":
+        models = tmp_path
+    else:
+        extra = ["--tile-size", "512"]
+    assert main(job_args(manifest, tmp_path / "out", tmp_path / "r.parquet", models, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "r.parquet").exists()
+
+
+# ------------------------------------------------------------------------------- on a local Ray
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module (address="local": never someone else's cluster on this host)."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def test_local_files_ok_failed_skipped_overwritten(local_ray, inputs, tmp_path, monkeypatch):
+    monkeypatch.chdir(inputs.parent)  # relative manifest paths resolve against the working directory
+    base = inputs.name
+    manifest = tmp_path / "m.csv"
+    write_csv(manifest, manifest_rows(base))
+    out = tmp_path / "out"
+
+    assert main(job_args(manifest, out, tmp_path / "run1.parquet", MODELS, "--actors", 1)) == 0
+    first = read_results(str(tmp_path / "run1.parquet"))
+    check_first_run(first, str(inputs))
+    np.testing.assert_array_equal(read_image(first[1]["output"]).alpha, read_image(str(inputs / "harbor.png")).alpha)
+
+    # The job and `cdcore stylize` must agree pixel for pixel (png is lossless).
+    cli_out = tmp_path / "cli.png"
+    assert cdcore_main(["stylize", str(inputs / "harbor.png"), str(inputs / "style_a.jpg"), "-o", str(cli_out),
+                        "--alpha", "0.5", "--models", str(MODELS)]) == 0
+    np.testing.assert_array_equal(read_image(first[1]["output"]).rgb, read_image(str(cli_out)).rgb)
+
+    written = {r["output"]: os.stat(r["output"]).st_mtime_ns for r in first[:len(GOOD)]}
+    assert main(job_args(manifest, out, tmp_path / "run2.parquet", MODELS, "--actors", 1)) == 0
+    second = read_results(str(tmp_path / "run2.parquet"))
+    assert [r["status"] for r in second] == ["skipped"] * len(GOOD) + ["failed"] * len(BAD)
+    assert {o: os.stat(o).st_mtime_ns for o in written} == written  # untouched
+
+    assert main(job_args(manifest, out, tmp_path / "run3.parquet", MODELS, "--actors", 1, "--overwrite")) == 0
+    third = read_results(str(tmp_path / "run3.parquet"))
+    assert [r["status"] for r in third] == ["ok"] * len(GOOD) + ["failed"] * len(BAD)
+    assert all(os.stat(o).st_mtime_ns != t for o, t in written.items())
+    assert sorted(p.name for p in out.iterdir()) == sorted(Path(o).name for o in written)  # no temp files
+
+
+def test_s3_manifest_images_models_outputs_and_results(local_ray, s3_bucket, inputs):
+    """Everything on moto's HTTP S3; actors reach it only through the env vars the driver forwards."""
+    base = f"{s3_bucket}/in"
+    for path in inputs.iterdir():
+        storage.upload(path, f"{base}/{path.name}")
+    for path in MODELS.iterdir():
+        storage.upload(path, f"{s3_bucket}/models/cd16x/{path.name}")
+    manifest = f"{s3_bucket}/manifest.jsonl"
+    storage.write_bytes(manifest, "".join(json.dumps(r) + "\n" for r in manifest_rows(base)).encode())
+    args = job_args(manifest, f"{s3_bucket}/out", f"{s3_bucket}/results", f"{s3_bucket}/models/cd16x",
+                    "--actors", 1)
+
+    assert main(args) == 0
+    [part] = storage.list_files(f"{s3_bucket}/results")
+    assert part.rsplit("/", 1)[1].startswith("part-")
+    check_first_run(read_results(f"{s3_bucket}/results/"), base)  # pyarrow's own S3
+
+    assert main(args) == 0
+    later = [p for p in storage.list_files(f"{s3_bucket}/results") if p != part]
+    assert [r["status"] for r in read_results(later[0])] == ["skipped"] * len(GOOD) + ["failed"] * len(BAD)
+    assert len(read_results(f"{s3_bucket}/results")) == 2 * (len(GOOD) + len(BAD))  # the history of runs
+
+    assert main([*args, "--overwrite"]) == 0
+    newest = max(storage.list_files(f"{s3_bucket}/results"))
+    assert [r["status"] for r in read_results(newest)] == ["ok"] * len(GOOD) + ["failed"] * len(BAD)
+
+
+def many_rows(inputs: Path, tmp_path: Path, styles: list[str], count: int) -> Path:
+    """`count` distinct rows (contents copied under new names) cycling through `styles`."""
+    rows = []
+    for i in range(count):
+        content = tmp_path / "in" / f"c{i}.jpg"
+        content.parent.mkdir(exist_ok=True)
+        content.write_bytes((inputs / "bridge.jpg").read_bytes())
+        rows.append({"content": str(content), "style": str(inputs / styles[i % len(styles)])})
+    manifest = tmp_path / "m.csv"
+    write_csv(manifest, rows)
+    return manifest
+
+
+def run_in_process(args: list[str], on_result=None):
+    return run(prepare(build_parser().parse_args(args)), on_result=on_result)
+
+
+def test_killed_actor_is_replaced_and_every_row_accounted_for(local_ray, inputs, tmp_path):
+    manifest = many_rows(inputs, tmp_path, ["style_a.jpg", "style_b.jpg"], 10)
+    killed = []
+
+    def kill_first_actor(record: dict) -> None:
+        # Its first row is back: its next row is already in flight, so this kill loses work.
+        if not killed and record["status"] == "ok":
+            killed.append(record["actor"])
+            os.kill(record["pid"], signal.SIGKILL)
+
+    report = run_in_process(job_args(manifest, tmp_path / "out", tmp_path / "r.parquet", MODELS,
+                                     "--actors", 2), on_result=kill_first_actor)
+    results = read_results(str(tmp_path / "r.parquet"))
+    assert [r["row"] for r in results] == list(range(10))  # each manifest row exactly once
+    assert all(r["status"] == "ok" and Path(r["output"]).is_file() for r in results), results
+    assert report.replaced == 1 and report.started == 3
+    retried = [r for r in results if r["attempts"] == 2]
+    assert retried and all(r["actor"] != killed[0] for r in retried)
+    assert len(list((tmp_path / "out").iterdir())) >= 10  # plus, perhaps, the killed write's hidden temp file
+
+
+def test_one_style_is_encoded_once_per_actor(local_ray, inputs, tmp_path):
+    manifest = many_rows(inputs, tmp_path, ["style_a.jpg"], 6)
+    report = run_in_process(job_args(manifest, tmp_path / "out", tmp_path / "r.parquet", MODELS,
+                                     "--actors", 2, "--levels", "5,4,3"))
+    assert report.count("ok") == 6
+    assert sum(c["rows"] for c in report.actors.values()) == 6
+    assert {c["styles_encoded"] for c in report.actors.values()} == {1}, report.actors
+
+
+# ------------------------------------------------------------------------ ray job submit, token auth
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """A real head (`ray start --head --block`) with token auth and a token of its own.
+
+    The token lives in a private temporary file named by RAY_AUTH_TOKEN_PATH, so neither
+    ~/.ray/auth_token nor other clusters on this machine are touched; --temp-dir keeps this head
+    out of /tmp/ray, so a bare `ray.init()` elsewhere on the machine does not attach to it. The
+    head is stopped by signalling the `ray start --block` process we started, which takes its
+    Ray processes down with it (`ray stop` would kill every Ray on the machine). The venv's bin
+    comes first on PATH, so the job's `python` is the venv's python.
+    """
+    home = Path(tempfile.mkdtemp(prefix="rayh-", dir="/tmp"))  # short: Ray's socket paths are limited
+    token = home / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), PATH=f"{VENV_BIN}:{env['PATH']}")
+    dashboard = free_port()
+    head = subprocess.Popen(
+        [str(VENV_BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--disable-usage-stats",
+         "--node-ip-address", "127.0.0.1", "--port", str(free_port()), "--temp-dir", str(home / "ray"),
+         "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+         "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port())],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{dashboard}"
+    try:
+        wait_for_dashboard(url, head)
+        yield url, env
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)  # the session we started, and only it
+            head.wait()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            raise RuntimeError(f"ray start --head exited with {head.returncode}")
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return  # answering, if only to say 401
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"no dashboard at {url} after {timeout} s")
+
+
+def test_ray_job_submit_with_token_auth(ray_head, inputs, tmp_path):
+    url, env = ray_head
+    with pytest.raises(urllib.error.HTTPError) as refused:  # the head really enforces the token
+        urllib.request.urlopen(f"{url}/api/jobs/", timeout=10)
+    assert refused.value.code == 401
+
+    manifest = tmp_path / "m.csv"
+    write_csv(manifest, manifest_rows(str(inputs)))
+    submit = subprocess.run(
+        [str(VENV_BIN / "ray"), "job", "submit", "--address", url, "--working-dir", ".",
+         "--runtime-env", "cluster/runtime_env.yaml", "--",
+         "python", "-m", "jobs.stylize", *job_args(manifest, tmp_path / "out", tmp_path / "results")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    log = submit.stdout + submit.stderr
+    assert submit.returncode == 0 and "succeeded" in log, log[-3000:]
+    check_first_run(read_results(str(tmp_path / "results")), str(inputs))
