@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=_count(1), default=images.DEFAULT_MAX_PIXELS,
                    help="rows with a larger input fail (default 300 MP)")
     p.add_argument("--style-cache", type=_count(1), default=16, help="styles each actor keeps (default 16)")
-    p.add_argument("--tile-size", type=_count(0), default=0, help="0: whole image")
+    p.add_argument("--tile-size", type=_count(0), default=None,
+                   help="tile side in pixels for the exact tiled engine; 0: whole image (default: the "
+                   "whole image when it fits a quarter of the actor's free device memory, else tiles)")
     return p
 
 
@@ -106,8 +108,6 @@ class Job:
 def prepare(args: argparse.Namespace) -> Job:
     """Read and plan the manifest and check the models, so a job that cannot run stops here, on
     the driver, before a cluster starts actors for it."""
-    if args.tile_size:
-        raise ValueError("--tile-size: the tiled engine is not available yet; use 0 (whole image)")
     levels = parse_levels(args.levels, "wct") if args.levels else None
     options = Options(resolve(args.output_prefix), args.method, args.alpha, levels)
     manifest = resolve(args.manifest)
@@ -190,6 +190,8 @@ def _dispatch(job: Job, records: list[dict], on_result: Callable[[dict], None] |
     size = pool_size(job, len(runnable))
     say(f"{len(runnable)} rows to run on {size} actor{'s' * (size != 1)} ({job.num_gpus:g} GPU, "
         f"{job.num_cpus:g} CPU each); {len(records)} refused while planning")
+    if runnable and job.num_gpus and not ray.cluster_resources().get("GPU"):
+        say("no GPU in the cluster yet: the actors wait until an autoscaler adds GPU nodes")
     pool = Dispatcher(runnable, actor_factory(job, say), size, collect,
                       on_wait=lambda d: progress.maybe_print(f"{d.ready_actors}/{len(d.actors)} ready"))
     try:

@@ -14,13 +14,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterator
 
-import numpy as np
 import torch
 
 from cdcore import images, storage
 from cdcore.gatys import gatys
-from cdcore.modelset import ModelSet, load_model_set
-from cdcore.stylize import StyleStats, style_statistics, stylize, to_tensor, to_uint8
+from cdcore.modelset import load_model_set
+from cdcore.stylize import to_tensor, to_uint8
+from cdcore.tiling import style_statistics_tiled, stylize_tiled
 
 from .manifest import Row
 
@@ -36,7 +36,7 @@ class WorkerConfig:
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     style_cache: int = 16  # styles kept per actor
     iterations: int = 200  # gatys
-    tile_size: int = 0
+    tile_size: int | None = None  # None: whole image when it fits the device's memory, else tiles
 
 
 class StyleCache:
@@ -71,26 +71,6 @@ def blame(uri: str) -> Iterator[None]:
     except Exception as e:  # decoding, storage, torch: all end the row, never the actor
         text = " ".join(str(e).split()) or type(e).__name__
         raise RowFailed(text if uri in text else f"{uri}: {text}") from e
-
-
-def render(models: ModelSet, content: images.Picture, stats: StyleStats, alpha: float,
-           levels: tuple[int, ...], tile_size: int = 0) -> np.ndarray:
-    """Stylize one content picture with WCT/AdaIN statistics; (H, W, 3) uint8 of the same size.
-
-    The whole image goes through the network at once, so memory grows with the image. This is the
-    one place to switch to the tiled engine (cdcore.tiling) when it lands: call it here when
-    tile_size is set and the content is larger, with the same statistics; nothing else changes.
-    """
-    if tile_size:  # the driver refuses --tile-size until then
-        raise NotImplementedError("the tiled engine is not available yet")
-    device = next(models.encoder(levels[0]).parameters()).device
-    x = _fast_layout(to_tensor(content.rgb, device))
-    return to_uint8(stylize(models, x, stats, alpha, levels))
-
-
-def _fast_layout(x: torch.Tensor) -> torch.Tensor:
-    """Convolutions on the CPU are fastest in channels-last layout (as in `cdcore stylize`)."""
-    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
 
 
 class Stylizer:
@@ -146,8 +126,9 @@ class Stylizer:
                 image, _ = gatys(self.models, to_tensor(content.rgb, self.device), style,
                                  iterations=self.config.iterations)
                 rgb = to_uint8(image)
-            else:
-                rgb = render(self.models, content, style, row.alpha, row.levels, self.config.tile_size)
+            else:  # exact either way; tiles only when the whole image would not fit
+                rgb = stylize_tiled(self.models, content.rgb, style, row.alpha, row.levels,
+                                    self.config.tile_size)
         with blame(row.output):
             images.write_image(row.output, images.Picture(rgb, content.alpha))
         return content.size
@@ -156,8 +137,10 @@ class Stylizer:
         """Statistics for WCT/AdaIN; for gatys, which needs the image itself, the style tensor."""
         with blame(row.style):
             picture = images.read_image(row.style, self.config.max_pixels)
-            style = to_tensor(picture.rgb, self.device)
-            if row.method != "gatys":
-                style = style_statistics(self.models, _fast_layout(style), row.method, row.levels)
+            if row.method == "gatys":
+                style = to_tensor(picture.rgb, self.device)
+            else:
+                style = style_statistics_tiled(self.models, picture.rgb, row.method, row.levels,
+                                               self.config.tile_size)
         self.counters["styles_encoded"] += 1
         return style

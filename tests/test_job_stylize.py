@@ -161,13 +161,19 @@ def test_stylizer_encodes_a_style_once_and_keeps_going_after_bad_rows(inputs, tm
     # fail before their styles are needed.
     assert worker.counters["styles_encoded"] == 3 and worker.counters["rows"] == 7
 
+    # In tiles of 64 px the result is the whole image's up to float rounding.
+    tiled = Stylizer("w1", WorkerConfig(str(MODELS), stages=(5, 4, 3, 2, 1), overwrite=True, tile_size=64))
+    whole = read_image(rows[1].output).rgb
+    assert tiled.process(rows[1])["status"] == "ok"
+    assert np.abs(read_image(rows[1].output).rgb.astype(int) - whole).max() <= 1
+
 
 @pytest.mark.parametrize("case, expected", [
     ("missing manifest", "manifest not found"),
     ("missing column", "missing column(s) style"),
     ("unknown format", "unsupported manifest format .txt"),
     ("missing models", "model file missing"),
-    ("tile size", "--tile-size"),
+    ("bad levels", "levels must be distinct stages 1..5"),
 ])
 def test_a_job_that_cannot_run_exits_2_with_one_line(tmp_path, capsys, inputs, case, expected):
     manifest, models, extra = tmp_path / "m.csv", MODELS, []
@@ -181,7 +187,7 @@ def test_a_job_that_cannot_run_exits_2_with_one_line(tmp_path, capsys, inputs, c
     elif case == "missing models":
         models = tmp_path
     else:
-        extra = ["--tile-size", "512"]
+        extra = ["--levels", "6,5"]
     assert main(job_args(manifest, tmp_path / "out", tmp_path / "r.parquet", models, *extra)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err
