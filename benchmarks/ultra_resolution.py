@@ -1,0 +1,118 @@
+"""Ultra-resolution stylization: seconds, MP/s and peak RSS, whole image vs tiled.
+
+    python benchmarks/ultra_resolution.py [--sizes 4,16,42] [--tile-size 1024] [--threads 2]
+
+Each configuration runs in a fresh subprocess that does what `cdcore stylize` does: read the
+content (a real photo upscaled to the size, written once to --workdir as JPEG), stylize it with
+the 16x WCT cascade (5,4,3,2,1) into a `tiling.Canvas`, and write a JPEG. Peak RSS is the child's
+ru_maxrss, so it includes importing torch (about 0.55 GB here) and decoding the input.
+Whole-image runs are skipped where their estimated memory exceeds half of MemAvailable.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+# Sizes with the 2.5:1 aspect of the issue's 10240x4096 (42 MP).
+SIZES = {4: (3200, 1280), 16: (6400, 2560), 42: (10240, 4096)}
+# Whole-image peak bytes per pixel measured on this machine (2.85 GB at 4 MP, with the runtime).
+WHOLE_BYTES_PER_PIXEL = 600
+
+
+def make_content(mp: int, workdir: Path) -> Path:
+    """The content photo upscaled (bicubic) to the size of `mp`, as a JPEG, made once."""
+    from PIL import Image
+
+    path = workdir / f"content_{mp}mp.jpg"
+    if not path.exists():
+        workdir.mkdir(parents=True, exist_ok=True)
+        photo = Image.open(SHARED / "images" / "content" / "bridge_512.jpg").convert("RGB")
+        photo.resize(SIZES[mp], Image.Resampling.BICUBIC).save(path, quality=95)
+    return path
+
+
+def child(args) -> None:
+    """One configuration; prints a JSON line."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from cdcore import images, tiling
+    from cdcore.modelset import load_model_set
+    from cdcore.stylize import style_statistics, to_tensor
+
+    models = load_model_set(args.models)
+    style_rgb = images.read_image(str(SHARED / "images" / "style" / "style_b_512.jpg")).rgb
+    style = style_statistics(models, to_tensor(style_rgb), "wct")
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    picture = images.read_image(args.content)
+    t1 = time.perf_counter()
+    height, width = picture.rgb.shape[:2]
+    canvas = tiling.Canvas(height, width)
+    progress = (lambda p: print(p, file=sys.stderr, flush=True)) if args.verbose else None
+    tiling.stylize_tiled(models, picture.rgb, style, 1.0, (5, 4, 3, 2, 1), args.tile_size,
+                         out=canvas.rgb, disk_buffer=args.tile_size > 0, progress=progress)
+    t2 = time.perf_counter()
+    canvas.save(args.output)
+    t3 = time.perf_counter()
+    os.unlink(args.output)
+    print(json.dumps({"read_s": t1 - t0, "stylize_s": t2 - t1, "write_s": t3 - t2,
+                      "mp": height * width / 1e6, "baseline_rss": baseline * 1024,
+                      "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+
+
+def run_child(content: Path, tile_size: int, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--content", str(content), "--tile-size", str(tile_size),
+           "--output", str(args.workdir / f"out_{os.getpid()}.jpg"), "--threads", str(args.threads),
+           "--models", args.models] + (["--verbose"] if args.verbose else [])
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="4,16,42", help="megapixel sizes among 4, 16, 42")
+    p.add_argument("--tile-size", type=int, default=1024, help="tile size of the tiled runs")
+    p.add_argument("--modes", default="whole,tiled")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--models", default=str(SHARED / "models" / "cd16x"))
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/cdcore-bench"))
+    p.add_argument("--verbose", action="store_true", help="print tile progress to stderr")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--content", help=argparse.SUPPRESS)
+    p.add_argument("--output", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child(args)
+    print(f"| size | mode | stylize s | MP/s | read + write s | peak RSS GB |")
+    print(f"| --- | --- | --- | --- | --- | --- |")
+    for mp in (int(s) for s in args.sizes.split(",")):
+        content = make_content(mp, args.workdir)
+        w, h = SIZES[mp]
+        for mode in args.modes.split(","):
+            tile = 0 if mode == "whole" else args.tile_size
+            label = "whole image" if tile == 0 else f"tiled {tile}"
+            if tile == 0 and w * h * WHOLE_BYTES_PER_PIXEL > mem_available() / 2:
+                print(f"| {w}x{h} ({w * h / 1e6:.1f} MP) | {label} | does not fit | | | |", flush=True)
+                continue
+            r = run_child(content, tile, args)
+            print(f"| {w}x{h} ({r['mp']:.1f} MP) | {label} | {r['stylize_s']:.1f} | "
+                  f"{r['mp'] / r['stylize_s']:.3f} | {r['read_s']:.1f} + {r['write_s']:.1f} | "
+                  f"{r['peak_rss'] / 1e9:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

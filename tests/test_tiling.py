@@ -1,0 +1,210 @@
+"""The tiled engine against the whole-image path: stage by stage, whole cascades, style statistics,
+buffers on disk vs in RAM, bounded memory, stroke scale, and the Canvas writer."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cdcore import tiling
+from cdcore.images import ImageError, read_image
+from cdcore.modelset import load_model_set
+from cdcore.stylize import run_stage, style_statistics, stylize, to_tensor, to_uint8
+from shared import CONTENT, MODELS, STYLE, psnr
+
+ROOT = Path(__file__).resolve().parents[1]
+H, W = 333, 517  # not multiples of 16 (nor of 2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread: on two cores shared with other work, a second OpenMP thread mostly waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_model_set(MODELS)
+
+
+@pytest.fixture(scope="module")
+def content():
+    """(333, 517, 3) uint8: a real photo, widened by mirroring (it is 512 wide)."""
+    rgb = read_image(str(CONTENT / "bridge_512.jpg")).rgb
+    return np.ascontiguousarray(np.concatenate([rgb, rgb[:, ::-1]], axis=1)[:H, :W])
+
+
+@pytest.fixture(scope="module")
+def style_rgb():
+    return read_image(str(STYLE / "style_c_591x800.jpg")).rgb  # 800 x 591: not multiples of 16
+
+
+@pytest.fixture(scope="module")
+def wct(models, style_rgb):
+    return style_statistics(models, to_tensor(style_rgb), "wct")
+
+
+@pytest.fixture(scope="module")
+def adain(models, style_rgb):
+    return style_statistics(models, to_tensor(style_rgb), "adain")
+
+
+@pytest.mark.parametrize("stage", [5, 4, 3, 2, 1])
+def test_tiled_stage_equals_whole_image_stage(models, content, wct, stage):
+    """Floats, one stage, a tile size (100) that neither divides the image nor is a multiple of 16."""
+    whole = run_stage(models, to_tensor(content), stage, wct, 0.8)
+    tiled = tiling.stylize_tiled(models, content, wct, 0.8, (stage,), 100,
+                                 out=np.empty((H, W, 3), np.float32))
+    np.testing.assert_allclose(tiled, whole[0].permute(1, 2, 0).numpy(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("stage", [5, 2])
+@pytest.mark.parametrize("halo", ["encoder_halo", "decoder_halo"])
+def test_halos_are_the_smallest_exact_ones(models, content, wct, monkeypatch, stage, halo):
+    """One feature pixel less of either halo and tiles no longer match the whole image."""
+    whole = run_stage(models, to_tensor(content), stage, wct, 1.0)[0].permute(1, 2, 0).numpy()
+    exact = getattr(tiling, halo)
+    monkeypatch.setattr(tiling, halo, lambda k: exact(k) - 1)
+    short = tiling.stylize_tiled(models, content, wct, 1.0, (stage,), 100, out=np.empty((H, W, 3), np.float32))
+    assert np.abs(short - whole).max() > 1e-4  # 10x the tolerance of the exact halos
+
+
+@pytest.mark.parametrize("method,tile_size", [("wct", 96), ("wct", 200), ("adain", 96), ("adain", 136)])
+def test_tiled_cascade_matches_whole_image(models, content, method, tile_size, request):
+    style = request.getfixturevalue(method)
+    whole = to_uint8(stylize(models, to_tensor(content), style, 1.0))
+    tiled = tiling.stylize_tiled(models, content, style, 1.0, tile_size=tile_size)
+    assert tiled.shape == (H, W, 3) and tiled.dtype == np.uint8
+    assert psnr(tiled, whole) >= 45.0
+
+
+def test_tiled_style_statistics_match_whole_style(models, style_rgb):
+    """The style is not padded: its odd-sized edge tiles must pool and reflect as the whole one."""
+    whole = style_statistics(models, to_tensor(style_rgb), "wct")
+    tiled = tiling.style_statistics_tiled(models, style_rgb, "wct", tile_size=176)
+    assert tiled.model_id == whole.model_id and tiled.stages.keys() == whole.stages.keys()
+    for k, stage in whole.stages.items():
+        torch.testing.assert_close(tiled.stages[k].mean, stage.mean, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(tiled.stages[k].colour, stage.colour, rtol=1e-5, atol=1e-5)
+
+
+def test_disk_and_memory_buffers_give_the_same_image(models, content, adain, tmp_path):
+    on_disk = tiling.stylize_tiled(models, content, adain, tile_size=128, disk_buffer=True, temp_dir=str(tmp_path))
+    in_ram = tiling.stylize_tiled(models, content, adain, tile_size=128, disk_buffer=False)
+    np.testing.assert_array_equal(on_disk, in_ram)
+    assert list(tmp_path.iterdir()) == []  # the temporary directory went with the run
+
+
+def test_progress_reports_every_tile_with_a_finite_eta(models, content, adain):
+    reports = []
+    tiling.stylize_tiled(models, content, adain, tile_size=128, progress=reports.append)
+    render = [p for p in reports if p.step == "render"]
+    assert [p.tile for p in render] == list(range(1, render[0].tiles + 1))
+    assert all(p.stage == 4 and p.mp_per_s > 0 and np.isfinite(p.eta_s) for p in reports)
+    assert reports[-1].eta_s == 0 and "stage 4 render: tile" in str(reports[-1])
+
+
+# The child stylizes a 12.6 MP image (4096 x 3072, the photo repeated) at stage 1 only, to stay
+# fast on two cores: stage 1 works at full resolution with 24 channels, so a whole-image run
+# needs about 5.3 GB there (measured), the tiled one about 0.8 GB (0.55 GB of it is torch).
+MEMORY_CHILD = textwrap.dedent("""
+    import json, resource, sys
+    import numpy as np, torch
+    torch.set_num_threads(1)
+    from cdcore import tiling
+    from cdcore.images import read_image
+    from cdcore.modelset import load_model_set
+    from cdcore.stylize import style_statistics, to_tensor
+    models = load_model_set(sys.argv[1], stages=(1,))
+    photo = read_image(sys.argv[2]).rgb
+    style = style_statistics(models, to_tensor(photo), "wct", (1,))
+    content = np.tile(photo, (6, 8, 1))
+    out = tiling.stylize_tiled(models, content, style, 1.0, (1,), 512, disk_buffer=True)
+    print(json.dumps({"shape": out.shape, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+""")
+
+
+def test_tiled_memory_stays_bounded_on_a_12_megapixel_image():
+    done = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(MODELS), str(CONTENT / "bridge_512.jpg")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["shape"] == [3072, 4096, 3]
+    assert result["peak"] < 1.2e9, f"peak RSS {result['peak'] / 1e9:.2f} GB"
+
+
+def test_stroke_scale_runs_coarse_levels_small_and_fine_levels_full_size(models, content, wct):
+    """Reference: coarse levels whole-image on the Lanczos-downscaled content, bilinear upsampling
+    (torch's), fine levels whole-image at full size."""
+    small = np.array(Image.fromarray(content).resize((round(W / 2.5), round(H / 2.5)), Image.Resampling.LANCZOS))
+    coarse = stylize(models, to_tensor(small), wct, 1.0, (5, 4, 3))
+    upsampled = F.interpolate(coarse, size=(H, W), mode="bilinear", align_corners=False)
+    expected = to_uint8(stylize(models, upsampled, wct, 1.0, (2, 1)))
+    for tile_size in (0, 112):
+        got = tiling.stylize_stroke_scaled(models, content, wct, 1.0, stroke_scale=2.5, tile_size=tile_size)
+        assert psnr(got, expected) >= 45.0
+
+
+def test_stroke_scale_one_is_plain_tiling(models, content, adain):
+    np.testing.assert_array_equal(tiling.stylize_stroke_scaled(models, content, adain, stroke_scale=1, tile_size=128),
+                                  tiling.stylize_tiled(models, content, adain, tile_size=128))
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda m, c, s: tiling.stylize_tiled(m, c, s, tile_size=-1), "tile size"),
+    (lambda m, c, s: tiling.stylize_tiled(m, c, s, tile_size=64, out=np.empty((5, 5, 3), np.uint8)), "out must"),
+    (lambda m, c, s: tiling.stylize_tiled(m, c[..., :2], s, tile_size=64), "expected an"),
+    (lambda m, c, s: tiling.stylize_stroke_scaled(m, c, s, stroke_scale=0.5), "stroke scale"),
+    (lambda m, c, s: tiling.stylize_stroke_scaled(m, c, s, levels=(5, 4), stroke_scale=2), "fine"),
+    (lambda m, c, s: tiling.stylize_stroke_scaled(m, c, s, levels=(1, 5), stroke_scale=2), "coarse"),
+    (lambda m, c, s: tiling.style_statistics_tiled(m, c, "nst"), "method"),
+    (lambda m, c, s: tiling.choose_tile_size(0, 10), "size"),
+])
+def test_bad_arguments_raise_value_error(models, content, wct, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(models, content, wct)
+
+
+def test_choose_tile_size_from_available_memory():
+    assert tiling.choose_tile_size(1000, 1000, "cpu", available=16 << 30) == 0
+    tile = tiling.choose_tile_size(10240, 4096, "cpu", available=4 << 30)
+    assert 0 < tile <= tiling.MAX_CPU_TILE and tile % 64 == 0
+    assert tiling.choose_tile_size(10240, 4096, "cpu", available=1 << 20) == tiling.MIN_TILE
+    small = tiling.choose_tile_size(10240, 4096, "cpu", (4,), channels=64, available=1 << 30)
+    assert 0 < small < tiling.choose_tile_size(10240, 4096, "cpu", (4,), channels=16, available=1 << 30)
+
+
+@pytest.mark.parametrize("name", ["out.png", "out.tif", "out.jpg", "out.webp"])
+def test_canvas_writes_atomically_in_every_format(tmp_path, name):
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    canvas = tiling.Canvas(37, 53)
+    canvas.rgb[...] = rgb
+    canvas.save(str(tmp_path / name))
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary file left
+    back = read_image(str(tmp_path / name))
+    assert back.rgb.shape == rgb.shape and back.alpha is None
+    if name.endswith((".png", ".tif")):
+        np.testing.assert_array_equal(back.rgb, rgb)
+
+
+def test_canvas_carries_alpha_where_the_format_keeps_it(tmp_path):
+    alpha = np.tile(np.arange(53, dtype=np.uint8), (37, 1))
+    canvas = tiling.Canvas(37, 53, alpha=alpha)
+    canvas.rgb[...] = 200
+    canvas.save(str(tmp_path / "a.png"))
+    canvas.save(str(tmp_path / "a.jpg"))
+    np.testing.assert_array_equal(read_image(str(tmp_path / "a.png")).alpha, alpha)
+    assert read_image(str(tmp_path / "a.jpg")).alpha is None
+    with pytest.raises(ImageError, match="unsupported output format"):
+        canvas.save(str(tmp_path / "a.bmp"))
