@@ -140,7 +140,7 @@ def levels_for(method: str, levels: tuple[int, ...] | None) -> tuple[int, ...]:
 
 
 class _RowProblem(ValueError):
-    pass
+    """Why one manifest row cannot run; it becomes that row's error, not the job's."""
 
 
 def _text(value, column: str) -> str | None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from collections import Counter
 from dataclasses import dataclass
 
 import pyarrow as pa

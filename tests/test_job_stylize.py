@@ -18,6 +18,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -27,7 +29,7 @@ from PIL import Image
 from cdcore import storage
 from cdcore.cli import main as cdcore_main
 from cdcore.images import read_image
-from jobs.manifest import Options, Row, derived_output, plan_rows
+from jobs.manifest import Options, Row, derived_output, plan_rows, read_manifest
 from jobs.scheduler import StyleQueue
 from jobs.stylize import build_parser, main, prepare, run
 from shared import CONTENT, MODELS, STYLE
@@ -110,6 +112,22 @@ def job_args(manifest, prefix, results, models=MODELS, *extra) -> list[str]:
 
 
 # --------------------------------------------------------------------------- planning, queueing
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_manifest_formats_read_alike(tmp_path, fmt):
+    records = [{"content": "a.jpg", "style": "NA", "alpha": 0.5, "extra": 1},
+               {"content": "b c.png", "style": "s3://b/s.png", "alpha": None, "extra": 2}]
+    path = tmp_path / f"m.{fmt}"
+    table = pa.Table.from_pylist(records)
+    if fmt == "csv":
+        pa_csv.write_csv(table, path)
+    elif fmt == "parquet":
+        pq.write_table(table, path)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    expected = [{k: v for k, v in r.items() if k != "extra"} for r in records]
+    assert read_manifest(str(path)) == expected  # "NA" stays a name, unknown columns are dropped
+
 
 def test_planning_defaults_overrides_and_row_problems():
     options = Options(output_prefix="s3://b/out", method="wct", alpha=0.8)
