@@ -30,11 +30,10 @@ from ray.train.torch import TorchTrainer
 from cdcore import figures, storage, trainset
 from cdcore.distill import LossWeights
 from cdcore.modelset import save_stage
-from cdcore.nets import Decoder, Encoder
 from cdcore.stylize import to_uint8
 
 from .distill_config import OBJECTIVES, PHASES, DistillConfig
-from .distill_train import load_teacher, load_weights, read_progress, starting_student, train_worker
+from .distill_train import Models, load_teacher, load_weights, read_progress, starting_student, train_worker
 
 RUN_FILE = "run.json"  # the settings a run started with, in its folder beside the checkpoints
 SAMPLES = 4
@@ -64,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> DistillConfig:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL")
     p.add_argument("--storage", required=True, help="folder or URI for runs and checkpoints")
-    p.add_argument("--name", help="run name under --storage (default distill-stage{K}-div{D}-{mode})")
+    p.add_argument("--name", help="run name under --storage; None: distill-stage{K}-div{D}-{mode}")
     p.add_argument("--export", help="model set folder or URI to write the trained stage into")
     p.add_argument("--resume", action="store_true", help="continue the run's last checkpoint")
     p.add_argument("--seed", type=int, default=0)
@@ -72,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> DistillConfig:
     p.add_argument("--log-every", type=int, default=20, help="steps")
     p.add_argument("--max-failures", type=int, default=3, help="worker-group restarts before giving up")
     for term, default in dataclasses.asdict(LossWeights()).items():
-        p.add_argument(f"--{term}-weight", type=float, default=default)
+        p.add_argument(f"--{term}-weight", type=float, default=default, help=f"weight of the {term} loss term")
     args = vars(p.parse_args(argv))
     weights = LossWeights(**{t: args.pop(f"{t}_weight") for t in dataclasses.asdict(LossWeights())})
     return DistillConfig(**args, weights=weights)
@@ -128,6 +127,9 @@ def run(cfg: DistillConfig) -> RunSummary:
                                        "export")})
     # Fail here, before the run exists and workers start, on a missing teacher or empty data.
     teacher, collaborator = load_teacher(cfg)
+    student, decoder = starting_student(cfg, teacher, collaborator)
+    if "encoder" in cfg.phases and not student.widths.aux:
+        raise ValueError(f"--student {cfg.student} has no aux layers for the embedding loss of the encoder phase")
     trainset.list_images(cfg.data)
     start_or_resume(cfg)
     if not ray.is_initialized():
@@ -142,24 +144,22 @@ def run(cfg: DistillConfig) -> RunSummary:
     if result.checkpoint is None:
         raise RuntimeError(f"run {cfg.name} finished without a checkpoint")
     with result.checkpoint.as_directory() as directory:
-        history = finish(cfg, directory, teacher, collaborator)
+        history = finish(cfg, directory, Models(student, decoder, teacher, collaborator))
     return RunSummary(storage.join(cfg.storage, cfg.name), result.metrics, history)
 
 
-def finish(cfg: DistillConfig, checkpoint_dir: str, teacher: Encoder, collaborator: Decoder | None) -> list[dict]:
-    """Loss curve and sample grid into the run folder; the stage into --export. Returns the
-    checkpoint's loss history."""
-    student, decoder = starting_student(cfg, teacher, collaborator)
-    load_weights(checkpoint_dir, student, decoder)
+def finish(cfg: DistillConfig, checkpoint_dir: str, models: Models) -> list[dict]:
+    """Loss curve and sample grid into the run folder; the stage into --export. `models` hold the
+    starting student, which receives the checkpoint's weights. Returns the loss history."""
+    load_weights(checkpoint_dir, models.student, models.decoder)
     progress = read_progress(checkpoint_dir)
     run_dir = storage.join(cfg.storage, cfg.name)
     storage.write_bytes(storage.join(run_dir, "loss_curve.png"), figures.png_bytes(loss_figure(progress.history)))
-    grid = sample_grid(cfg, student, decoder, teacher, collaborator)
-    storage.write_bytes(storage.join(run_dir, "samples.png"), figures.png_bytes(grid))
+    storage.write_bytes(storage.join(run_dir, "samples.png"), figures.png_bytes(sample_grid(cfg, models)))
     if cfg.export:
         if "decoder" not in cfg.phases and "joint" not in cfg.phases:
             print(f"note: --mode {cfg.mode} does not train the decoder; the export holds its starting point")
-        save_stage(cfg.export, student, decoder, family=student.widths.name)
+        save_stage(cfg.export, models.student, models.decoder, family=models.student.widths.name)
         print(f"exported stage {cfg.stage} to {cfg.export}")
     return progress.history
 
@@ -175,10 +175,10 @@ def loss_figure(history: list[dict]) -> Image.Image:
 
 
 @torch.inference_mode()
-def sample_grid(cfg: DistillConfig, student: Encoder, decoder: Decoder, teacher: Encoder,
-                collaborator: Decoder | None) -> Image.Image:
+def sample_grid(cfg: DistillConfig, models: Models) -> Image.Image:
     """Rows of training crops: input, teacher reconstruction D_T(T(x)), collaborative
     reconstruction D_T(aux(S(x))) and student reconstruction D_S(S(x))."""
+    student, decoder, teacher, collaborator = models
     stream = trainset.CropStream(trainset.list_images(cfg.data), cfg.crop, cfg.short_side, cfg.seed)
     x = trainset.to_batch([stream.sample(p) for p in range(SAMPLES)])
     columns = {"input": x}

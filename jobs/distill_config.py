@@ -59,6 +59,10 @@ class DistillConfig:
             raise ValueError(f"mode must be one of {tuple(PHASES)} (got {self.mode!r})")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES} (got {self.objective!r})")
+        if self.teacher_vgg19 and "encoder" in PHASES[self.mode]:
+            raise ValueError(f"--mode {self.mode} needs the teacher's decoder as collaborator, and a torchvision "
+                             "VGG-19 teacher has none: train it first (--mode decoder --width-divisor 1 --export DIR), "
+                             "then distil with --teacher DIR")
         if self.objective == "adain" and not self.style_data:
             raise ValueError("--objective adain needs --style-data (a folder or prefix of style images)")
         for name in ("width_divisor", "steps", "batch_size", "workers", "checkpoint_every", "log_every"):

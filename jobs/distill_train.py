@@ -17,6 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import ray.train
 import ray.train.torch
@@ -37,6 +38,15 @@ ENCODER_FILE, DECODER_FILE, OPTIMIZER_FILE, PROGRESS_FILE = (
 
 
 # ------------------------------------------------------------------------------------------ models
+
+
+class Models(NamedTuple):
+    """A worker's models: the student pair in training, the frozen teacher pair."""
+
+    student: Encoder
+    decoder: Decoder
+    teacher: Encoder
+    collaborator: Decoder | None
 
 
 def load_teacher(cfg: DistillConfig) -> tuple[Encoder, Decoder | None]:
@@ -78,11 +88,6 @@ def phase_loss(phase: str, cfg: DistillConfig, student: Encoder, decoder: Decode
         for name, module in student.named_children():
             module.requires_grad_(name != "conv0" and (phase == "encoder" or not name.endswith("_aux")))
     if phase == "encoder":
-        if collaborator is None:
-            raise ValueError("the encoder phase needs the teacher's decoder as collaborator; a torchvision "
-                             "VGG-19 teacher has none: train one first (--mode decoder --width-divisor 1)")
-        if not student.widths.aux:
-            raise ValueError(f"student {cfg.student} has no aux layers for the embedding loss")
         loss_cls = distill.AdaINDistillLoss if cfg.objective == "adain" else distill.CollaborativeLoss
         module = loss_cls(student, teacher, collaborator, cfg.weights)
     else:
@@ -104,6 +109,7 @@ class Progress:
 
 def save_checkpoint(directory: str, student: Encoder, decoder: Decoder, optimizer: torch.optim.Optimizer,
                     progress: Progress, cfg: DistillConfig) -> None:
+    """Write the checkpoint files (see the module docstring) into `directory`."""
     save_file({k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()},
               os.path.join(directory, ENCODER_FILE))
     save_file({k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()},
@@ -133,20 +139,24 @@ def read_optimizer(directory: str) -> dict:
 
 
 class LossWindow:
-    """Running sums of loss terms between two reports, averaged over steps and workers."""
+    """Running sums of loss terms between two reports, averaged over steps and workers.
+
+    Sums stay on the device (a float() per step would wait for the GPU every step); the
+    all-reduce runs on that device too, as NCCL needs.
+    """
 
     def __init__(self):
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor] = {}
         self.steps = 0
 
     def add(self, terms: dict[str, torch.Tensor]) -> None:
         for name, value in terms.items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(value.detach())
+            self.sums[name] = self.sums.get(name, 0.0) + value.detach().double()
         self.steps += 1
 
     def mean(self, world: int) -> dict[str, float]:
         names = sorted(self.sums)
-        values = torch.tensor([self.sums[n] for n in names], dtype=torch.float64) / max(self.steps, 1)
+        values = torch.stack([self.sums[n] for n in names]) / self.steps
         if world > 1:
             # Each worker saw its own share of the batch; the mean of equal shares is the global mean.
             dist.all_reduce(values)
@@ -166,15 +176,14 @@ def _progress_line(phase: str, step: int, cfg: DistillConfig, means: dict, rate:
             f"{rate:.2f} step/s  {rate * cfg.batch_size:.1f} img/s  ETA {_duration(remaining / rate)}")
 
 
-def train_phase(phase: str, cfg: DistillConfig, models: tuple, progress: Progress,
+def train_phase(phase: str, cfg: DistillConfig, models: Models, progress: Progress,
                 optimizer_state: dict | None = None) -> None:
     """Train one phase from `progress.step` to `cfg.steps`, reporting every `log_every` steps and
     checkpointing every `checkpoint_every` steps and at the end of the phase."""
-    student, decoder, teacher, collaborator = models
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    module, params = phase_loss(phase, cfg, student, decoder, teacher, collaborator)
+    module, params = phase_loss(phase, cfg, *models)
     model = ray.train.torch.prepare_model(module)
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     if optimizer_state is not None:
@@ -204,7 +213,8 @@ def train_phase(phase: str, cfg: DistillConfig, models: tuple, progress: Progres
         rate = (done - first) / (time.monotonic() - started)
         if rank == 0:
             log.info(_progress_line(phase, done, cfg, means, rate, phases_left))
-        _report(means, phase, done, cfg, (student, decoder, optimizer, progress) if save and rank == 0 else None)
+        state = (models.student, models.decoder, optimizer, progress) if save and rank == 0 else None
+        _report(means, phase, done, cfg, state)
 
 
 def _report(means: dict, phase: str, step: int, cfg: DistillConfig, state: tuple | None) -> None:
@@ -233,7 +243,8 @@ def train_worker(config: dict) -> None:
             progress = read_progress(directory)
             load_weights(directory, student, decoder)
             optimizer_state = read_optimizer(directory)
-    models = tuple(m.to(device) if m is not None else None for m in (student, decoder, teacher, collaborator))
+    models = Models(student.to(device), decoder.to(device), teacher.to(device),
+                    collaborator.to(device) if collaborator is not None else None)
     for phase in cfg.phases[cfg.phases.index(progress.phase):]:
         if phase != progress.phase:  # the checkpoint's phase is finished: the next starts afresh
             progress.phase, progress.step, optimizer_state = phase, 0, None

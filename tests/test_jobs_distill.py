@@ -5,12 +5,18 @@ four steps per phase.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import io
+import os
+import signal
+import time
+from pathlib import Path
 
 import pytest
 import ray
 import torch
+import torchvision
 from PIL import Image
 
 from cdcore import distill, images, pruning, storage, trainset
@@ -142,6 +148,57 @@ def test_resume_continues_from_the_last_checkpoint(two_workers):
     assert [(r["phase"], r["step"]) for r in summary.history[len(first.history):]] == [
         ("decoder", STEPS + 1), ("decoder", STEPS + 2)]
     assert (checkpoint_dir(cfg, f"checkpoint-decoder-{STEPS + 2:07d}") / "decoder.safetensors").is_file()
+
+
+def train_workers_started_here() -> list[int]:
+    """PIDs of Ray Train workers among this process's descendants (the Ray that the fixture
+    started), never anyone else's."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], list(children.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            if b"RayTrainWorker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def test_vgg19_teacher_decoder_training_survives_a_killed_worker(ray_local, tmp_path):
+    """One run, two checks (a Ray run is the expensive part): a torchvision VGG-19 teacher, which
+    has no decoder, gets one trained (--mode decoder --width-divisor 1); and when its worker is
+    killed after a checkpoint, Ray Train restarts it from that checkpoint and the run completes
+    with every step reported once."""
+    torch.manual_seed(0)
+    features = torchvision.models.vgg19().features  # random weights: nothing is downloaded
+    weights = tmp_path / "vgg19.pth"
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, weights)
+    with pytest.raises(ValueError, match="VGG-19 teacher has none"):
+        config(tmp_path, teacher=None, teacher_vgg19=str(weights), mode="both")
+    cfg = config(tmp_path, teacher=None, teacher_vgg19=str(weights), stage=1, width_divisor=1, mode="decoder",
+                 steps=8, workers=1, checkpoint_every=2)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(job.run, cfg)
+        first_checkpoint = checkpoint_dir(cfg, "checkpoint-decoder-0000002")
+        deadline = time.monotonic() + 120
+        while not first_checkpoint.is_dir() and not running.done() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        killed = train_workers_started_here()
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        summary = running.result(timeout=300)
+    assert killed, "no training worker to kill"
+    assert [r["step"] for r in summary.history] == list(range(1, 9))
+    models = load_model_set(cfg.export, stages=[1])
+    assert models.family == "vgg19-div1" and models.decoder(1).conv11.in_channels == 64
 
 
 def test_a_run_is_only_continued_with_resume_and_the_same_settings(tmp_path):
