@@ -18,9 +18,9 @@ of the published models they are 5 + 5 feature pixels (160 image pixels), for st
 The content is reflect-padded to a multiple of m at the bottom and right, as
 `stylize.pad_to_multiple` pads the whole image, by reading the window through a reflected index.
 
-Where a stage's features take no more room than the image (stages 4 and 5 of the 16x set), the
-statistics pass stores them and the render pass decodes from that store instead of encoding
-again: the encoder is half of such a stage's cost and its halo is the larger half.
+Where encoding is dear and the features small (stages 3 to 5 of the 16x set), the statistics
+pass stores them and the render pass decodes from that store instead of encoding again: the
+encoder is half of such a stage's cost, and the render windows shrink to the decoder's halo.
 
 The image between stages and the feature store are `ImageBuffer`s: in RAM, or for large images
 `numpy.memmap` files in a temporary directory that is removed afterwards. Features of the whole
@@ -53,6 +53,9 @@ from .stylize import DEFAULT_LEVELS, StyleStats, stage_multiple, style_statistic
 # An intermediate image larger than this goes to disk when `disk_buffer` is left to choose (about
 # 5.6 MP of float32 RGB): reading a tile window from the page cache costs far less than encoding it.
 DISK_BUFFER_BYTES = 64 << 20
+# The statistics pass stores a stage's features for the render pass where re-encoding would cost
+# at least this many MACs per stored float: stages 3-5 of the 16x set (1.8k to 46k), 2-5 of VGG-19.
+STORE_MACS_PER_VALUE = 1000
 # Peak bytes of activation memory per image pixel and per channel of the widest full-resolution
 # layer (a padded copy, the conv output and the next layer's input, float32), measured on CPU
 # with the 16x models: 200-290 B/px for 16-24 channels.
@@ -101,10 +104,16 @@ def decoder_halo(stage: int) -> int:
     return -(-depth // stage_multiple(stage))
 
 
+def _spans(n: int, step: int) -> list[slice]:
+    """range(n) cut into ceil(n / step) spans of near-equal length (no thin last span)."""
+    count = -(-n // step)
+    edges = [n * i // count for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(edges, edges[1:])]
+
+
 def _tiles(grid_h: int, grid_w: int, step: int) -> list[tuple[slice, slice]]:
-    """Row-major tiles of `step` x `step` feature pixels covering a grid_h x grid_w grid."""
-    return [(slice(r, min(r + step, grid_h)), slice(c, min(c + step, grid_w)))
-            for r in range(0, grid_h, step) for c in range(0, grid_w, step)]
+    """Row-major tiles of at most `step` x `step` feature pixels covering a grid_h x grid_w grid."""
+    return [(rows, cols) for rows in _spans(grid_h, step) for cols in _spans(grid_w, step)]
 
 
 def _grow(span: slice, by: int, limit: int) -> slice:
@@ -323,8 +332,10 @@ def _macs_per_pixel(module: torch.nn.Module, stage: int) -> float:
 
 
 def _stores_features(encoder: torch.nn.Module, m: int) -> bool:
-    """Keep stage features between the passes where they take no more room than the RGB image."""
-    return encoder.out_channels <= 3 * m * m
+    """Keep a stage's features between the passes where encoding them again would cost more than
+    STORE_MACS_PER_VALUE multiply-accumulates per stored value (a float written and read back)."""
+    values_per_pixel = encoder.out_channels / (m * m)
+    return _macs_per_pixel(encoder, encoder.stage) >= STORE_MACS_PER_VALUE * values_per_pixel
 
 
 def _encode(encoder: torch.nn.Module, source: _Source, rows: slice, cols: slice,
