@@ -109,8 +109,8 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="distill-quality-"))
     ray.init(num_cpus=args.workers, include_dashboard=False)
-    base = DistillConfig(stage=2, data=str(SHARED / "images" / "train"), storage=str(out / "runs"), teacher=str(TEACHER),
-                         width_divisor=2, batch_size=args.batch_size, lr=args.lr, crop=args.crop,
+    base = DistillConfig(stage=2, data=str(SHARED / "images" / "train"), storage=str(out / "runs"),
+                         teacher=str(TEACHER), width_divisor=2, batch_size=args.batch_size, lr=args.lr, crop=args.crop,
                          workers=args.workers, seed=0, log_every=50, checkpoint_every=10 * args.steps)
     contents, styles = held_out("content"), held_out("style")
     rows = []

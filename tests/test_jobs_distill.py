@@ -115,8 +115,8 @@ def test_export_loads_and_stylizes(two_workers):
     cfg, _ = two_workers
     models = load_model_set(cfg.export, stages=[2])
     assert models.encoder(2).widths.for_stage(2) == {"conv11": 8, "conv12": 8, "conv21": 16}
-    content = to_tensor(trainset.resize_shorter_side(images.read_image("../shared/images/content/harbor_420.jpg").rgb, 96))
-    style = to_tensor(trainset.resize_shorter_side(images.read_image("../shared/images/style/style_b_512.jpg").rgb, 96))
+    content, style = (to_tensor(trainset.resize_shorter_side(images.read_image(f"../shared/images/{name}").rgb, 96))
+                      for name in ("content/harbor_420.jpg", "style/style_b_512.jpg"))
     out = stylize(models, content, style_statistics(models, style, levels=(2,)), levels=(2,))
     assert out.shape == content.shape and torch.isfinite(out).all()
     assert 0.02 < out.std() and out.mean().item() == pytest.approx(0.5, abs=0.35)
