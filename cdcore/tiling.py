@@ -116,19 +116,26 @@ def _tiles(grid_h: int, grid_w: int, step: int) -> list[tuple[slice, slice]]:
     return [(rows, cols) for rows in _spans(grid_h, step) for cols in _spans(grid_w, step)]
 
 
-def _grow(span: slice, by: int, limit: int) -> slice:
-    return slice(max(0, span.start - by), min(span.stop + by, limit))
+def _longest(tiles: list[tuple[slice, slice]]) -> tuple[int, int]:
+    """The largest tile height and width."""
+    return max(r.stop - r.start for r, _ in tiles), max(c.stop - c.start for _, c in tiles)
 
 
-def _image_span(span: slice, halo: int, grid: int, m: int, size: int) -> slice:
-    """Image pixels to encode for feature pixels `span` with `halo` feature pixels around them.
+def _window(span: slice, halo: int, longest: int, grid: int) -> slice:
+    """`longest` + 2 * `halo` feature pixels (at most the grid) holding span +- halo, inside the
+    grid. Every tile of a pass gets a window of that one length, edge tiles theirs shifted inward,
+    so every network call of a pass has one shape: oneDNN builds kernels for each new shape, which
+    costs more than the extra pixels (with uneven edge tiles a 1 MP cascade took twice as long)."""
+    length = min(longest + 2 * halo, grid)
+    start = min(max(span.start - halo, 0), grid - length)
+    return slice(start, start + length)
 
-    The window ends at the image edge (`size`) when the halo reaches the grid's end, so that an
-    unpadded style whose size is not a multiple of m pools and pads at its true edge.
-    """
-    start = max(0, span.start - halo) * m
-    stop = size if span.stop + halo >= grid else (span.stop + halo) * m
-    return slice(start, stop)
+
+def _image_span(window: slice, m: int, grid: int, size: int) -> slice:
+    """The image pixels under feature window `window`: to the image edge (`size`) when the window
+    reaches the grid's end, so that an unpadded style whose size is not a multiple of m pools and
+    pads at its true edge."""
+    return slice(window.start * m, size if window.stop == grid else window.stop * m)
 
 
 # ---------------------------------------------------------------- buffers
@@ -339,15 +346,14 @@ def _stores_features(encoder: torch.nn.Module, m: int) -> bool:
 
 
 def _encode(encoder: torch.nn.Module, source: _Source, rows: slice, cols: slice,
-            grid: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """Exact features (1, C, h, w) of feature pixels [rows, cols]: the encoder runs on the image
-    window they cover plus `encoder_halo`, and the band the cut window edges spoil is dropped."""
+            longest: tuple[int, int], grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Exact features (1, C, h, w) of feature pixels [rows, cols]: the encoder runs on an image
+    window with at least `encoder_halo` around them (`_window`), and the rest is dropped."""
     m, halo = stage_multiple(encoder.stage), encoder_halo(encoder.stage)
-    y = _image_span(rows, halo, grid[0], m, source.height)
-    x = _image_span(cols, halo, grid[1], m, source.width)
+    wr, wc = _window(rows, halo, longest[0], grid[0]), _window(cols, halo, longest[1], grid[1])
+    y, x = _image_span(wr, m, grid[0], source.height), _image_span(wc, m, grid[1], source.width)
     feature = encoder(source.window(y, x, device))
-    r0, c0 = rows.start - y.start // m, cols.start - x.start // m
-    return feature[..., r0: r0 + rows.stop - rows.start, c0: c0 + cols.stop - cols.start]
+    return feature[..., rows.start - wr.start: rows.stop - wr.start, cols.start - wc.start: cols.stop - wc.start]
 
 
 def _statistics_pass(encoder, source: _Source, grid, tiles, device, meter: _Meter, step: str,
@@ -356,9 +362,9 @@ def _statistics_pass(encoder, source: _Source, grid, tiles, device, meter: _Mete
     written to `store` when given)."""
     m, cost = stage_multiple(encoder.stage), _macs_per_pixel(encoder, encoder.stage)
     meter.start_pass(encoder.stage, step, len(tiles))
-    total = None
+    total, longest = None, _longest(tiles)
     for i, (rows, cols) in enumerate(tiles):
-        feature = _encode(encoder, source, rows, cols, grid, device)
+        feature = _encode(encoder, source, rows, cols, longest, grid, device)
         part = transforms.moments(feature)
         total = part if total is None else total + part
         if store is not None:
@@ -378,12 +384,13 @@ def _render_pass(encoder, decoder, source: _Source, grid, tiles, a, b, dest: Ima
     height, width = dest.shape[:2]
     cost = _macs_per_pixel(decoder, k) + (0.0 if store is not None else _macs_per_pixel(encoder, k))
     meter.start_pass(k, "render", len(tiles))
+    longest = _longest(tiles)
     for i, (rows, cols) in enumerate(tiles):
-        rr, cc = _grow(rows, halo, grid[0]), _grow(cols, halo, grid[1])
+        rr, cc = _window(rows, halo, longest[0], grid[0]), _window(cols, halo, longest[1], grid[1])
         if store is not None:
             feature = _to_tensor(store.read(rr, cc), device)
         else:
-            feature = _encode(encoder, source, rr, cc, grid, device)
+            feature = _encode(encoder, source, rr, cc, (rr.stop - rr.start, cc.stop - cc.start), grid, device)
         image = decoder(transforms.apply_affine(feature, a, b))
         y = slice(rows.start * m, min(rows.stop * m, height))
         x = slice(cols.start * m, min(cols.stop * m, width))
