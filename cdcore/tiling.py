@@ -237,7 +237,9 @@ class _Source:
         reflect = self.height - h < h and self.width - w < w
         ri, ci = _padded_index(rows, h, reflect), _padded_index(cols, w, reflect)
         block = self.image.read(slice(ri.min(), ri.max() + 1), slice(ci.min(), ci.max() + 1))
-        return _to_tensor(block[np.ix_(ri - ri.min(), ci - ci.min())], device)
+        if rows.stop > h or cols.stop > w:  # the window reaches into the padding
+            block = block[np.ix_(ri - ri.min(), ci - ci.min())]
+        return _to_tensor(block, device)
 
 
 def _padded_index(span: slice, size: int, reflect: bool) -> np.ndarray:
