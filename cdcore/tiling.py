@@ -56,6 +56,9 @@ DISK_BUFFER_BYTES = 64 << 20
 # The statistics pass stores a stage's features for the render pass where re-encoding would cost
 # at least this many MACs per stored float: stages 3-5 of the 16x set (1.8k to 46k), 2-5 of VGG-19.
 STORE_MACS_PER_VALUE = 1000
+# Time per window pixel that does not grow with the networks (copies, pooling, upsampling, the
+# float64 moments), in MACs that take as long on the 2-core CPU here; it only weighs the ETA.
+PIXEL_WORK_MACS = 16_000
 # Peak bytes of activation memory per image pixel and per channel of the widest full-resolution
 # layer (a padded copy, the conv output and the next layer's input, float32), measured on CPU
 # with the 16x models: 200-290 B/px for 16-24 channels.
@@ -303,20 +306,19 @@ class Progress:
 
 
 class _Meter:
-    """Turns finished tiles into Progress reports. Work is counted in multiply-accumulates (tile
-    pixels times the per-pixel cost of the networks run on them), so the ETA weighs stage 5
-    tiles as the heavy ones they are."""
+    """Turns finished tiles into Progress reports. The ETA extrapolates the time spent so far by
+    work (`_pass_work`) done and planned, so it weighs a stage 5 tile as the heavy one it is."""
 
     def __init__(self, callback: Callable[[Progress], None] | None, total_work: float):
         self.callback, self.total, self.done = callback, total_work, 0.0
         self.started = time.perf_counter()
 
-    def start_pass(self, stage: int, step: str, tiles: int) -> None:
-        self.stage, self.step, self.tiles = stage, step, tiles
+    def start_pass(self, stage: int, step: str, tiles: int, work: float) -> None:
+        self.stage, self.step, self.tiles, self.tile_work = stage, step, tiles, work / tiles
         self.pass_started, self.pass_pixels = time.perf_counter(), 0
 
-    def tile_done(self, index: int, pixels: int, work: float) -> None:
-        self.done += work
+    def tile_done(self, index: int, pixels: int) -> None:
+        self.done += self.tile_work
         self.pass_pixels += pixels
         if self.callback is None:
             return
@@ -335,6 +337,14 @@ def _macs_per_pixel(module: torch.nn.Module, stage: int) -> float:
         else:
             macs += getattr(module, name).weight.numel() / 4 ** level
     return macs
+
+
+def _pass_work(tiles: list[tuple[slice, slice]], grid: tuple[int, int], halo: int, m: int, macs: float) -> float:
+    """Work of a pass whose network (`macs` per pixel) sees each tile with `halo`: the pixels of
+    its windows (`_window`: one size for all) times the MACs plus PIXEL_WORK_MACS."""
+    longest = _longest(tiles)
+    window = [min(n + 2 * halo, g) * m for n, g in zip(longest, grid)]
+    return len(tiles) * window[0] * window[1] * (macs + PIXEL_WORK_MACS)
 
 
 # ---------------------------------------------------------------- the two passes
@@ -362,8 +372,9 @@ def _statistics_pass(encoder, source: _Source, grid, tiles, device, meter: _Mete
                      store: ImageBuffer | None = None) -> transforms.Moments:
     """Moments of the features of the whole grid, accumulated tile by tile (and the features
     written to `store` when given)."""
-    m, cost = stage_multiple(encoder.stage), _macs_per_pixel(encoder, encoder.stage)
-    meter.start_pass(encoder.stage, step, len(tiles))
+    k = encoder.stage
+    m = stage_multiple(k)
+    meter.start_pass(k, step, len(tiles), _pass_work(tiles, grid, encoder_halo(k), m, _macs_per_pixel(encoder, k)))
     total, longest = None, _longest(tiles)
     for i, (rows, cols) in enumerate(tiles):
         feature = _encode(encoder, source, rows, cols, longest, grid, device)
@@ -372,8 +383,7 @@ def _statistics_pass(encoder, source: _Source, grid, tiles, device, meter: _Mete
         if store is not None:
             store.write(rows, cols, _to_numpy(feature))
         _release_freed_memory()
-        pixels = (rows.stop - rows.start) * (cols.stop - cols.start) * m * m
-        meter.tile_done(i, pixels, pixels * cost)
+        meter.tile_done(i, (rows.stop - rows.start) * (cols.stop - cols.start) * m * m)
     return total
 
 
@@ -384,8 +394,7 @@ def _render_pass(encoder, decoder, source: _Source, grid, tiles, a, b, dest: Ima
     k = decoder.stage
     m, halo = stage_multiple(k), decoder_halo(k)
     height, width = dest.shape[:2]
-    cost = _macs_per_pixel(decoder, k) + (0.0 if store is not None else _macs_per_pixel(encoder, k))
-    meter.start_pass(k, "render", len(tiles))
+    meter.start_pass(k, "render", len(tiles), _render_work(encoder, decoder, grid, tiles, store is not None))
     longest = _longest(tiles)
     for i, (rows, cols) in enumerate(tiles):
         rr, cc = _window(rows, halo, longest[0], grid[0]), _window(cols, halo, longest[1], grid[1])
@@ -399,8 +408,7 @@ def _render_pass(encoder, decoder, source: _Source, grid, tiles, a, b, dest: Ima
         y0, x0 = y.start - rr.start * m, x.start - cc.start * m
         _store(dest, y, x, image[..., y0: y0 + y.stop - y.start, x0: x0 + x.stop - x.start])
         _release_freed_memory()
-        pixels = (y.stop - y.start) * (x.stop - x.start)
-        meter.tile_done(i, pixels, pixels * cost)
+        meter.tile_done(i, (y.stop - y.start) * (x.stop - x.start))
 
 
 def _run_stage(models: ModelSet, k: int, image: ImageBuffer, dest: ImageBuffer, style: StyleStats,
@@ -409,10 +417,8 @@ def _run_stage(models: ModelSet, k: int, image: ImageBuffer, dest: ImageBuffer, 
     encoder, decoder = models.encoder(k), models.decoder(k)
     device = next(encoder.parameters()).device
     m = stage_multiple(k)
-    height, width = image.shape[:2]
-    grid = (-(-height // m), -(-width // m))
+    grid, tiles = _content_tiles(k, *image.shape[:2], tile_size)
     source = _Source(image, grid[0] * m, grid[1] * m)
-    tiles = _tiles(*grid, max(1, tile_size // m))
     store = buffers.new((*grid, encoder.out_channels)) if _stores_features(encoder, m) else None
     try:
         content = _statistics_pass(encoder, source, grid, tiles, device, meter, "statistics", store)
@@ -423,12 +429,34 @@ def _run_stage(models: ModelSet, k: int, image: ImageBuffer, dest: ImageBuffer, 
             store.close()
 
 
-def _stage_work(models: ModelSet, k: int, pixels: int) -> float:
-    """The MACs `_run_stage` counts for an image of `pixels` (halos left out)."""
-    enc = _macs_per_pixel(models.encoder(k), k)
-    dec = _macs_per_pixel(models.decoder(k), k)
-    stored = _stores_features(models.encoder(k), stage_multiple(k))
-    return pixels * (enc + dec + (0.0 if stored else enc))
+def _content_tiles(k: int, height: int, width: int, tile_size: int) -> tuple[tuple[int, int], list]:
+    """Stage k's feature grid for a content of height x width (padded to a multiple of 2^(k-1))
+    and its tiles."""
+    m = stage_multiple(k)
+    grid = (-(-height // m), -(-width // m))
+    return grid, _tiles(*grid, max(1, tile_size // m))
+
+
+def _render_work(encoder, decoder, grid, tiles, stored: bool) -> float:
+    k, m = decoder.stage, stage_multiple(decoder.stage)
+    work = _pass_work(tiles, grid, decoder_halo(k), m, _macs_per_pixel(decoder, k))
+    if not stored:  # the encoder's windows hold the decoder's plus the encoder halo
+        work += _pass_work(tiles, grid, decoder_halo(k) + encoder_halo(k), m, _macs_per_pixel(encoder, k))
+    return work
+
+
+def _cascade_work(models: ModelSet, levels, height: int, width: int, tile_size: int) -> float:
+    """The work `_stylize_into` reports for these levels (none for a whole-image run)."""
+    if tile_size == 0:
+        return 0.0
+    work = 0.0
+    for k in levels:
+        encoder, decoder = models.encoder(k), models.decoder(k)
+        grid, tiles = _content_tiles(k, height, width, tile_size)
+        m = stage_multiple(k)
+        work += _pass_work(tiles, grid, encoder_halo(k), m, _macs_per_pixel(encoder, k))
+        work += _render_work(encoder, decoder, grid, tiles, _stores_features(encoder, m))
+    return work
 
 
 # ---------------------------------------------------------------- public API
@@ -515,36 +543,41 @@ def style_statistics_tiled(models: ModelSet, style, method: str = "wct", levels=
     _check_tile_size(tile_size)
     image = _as_buffer(style)
     height, width = image.shape[:2]
-    device = _device(models, levels[0])
-    if tile_size is None:
-        tile_size = choose_tile_size(height, width, device, levels, _full_res_channels(models, levels))
+    tile_size = _resolve_tile_size(models, levels, height, width, tile_size)
     if tile_size == 0:
         return style_statistics(models, _as_tensor(image), method, levels)
     need = 2 * stage_multiple(max(levels))
     if min(height, width) < need:
         raise ValueError(f"style image too small: {min(height, width)} px on its short side, stage "
                          f"{max(levels)} needs at least {need}")
-    meter = _Meter(progress, sum(height * width * _macs_per_pixel(models.encoder(k), k) for k in levels))
+    plans = {}
+    for k in levels:  # the style is not padded: pooling floors its size, as for the whole style
+        grid = (height // stage_multiple(k), width // stage_multiple(k))
+        plans[k] = grid, _tiles(*grid, max(1, tile_size // stage_multiple(k)))
+    meter = _Meter(progress, sum(_pass_work(tiles, grid, encoder_halo(k), stage_multiple(k),
+                                            _macs_per_pixel(models.encoder(k), k))
+                                 for k, (grid, tiles) in plans.items()))
     source = _Source(image, height, width)
+    device = _device(models, levels[0])
     stages = {}
-    for k in levels:
-        m = stage_multiple(k)
-        grid = (height // m, width // m)
-        tiles = _tiles(*grid, max(1, tile_size // m))
+    for k, (grid, tiles) in plans.items():
         total = _statistics_pass(models.encoder(k), source, grid, tiles, device, meter, "style")
         stages[k] = transforms.style_stage(total, method)
     return StyleStats(method, models.model_id, stages)
 
 
+def _resolve_tile_size(models: ModelSet, levels, height: int, width: int, tile_size: int | None) -> int:
+    if tile_size is not None:
+        return tile_size
+    return choose_tile_size(height, width, _device(models, levels[0]), levels, _full_res_channels(models, levels))
+
+
 def _stylize_into(models: ModelSet, image: ImageBuffer, dest: ImageBuffer, style: StyleStats,
-                  alpha: float, levels: tuple[int, ...], tile_size: int | None, buffers: _Buffers,
+                  alpha: float, levels: tuple[int, ...], tile_size: int, buffers: _Buffers,
                   meter: _Meter) -> None:
     """Stages `levels` in order from `image` to `dest` (uint8 or float32, (H, W, 3)). Each
     stage's float result, unclamped, is the next one's input, in a buffer freed once read."""
     height, width = image.shape[:2]
-    if tile_size is None:
-        tile_size = choose_tile_size(height, width, _device(models, levels[0]), levels,
-                                     _full_res_channels(models, levels))
     if tile_size == 0:
         _store(dest, slice(None), slice(None), stylize(models, _as_tensor(image), style, alpha, levels))
         return
@@ -589,7 +622,8 @@ def stylize_tiled(models: ModelSet, content, style: StyleStats, alpha: float = 1
     image = _as_buffer(content)
     height, width = image.shape[:2]
     out = _new_output(out, height, width)
-    meter = _Meter(progress, sum(_stage_work(models, k, height * width) for k in levels))
+    tile_size = _resolve_tile_size(models, levels, height, width, tile_size)
+    meter = _Meter(progress, _cascade_work(models, levels, height, width, tile_size))
     with _buffers(height, width, disk_buffer, temp_dir) as buffers:
         _stylize_into(models, image, ImageBuffer(out), style, alpha, levels, tile_size, buffers, meter)
     return out
@@ -663,15 +697,17 @@ def stylize_stroke_scaled(models: ModelSet, content: np.ndarray, style: StyleSta
     out = _new_output(out, height, width)
     small_size = (max(1, round(width / stroke_scale)), max(1, round(height / stroke_scale)))
     small = np.asarray(Image.fromarray(content).resize(small_size, Image.Resampling.LANCZOS))
-    meter = _Meter(progress, sum(_stage_work(models, k, small.shape[0] * small.shape[1]) for k in coarse)
-                   + sum(_stage_work(models, k, height * width) for k in fine))
+    coarse_tile = _resolve_tile_size(models, coarse, *small.shape[:2], tile_size)
+    fine_tile = _resolve_tile_size(models, fine, height, width, tile_size)
+    meter = _Meter(progress, _cascade_work(models, coarse, *small.shape[:2], coarse_tile)
+                   + _cascade_work(models, fine, height, width, fine_tile))
     with _buffers(height, width, disk_buffer, temp_dir) as buffers:
         coarse_result = buffers.new(small.shape)
-        _stylize_into(models, ImageBuffer(small), coarse_result, style, alpha, coarse, tile_size, buffers, meter)
+        _stylize_into(models, ImageBuffer(small), coarse_result, style, alpha, coarse, coarse_tile, buffers, meter)
         upsampled = buffers.new((height, width, 3))
         _upsample_bilinear(coarse_result, upsampled)
         coarse_result.close()
-        _stylize_into(models, upsampled, ImageBuffer(out), style, alpha, fine, tile_size, buffers, meter)
+        _stylize_into(models, upsampled, ImageBuffer(out), style, alpha, fine, fine_tile, buffers, meter)
         upsampled.close()
     return out
 
