@@ -116,8 +116,8 @@ def test_progress_reports_every_tile_with_a_finite_eta(models, content, adain):
 
 
 # The child stylizes a 12.6 MP image (4096 x 3072, the photo repeated) at stage 1 only, to stay
-# fast on two cores: stage 1 works at full resolution with 24 channels, so a whole-image run
-# needs about 5.3 GB there (measured), the tiled one about 0.8 GB (0.55 GB of it is torch).
+# fast on two cores (about 10 s): stage 1 works at full resolution with 24 channels, so a
+# whole-image run peaks at 3.3 GB there (measured), the tiled one at 0.8 GB (0.55 GB is torch).
 MEMORY_CHILD = textwrap.dedent("""
     import json, resource, sys
     import numpy as np, torch
