@@ -59,11 +59,12 @@ STORE_MACS_PER_VALUE = 1000
 # Time per window pixel that does not grow with the networks (copies, pooling, upsampling, the
 # float64 moments), in MACs that take as long on the 2-core CPU here; it only weighs the ETA.
 PIXEL_WORK_MACS = 16_000
-# Peak bytes of activation memory per image pixel and per channel of the widest full-resolution
-# layer (a padded copy, the conv output and the next layer's input, float32), measured on CPU
-# with the 16x models: 200-290 B/px for 16-24 channels.
+# Peak bytes per pixel of a network call, per channel of the models' widest full-resolution layer.
+# Measured on the CPU with the 16x models (24 channels): whole-image runs peak at 230-260 B/px
+# above the runtime at 4 and 16 MP, so about 11 B per channel; rounded up.
 BYTES_PER_CHANNEL_PIXEL = 14
-# Tiles never grow beyond this on the CPU: throughput stops improving at about 1 MP windows there.
+# Larger tiles gain little on the CPU (4 MP: 13.0 s with 2048 px tiles, 13.9 s with 1024) and cost
+# memory; with 1024 a 42 MP cascade peaks at 1.3 GB here.
 MAX_CPU_TILE = 1024
 MAX_CUDA_TILE = 4096
 MIN_TILE = 64
@@ -300,7 +301,8 @@ class Progress:
     eta_s: float  # seconds left in the whole run, from the work done so far
 
     def __str__(self) -> str:
-        eta = f"{self.eta_s // 60:.0f} min {self.eta_s % 60:02.0f} s" if self.eta_s >= 60 else f"{self.eta_s:.0f} s"
+        minutes, seconds = divmod(round(self.eta_s), 60)
+        eta = f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
         return (f"stage {self.stage} {self.step}: tile {self.tile}/{self.tiles}, "
                 f"{self.mp_per_s:.2f} MP/s, ETA {eta}")
 
@@ -339,7 +341,8 @@ def _macs_per_pixel(module: torch.nn.Module, stage: int) -> float:
     return macs
 
 
-def _pass_work(tiles: list[tuple[slice, slice]], grid: tuple[int, int], halo: int, m: int, macs: float) -> float:
+def _pass_work(tiles: list[tuple[slice, slice]], grid: tuple[int, int], halo: int, m: int,
+               macs: float) -> float:
     """Work of a pass whose network (`macs` per pixel) sees each tile with `halo`: the pixels of
     its windows (`_window`: one size for all) times the MACs plus PIXEL_WORK_MACS."""
     longest = _longest(tiles)
@@ -365,7 +368,8 @@ def _encode(encoder: torch.nn.Module, source: _Source, rows: slice, cols: slice,
     wr, wc = _window(rows, halo, longest[0], grid[0]), _window(cols, halo, longest[1], grid[1])
     y, x = _image_span(wr, m, grid[0], source.height), _image_span(wc, m, grid[1], source.width)
     feature = encoder(source.window(y, x, device))
-    return feature[..., rows.start - wr.start: rows.stop - wr.start, cols.start - wc.start: cols.stop - wc.start]
+    r0, c0 = rows.start - wr.start, cols.start - wc.start
+    return feature[..., r0: r0 + rows.stop - rows.start, c0: c0 + cols.stop - cols.start]
 
 
 def _statistics_pass(encoder, source: _Source, grid, tiles, device, meter: _Meter, step: str,
@@ -374,7 +378,8 @@ def _statistics_pass(encoder, source: _Source, grid, tiles, device, meter: _Mete
     written to `store` when given)."""
     k = encoder.stage
     m = stage_multiple(k)
-    meter.start_pass(k, step, len(tiles), _pass_work(tiles, grid, encoder_halo(k), m, _macs_per_pixel(encoder, k)))
+    work = _pass_work(tiles, grid, encoder_halo(k), m, _macs_per_pixel(encoder, k))
+    meter.start_pass(k, step, len(tiles), work)
     total, longest = None, _longest(tiles)
     for i, (rows, cols) in enumerate(tiles):
         feature = _encode(encoder, source, rows, cols, longest, grid, device)
@@ -400,8 +405,9 @@ def _render_pass(encoder, decoder, source: _Source, grid, tiles, a, b, dest: Ima
         rr, cc = _window(rows, halo, longest[0], grid[0]), _window(cols, halo, longest[1], grid[1])
         if store is not None:
             feature = _to_tensor(store.read(rr, cc), device)
-        else:
-            feature = _encode(encoder, source, rr, cc, (rr.stop - rr.start, cc.stop - cc.start), grid, device)
+        else:  # every region has the same size, so the encoder windows do too
+            region = (rr.stop - rr.start, cc.stop - cc.start)
+            feature = _encode(encoder, source, rr, cc, region, grid, device)
         image = decoder(transforms.apply_affine(feature, a, b))
         y = slice(rows.start * m, min(rows.stop * m, height))
         x = slice(cols.start * m, min(cols.stop * m, width))
@@ -415,7 +421,7 @@ def _run_stage(models: ModelSet, k: int, image: ImageBuffer, dest: ImageBuffer, 
                alpha: float, tile_size: int, buffers: _Buffers, meter: _Meter) -> None:
     """Stage k, tiled: image (H, W, 3) -> dest (H, W, 3); equals `stylize.run_stage`."""
     encoder, decoder = models.encoder(k), models.decoder(k)
-    device = next(encoder.parameters()).device
+    device = _device(models, k)
     m = stage_multiple(k)
     grid, tiles = _content_tiles(k, *image.shape[:2], tile_size)
     source = _Source(image, grid[0] * m, grid[1] * m)
@@ -519,10 +525,6 @@ def _device(models: ModelSet, k: int) -> torch.device:
     return next(models.encoder(k).parameters()).device
 
 
-def _full_res_channels(models: ModelSet, levels) -> int:
-    return max(models.encoder(k).conv11.out_channels for k in levels)
-
-
 def _as_tensor(image: ImageBuffer) -> torch.Tensor:
     return _to_tensor(image.read(slice(None), slice(None)), torch.device("cpu"))
 
@@ -569,7 +571,8 @@ def style_statistics_tiled(models: ModelSet, style, method: str = "wct", levels=
 def _resolve_tile_size(models: ModelSet, levels, height: int, width: int, tile_size: int | None) -> int:
     if tile_size is not None:
         return tile_size
-    return choose_tile_size(height, width, _device(models, levels[0]), levels, _full_res_channels(models, levels))
+    channels = max(models.encoder(k).conv11.out_channels for k in levels)
+    return choose_tile_size(height, width, _device(models, levels[0]), levels, channels)
 
 
 def _stylize_into(models: ModelSet, image: ImageBuffer, dest: ImageBuffer, style: StyleStats,
@@ -690,9 +693,10 @@ def stylize_stroke_scaled(models: ModelSet, content: np.ndarray, style: StyleSta
     levels = _check_levels(models, style, levels)
     coarse, fine = _split_levels(levels)
     _check_tile_size(tile_size)
-    if not isinstance(content, np.ndarray) or content.dtype != np.uint8 or content.ndim != 3 or content.shape[2] != 3:
-        raise ValueError(f"content must be an (H, W, 3) uint8 array for a stroke scale (got {type(content).__name__} "
-                         f"{getattr(content, 'shape', None)} {getattr(content, 'dtype', None)})")
+    dtype = _as_buffer(content).dtype  # checks the shape
+    if not isinstance(content, np.ndarray) or dtype != np.uint8:
+        raise ValueError(f"a stroke scale needs uint8 content in a numpy array (got {type(content).__name__} "
+                         f"of {dtype})")
     height, width = content.shape[:2]
     out = _new_output(out, height, width)
     small_size = (max(1, round(width / stroke_scale)), max(1, round(height / stroke_scale)))
@@ -703,7 +707,8 @@ def stylize_stroke_scaled(models: ModelSet, content: np.ndarray, style: StyleSta
                    + _cascade_work(models, fine, height, width, fine_tile))
     with _buffers(height, width, disk_buffer, temp_dir) as buffers:
         coarse_result = buffers.new(small.shape)
-        _stylize_into(models, ImageBuffer(small), coarse_result, style, alpha, coarse, coarse_tile, buffers, meter)
+        _stylize_into(models, ImageBuffer(small), coarse_result, style, alpha, coarse, coarse_tile, buffers,
+                      meter)
         upsampled = buffers.new((height, width, 3))
         _upsample_bilinear(coarse_result, upsampled)
         coarse_result.close()

@@ -76,7 +76,8 @@ def test_halos_are_the_smallest_exact_ones(models, content, wct, monkeypatch, st
     whole = run_stage(models, to_tensor(content), stage, wct, 1.0)[0].permute(1, 2, 0).numpy()
     exact = getattr(tiling, halo)
     monkeypatch.setattr(tiling, halo, lambda k: exact(k) - 1)
-    short = tiling.stylize_tiled(models, content, wct, 1.0, (stage,), 100, out=np.empty((H, W, 3), np.float32))
+    short = tiling.stylize_tiled(models, content, wct, 1.0, (stage,), 100,
+                                 out=np.empty((H, W, 3), np.float32))
     assert np.abs(short - whole).max() > 1e-4  # 10x the tolerance of the exact halos
 
 
@@ -100,7 +101,8 @@ def test_tiled_style_statistics_match_whole_style(models, style_rgb):
 
 
 def test_disk_and_memory_buffers_give_the_same_image(models, content, adain, tmp_path):
-    on_disk = tiling.stylize_tiled(models, content, adain, tile_size=128, disk_buffer=True, temp_dir=str(tmp_path))
+    on_disk = tiling.stylize_tiled(models, content, adain, tile_size=128, disk_buffer=True,
+                                   temp_dir=str(tmp_path))
     in_ram = tiling.stylize_tiled(models, content, adain, tile_size=128, disk_buffer=False)
     np.testing.assert_array_equal(on_disk, in_ram)
     assert list(tmp_path.iterdir()) == []  # the temporary directory went with the run
@@ -147,7 +149,8 @@ def test_tiled_memory_stays_bounded_on_a_12_megapixel_image():
 def test_stroke_scale_runs_coarse_levels_small_and_fine_levels_full_size(models, content, wct):
     """Reference: coarse levels whole-image on the Lanczos-downscaled content, bilinear upsampling
     (torch's), fine levels whole-image at full size."""
-    small = np.array(Image.fromarray(content).resize((round(W / 2.5), round(H / 2.5)), Image.Resampling.LANCZOS))
+    small_size = (round(W / 2.5), round(H / 2.5))
+    small = np.array(Image.fromarray(content).resize(small_size, Image.Resampling.LANCZOS))
     coarse = stylize(models, to_tensor(small), wct, 1.0, (5, 4, 3))
     upsampled = F.interpolate(coarse, size=(H, W), mode="bilinear", align_corners=False)
     expected = to_uint8(stylize(models, upsampled, wct, 1.0, (2, 1)))
@@ -157,15 +160,16 @@ def test_stroke_scale_runs_coarse_levels_small_and_fine_levels_full_size(models,
 
 
 def test_stroke_scale_one_is_plain_tiling(models, content, adain):
-    np.testing.assert_array_equal(tiling.stylize_stroke_scaled(models, content, adain, stroke_scale=1, tile_size=128),
-                                  tiling.stylize_tiled(models, content, adain, tile_size=128))
+    scaled = tiling.stylize_stroke_scaled(models, content, adain, stroke_scale=1, tile_size=128)
+    np.testing.assert_array_equal(scaled, tiling.stylize_tiled(models, content, adain, tile_size=128))
 
 
 @pytest.mark.parametrize("call,match", [
     (lambda m, c, s: tiling.stylize_tiled(m, c, s, tile_size=-1), "tile size"),
-    (lambda m, c, s: tiling.stylize_tiled(m, c, s, tile_size=64, out=np.empty((5, 5, 3), np.uint8)), "out must"),
+    (lambda m, c, s: tiling.stylize_tiled(m, c, s, tile_size=64, out=np.empty((5, 5, 3))), "out must"),
     (lambda m, c, s: tiling.stylize_tiled(m, c[..., :2], s, tile_size=64), "expected an"),
     (lambda m, c, s: tiling.stylize_stroke_scaled(m, c, s, stroke_scale=0.5), "stroke scale"),
+    (lambda m, c, s: tiling.stylize_stroke_scaled(m, np.float32(c / 255), s), "needs uint8"),
     (lambda m, c, s: tiling.stylize_stroke_scaled(m, c, s, levels=(5, 4), stroke_scale=2), "fine"),
     (lambda m, c, s: tiling.stylize_stroke_scaled(m, c, s, levels=(1, 5), stroke_scale=2), "coarse"),
     (lambda m, c, s: tiling.style_statistics_tiled(m, c, "nst"), "method"),
