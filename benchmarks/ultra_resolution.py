@@ -17,6 +17,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,7 +53,6 @@ def child(args) -> None:
     models = load_model_set(args.models).to("cpu", channels_last=True)  # as `cdcore stylize` does
     style_rgb = images.read_image(str(SHARED / "images" / "style" / "style_b_512.jpg")).rgb
     style = style_statistics(models, to_tensor(style_rgb), "wct")
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     picture = images.read_image(args.content)
     t1 = time.perf_counter()
@@ -66,8 +66,7 @@ def child(args) -> None:
     t3 = time.perf_counter()
     os.unlink(args.output)
     print(json.dumps({"read_s": t1 - t0, "stylize_s": t2 - t1, "write_s": t3 - t2,
-                      "mp": height * width / 1e6, "baseline_rss": baseline * 1024,
-                      "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                      "mp": height * width / 1e6, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 
 
 def run_child(content: Path, tile_size: int, args) -> dict:
@@ -87,10 +86,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="4,16,42", help="megapixel sizes among 4, 16, 42")
     p.add_argument("--tile-size", type=int, default=1024, help="tile size of the tiled runs")
-    p.add_argument("--modes", default="whole,tiled")
+    p.add_argument("--modes", default="whole,tiled", help="whole and/or tiled, in the order to run")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", default=str(SHARED / "models" / "cd16x"))
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/cdcore-bench"))
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cdcore-bench",
+                   help="where the upscaled contents are kept between runs")
     p.add_argument("--verbose", action="store_true", help="print tile progress to stderr")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--content", help=argparse.SUPPRESS)
@@ -98,8 +98,8 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child(args)
-    print(f"| size | mode | stylize s | MP/s | read + write s | peak RSS GB |")
-    print(f"| --- | --- | --- | --- | --- | --- |")
+    print("| size | mode | stylize s | MP/s | read + write s | peak RSS GB |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for mp in (int(s) for s in args.sizes.split(",")):
         content = make_content(mp, args.workdir)
         w, h = SIZES[mp]
