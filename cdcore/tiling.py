@@ -489,9 +489,10 @@ def choose_tile_size(height: int, width: int, device: torch.device | str = "cpu"
     Memory is estimated as BYTES_PER_CHANNEL_PIXEL x `channels` (the widest full-resolution layer
     of the models: 24 for the 16x set, 64 for VGG-19) per pixel of what one network call sees.
     The whole image is chosen when that is at most MEMORY_SHARE of the `available` bytes (default:
-    what `device` has free). Otherwise the tile is the largest whose window (tile plus the halo
-    of the deepest level on both sides) fits that share, a multiple of 64 between MIN_TILE and
-    MAX_CPU_TILE (CPU, where throughput stops improving) or MAX_CUDA_TILE.
+    what `device` has free). Otherwise the tile is the largest whose window (the tile plus the
+    largest encoder + decoder halo of the levels on both sides, a bound on every window) fits that
+    share: a multiple of 64 from MIN_TILE to MAX_CPU_TILE (on the CPU, where larger tiles gain
+    little speed) or MAX_CUDA_TILE.
     """
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive (got {height}x{width})")
