@@ -41,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--style-size", type=_positive_int, default=0,
                    help="resize the style so its longer side is N px (0: keep)")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    s.add_argument("--tile-size", type=_positive_int, default=0, help="0: whole image")
+    s.add_argument("--tile-size", type=_positive_int, default=None,
+                   help="tile side in pixels for the exact tiled engine; 0: whole image at once; "
+                        "default: whole image when it fits comfortably in memory, else tiles sized from it")
+    s.add_argument("--stroke-scale", type=float, default=1.0,
+                   help="run the coarse stages (5,4,3) on the content downscaled by S, so strokes stay "
+                        "visible on very large images; the fine stages (2,1) run at full size (default 1: off)")
     s.add_argument("--max-pixels", type=_positive_int, default=images.DEFAULT_MAX_PIXELS,
                    help="refuse inputs with more pixels than this (default 300 MP)")
     s.add_argument("--iterations", type=_positive_int, default=200, help="L-BFGS iterations (gatys)")
@@ -60,17 +65,32 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def cmd_stylize(args: argparse.Namespace) -> None:
-    import torch
+def _progress_printer(every_s: float = 2.0):
+    """A tiling progress callback printing one line at most every `every_s` seconds (so a run
+    shorter than that prints none)."""
+    last = [time.monotonic()]
 
+    def report(p) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s:
+            last[0] = now
+            _say(f"cdcore: {p}")
+
+    return report
+
+
+def cmd_stylize(args: argparse.Namespace) -> None:
+    from . import tiling
     from .gatys import gatys, progress_printer
-    from .stylize import parse_levels, pick_device, style_statistics, stylize, to_tensor, to_uint8
+    from .stylize import parse_levels, pick_device, to_tensor, to_uint8
 
     started = time.monotonic()
     images.output_format(args.output)  # fail on a bad extension before any work
-    if args.tile_size:
-        raise ValueError("--tile-size: the tiled engine is not available yet; use 0 (whole image)")
     method = args.method
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha must be in [0, 1] (got {args.alpha})")
+    if args.stroke_scale < 1.0:
+        raise ValueError(f"--stroke-scale must be >= 1 (got {args.stroke_scale})")
     levels = (5,) if method == "gatys" else parse_levels(args.levels, method)
     device = pick_device(args.device)
     content = images.resize_to(images.read_image(args.content, args.max_pixels), args.content_size)
@@ -79,18 +99,22 @@ def cmd_stylize(args: argparse.Namespace) -> None:
     if device.type == "cpu":
         models.to(device, channels_last=True)
 
-    c, s = to_tensor(content.rgb, device), to_tensor(style.rgb, device)
-    if method == "gatys":
-        result, _ = gatys(models, c, s, iterations=args.iterations, progress=progress_printer(args.iterations))
-    else:
-        if not 0.0 <= args.alpha <= 1.0:
-            raise ValueError(f"--alpha must be in [0, 1] (got {args.alpha})")
-        if device.type == "cpu":
-            c, s = c.contiguous(memory_format=torch.channels_last), s.contiguous(memory_format=torch.channels_last)
-        stats = style_statistics(models, s, method, levels)
-        result = stylize(models, c, stats, args.alpha, levels)
-    images.write_image(args.output, images.Picture(to_uint8(result), content.alpha))
     w, h = content.size
+    canvas = tiling.Canvas(h, w, content.alpha)
+    progress = _progress_printer()
+    if method == "gatys":
+        result, _ = gatys(models, to_tensor(content.rgb, device), to_tensor(style.rgb, device),
+                          iterations=args.iterations, progress=progress_printer(args.iterations))
+        canvas.rgb[...] = to_uint8(result)
+    else:
+        stats = tiling.style_statistics_tiled(models, style.rgb, method, levels, args.tile_size, progress)
+        if args.stroke_scale > 1.0:
+            tiling.stylize_stroke_scaled(models, content.rgb, stats, args.alpha, levels, args.stroke_scale,
+                                         args.tile_size, out=canvas.rgb, progress=progress)
+        else:
+            tiling.stylize_tiled(models, content.rgb, stats, args.alpha, levels, args.tile_size,
+                                 out=canvas.rgb, progress=progress)
+    canvas.save(args.output)
     _say(f"cdcore: wrote {args.output} ({w}x{h}, {method}, {models.model_id}) "
          f"in {time.monotonic() - started:.1f} s")
 

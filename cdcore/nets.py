@@ -183,22 +183,3 @@ class Decoder(nn.Module):
                 x = conv3x3_reflect(getattr(self, name), x)
         return x
 
-
-def receptive_halo(stage: int) -> int:
-    """Pixels of input context on each side that one output pixel of encoder k, then decoder k,
-    depends on (the receptive-field radius of the pair, in image pixels)."""
-    check_stage(stage)
-    plan = LAYERS[: LAYERS.index(f"conv{stage}1") + 1]
-    radius, scale = 0, 1
-    for name in plan:  # encoder: each 3x3 conv adds one feature pixel, each pool doubles the step
-        if name == "pool":
-            radius += scale  # a 2x2 pool window reaches one more input pixel
-            scale *= 2
-        else:
-            radius += scale
-    for name in reversed(plan):  # decoder mirrors it
-        if name == "pool":
-            scale //= 2
-        else:
-            radius += scale
-    return radius

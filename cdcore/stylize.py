@@ -47,7 +47,9 @@ def pick_device(name: str = "auto") -> torch.device:
 def to_tensor(rgb: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1]."""
     t = torch.from_numpy(np.ascontiguousarray(rgb)).to(device)
-    return t.permute(2, 0, 1)[None].float().div_(255.0)
+    # Permuting after adding the batch dimension gives true channels-last strides; the other
+    # order leaves a batch stride oneDNN does not recognise and sends it down a slow path.
+    return t[None].permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -115,16 +117,23 @@ def run_stage(models: ModelSet, image: torch.Tensor, k: int, style: StyleStats, 
     return out[..., :h, :w]
 
 
+def check_style(models: ModelSet, style: StyleStats, levels=None) -> tuple[int, ...]:
+    """The levels to run (default: all the style has), after checking that `style` was made with
+    `models` and holds every one of them."""
+    if style.model_id != models.model_id:
+        raise ValueError(f"style statistics were made with {style.model_id}, not {models.model_id}")
+    levels = tuple(levels or style.stages)
+    missing = [k for k in levels if k not in style.stages]
+    if missing:
+        raise ValueError(f"style statistics lack stages {missing}")
+    return levels
+
+
 @torch.inference_mode()
 def stylize(models: ModelSet, content: torch.Tensor, style: StyleStats, alpha: float = 1.0,
             levels=None) -> torch.Tensor:
     """Stylize a whole image (1, 3, H, W) in [0, 1]; the result has the same size, unclamped."""
-    if style.model_id != models.model_id:
-        raise ValueError(f"style statistics were made with {style.model_id}, not {models.model_id}")
-    levels = levels or tuple(style.stages)
-    missing = [k for k in levels if k not in style.stages]
-    if missing:
-        raise ValueError(f"style statistics lack stages {missing}")
+    levels = check_style(models, style, levels)
     device = next(models.encoder(levels[0]).parameters()).device
     x = content.to(device)
     for k in levels:

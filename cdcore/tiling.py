@@ -48,7 +48,7 @@ from PIL import Image
 from . import images, storage, transforms
 from .modelset import ModelSet
 from .nets import LAYERS, check_stage
-from .stylize import DEFAULT_LEVELS, StyleStats, stage_multiple, style_statistics, stylize, to_uint8
+from .stylize import DEFAULT_LEVELS, StyleStats, check_style, stage_multiple, style_statistics, stylize, to_uint8
 
 # An intermediate image larger than this goes to disk when `disk_buffer` is left to choose (about
 # 5.6 MP of float32 RGB): reading a tile window from the page cache costs far less than encoding it.
@@ -507,16 +507,6 @@ def choose_tile_size(height: int, width: int, device: torch.device | str = "cpu"
     return max(MIN_TILE, min(ceiling, side // 64 * 64))
 
 
-def _check_levels(models: ModelSet, style: StyleStats, levels) -> tuple[int, ...]:
-    if style.model_id != models.model_id:
-        raise ValueError(f"style statistics were made with {style.model_id}, not {models.model_id}")
-    levels = tuple(levels or style.stages)
-    missing = [k for k in levels if k not in style.stages]
-    if missing:
-        raise ValueError(f"style statistics lack stages {missing}")
-    return levels
-
-
 def _check_tile_size(tile_size) -> None:
     if tile_size is not None and (not isinstance(tile_size, int) or tile_size < 0):
         raise ValueError(f"tile size must be a non-negative integer (got {tile_size!r})")
@@ -622,7 +612,7 @@ def stylize_tiled(models: ModelSet, content, style: StyleStats, alpha: float = 1
         disk above DISK_BUFFER_BYTES per image). Use a disk-backed `temp_dir` where /tmp is tmpfs.
     progress: called with a `Progress` after every tile (whole-image runs report nothing).
     """
-    levels = _check_levels(models, style, levels)
+    levels = check_style(models, style, levels)
     _check_tile_size(tile_size)
     image = _as_buffer(content)
     height, width = image.shape[:2]
@@ -692,7 +682,7 @@ def stylize_stroke_scaled(models: ModelSet, content: np.ndarray, style: StyleSta
     if stroke_scale == 1.0:
         return stylize_tiled(models, content, style, alpha, levels, tile_size, out=out,
                              disk_buffer=disk_buffer, temp_dir=temp_dir, progress=progress)
-    levels = _check_levels(models, style, levels)
+    levels = check_style(models, style, levels)
     coarse, fine = _split_levels(levels)
     _check_tile_size(tile_size)
     dtype = _as_buffer(content).dtype  # checks the shape

@@ -133,3 +133,14 @@ def test_models_fetch_rejects_a_corrupted_file(model_copy, tmp_path, capsys):
     assert "encoder4.pth: sha256 mismatch" in capsys.readouterr().err
     assert not (dest / "encoder4.pth").exists()
     assert not [p for p in dest.iterdir() if p.name.startswith(".")]
+
+
+def test_tiled_and_whole_image_agree(small_content, tmp_path):
+    whole, tiled, strokes = tmp_path / "whole.png", tmp_path / "tiled.png", tmp_path / "strokes.png"
+    assert stylize(small_content, STYLE_IMG, "-o", whole, "--tile-size", "0") == 0
+    assert stylize(small_content, STYLE_IMG, "-o", tiled, "--tile-size", "32") == 0
+    assert stylize(small_content, STYLE_IMG, "-o", strokes, "--stroke-scale", "1.5") == 0
+    a, b = read_image(str(whole)), read_image(str(tiled))
+    assert np.abs(a.rgb.astype(int) - b.rgb).max() <= 1
+    np.testing.assert_array_equal(a.alpha, b.alpha)
+    assert read_image(str(strokes)).size == a.size
