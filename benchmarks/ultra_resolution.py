@@ -5,7 +5,8 @@
 Each configuration runs in a fresh subprocess that does what `cdcore stylize` does: read the
 content (a real photo upscaled to the size, written once to --workdir as JPEG), stylize it with
 the 16x WCT cascade (5,4,3,2,1) into a `tiling.Canvas`, and write a JPEG. Peak RSS is the child's
-ru_maxrss, so it includes importing torch (about 0.55 GB here) and decoding the input.
+VmHWM (not ru_maxrss, which Linux carries over from the parent across exec), so it includes
+importing torch (about 0.55 GB here) and decoding the input.
 Whole-image runs are skipped where their estimated peak exceeds half of MemAvailable: the
 machine is shared.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -66,7 +66,13 @@ def child(args) -> None:
     t3 = time.perf_counter()
     os.unlink(args.output)
     print(json.dumps({"read_s": t1 - t0, "stylize_s": t2 - t1, "write_s": t3 - t2,
-                      "mp": height * width / 1e6, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                      "mp": height * width / 1e6, "peak_rss": peak_rss()}))
+
+
+def peak_rss() -> int:
+    """This process's peak resident set in bytes."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def run_child(content: Path, tile_size: int, args) -> dict:
