@@ -46,9 +46,10 @@ class Moments:
 def moments(feature: torch.Tensor, chunk: int = 1 << 18) -> Moments:
     """Moments of a feature map (C, H, W) or (1, C, H, W), accumulated in float64.
 
-    Pixels are taken `chunk` at a time so the float64 copy stays small on big images. Within a
-    chunk the chunk mean is taken out before the outer product (then added back), so the sums
-    do not lose the covariance to cancellation when features have a large mean.
+    Pixels are converted `chunk` at a time so the float64 copy stays small on big images. The
+    raw sum of outer products loses nothing that matters in float64: features are ReLU outputs
+    of a few hundred at most, so their squares summed over 10^8 pixels keep ~10 of the 16 digits
+    after the mean is taken out (`Moments.mean_cov`).
     """
     if feature.dim() == 4:
         if feature.shape[0] != 1:
@@ -62,10 +63,8 @@ def moments(feature: torch.Tensor, chunk: int = 1 << 18) -> Moments:
     outer = torch.zeros(c, c, dtype=torch.float64, device=feature.device)
     for start in range(0, pixels.shape[0], chunk):
         f = pixels[start:start + chunk].to(torch.float64)
-        mean = f.mean(dim=0)
-        centred = f - mean
         total += f.sum(dim=0)
-        outer += centred.T @ centred + f.shape[0] * torch.outer(mean, mean)
+        outer.addmm_(f.T, f)
     return Moments(total, outer, pixels.shape[0])
 
 
