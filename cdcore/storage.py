@@ -200,7 +200,7 @@ def _split_s3(uri: str) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def _atomic_local(path: Path) -> Iterator[Path]:
+def atomic_local(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` for the caller to create; move it into place on success.
 
     os.replace within one directory is atomic: readers see the old file or the whole new one. The
@@ -262,7 +262,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     uri = str(uri)
     with _errors(uri):
         if is_local(uri):
-            with _atomic_local(local_path(uri)) as tmp:
+            with atomic_local(local_path(uri)) as tmp:
                 tmp.write_bytes(data)
         else:
             _client().upload_fileobj(io.BytesIO(data), *_split_s3(uri), Config=_transfer())
@@ -291,7 +291,7 @@ def open_read(uri: str) -> BinaryIO:
 def download(uri: str, path: str | os.PathLike) -> Path:
     """Copy `uri` to the local file `path` atomically; large S3 objects stream in parallel ranges."""
     uri, dest = str(uri), Path(path)
-    with _errors(f"{uri} -> {dest}"), _atomic_local(dest) as tmp:
+    with _errors(f"{uri} -> {dest}"), atomic_local(dest) as tmp:
         if is_local(uri):
             shutil.copyfile(local_path(uri), tmp)
         else:
@@ -305,7 +305,7 @@ def upload(path: str | os.PathLike, uri: str) -> None:
     uri = str(uri)
     with _errors(f"{path} -> {uri}"):
         if is_local(uri):
-            with _atomic_local(local_path(uri)) as tmp:
+            with atomic_local(local_path(uri)) as tmp:
                 shutil.copyfile(path, tmp)
         else:
             _client().upload_file(str(path), *_split_s3(uri), Config=_transfer())

@@ -753,13 +753,5 @@ class Canvas:
             img.save(data, fmt, **options)
             storage.write_bytes(uri, data.getvalue())
             return
-        path = storage.local_path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                img.save(f, fmt, **options)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with storage.atomic_local(storage.local_path(uri)) as tmp:
+            img.save(tmp, fmt, **options)

@@ -144,3 +144,22 @@ def test_tiled_and_whole_image_agree(small_content, tmp_path):
     assert np.abs(a.rgb.astype(int) - b.rgb).max() <= 1
     np.testing.assert_array_equal(a.alpha, b.alpha)
     assert read_image(str(strokes)).size == a.size
+
+
+def test_s3_inputs_and_output(s3_bucket):
+    from cdcore import storage
+
+    content, style, out = (f"{s3_bucket}/in/content.jpg", f"{s3_bucket}/in/style.jpg",
+                           f"{s3_bucket}/out/result.webp")
+    storage.upload(str(CONTENT / "harbor_420.jpg"), content)
+    storage.upload(STYLE_IMG, style)
+    assert stylize(content, style, "-o", out, "--content-size", "96") == 0
+    assert read_image(out).size == (96, 96)
+
+
+def test_local_output_gets_ordinary_permissions(small_content, tmp_path):
+    out = tmp_path / "out.jpg"
+    assert stylize(small_content, STYLE_IMG, "-o", out, "--levels", "1") == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
