@@ -76,6 +76,9 @@ def run_one(megapixels: float, layout: str, models: str, repeat: int) -> dict:
     style = load(SHARED / "images/style/style_b_512.jpg")
     m = load_model_set(models)
     if layout == "cdcore":
+        from cdcore import memory
+
+        memory.reuse_freed_memory()  # as the `cdcore` command and the job's actors do
         m.to("cpu", channels_last=True)
         content = content.contiguous(memory_format=torch.channels_last)
         style = style.contiguous(memory_format=torch.channels_last)

@@ -46,10 +46,11 @@ def child(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from cdcore import images, tiling
+    from cdcore import images, memory, tiling
     from cdcore.modelset import load_model_set
     from cdcore.stylize import style_statistics, to_tensor
 
+    memory.reuse_freed_memory()  # as `cdcore stylize` does
     models = load_model_set(args.models).to("cpu", channels_last=True)  # as `cdcore stylize` does
     style_rgb = images.read_image(str(SHARED / "images" / "style" / "style_b_512.jpg")).rgb
     style = style_statistics(models, to_tensor(style_rgb), "wct")

@@ -9,7 +9,7 @@ import argparse
 import sys
 import time
 
-from . import images, storage
+from . import images, memory, storage
 from .modelset import ModelError, default_models_dir, fetch_published, load_model_set
 
 EXIT_BAD_INPUT = 2
@@ -129,6 +129,7 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    memory.reuse_freed_memory()
     try:
         if args.command == "stylize":
             cmd_stylize(args)

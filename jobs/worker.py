@@ -16,7 +16,7 @@ from typing import Callable, Hashable, Iterator
 
 import torch
 
-from cdcore import images, storage
+from cdcore import images, memory, storage
 from cdcore.gatys import gatys
 from cdcore.modelset import load_model_set
 from cdcore.stylize import to_tensor, to_uint8
@@ -81,6 +81,7 @@ class Stylizer:
     """
 
     def __init__(self, name: str, config: WorkerConfig):
+        memory.reuse_freed_memory()
         self.config = config
         self.device = torch.device(config.device)
         self.models = load_model_set(config.models, config.stages, self.device)
