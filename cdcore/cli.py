@@ -15,7 +15,7 @@ from .modelset import ModelError, default_models_dir, fetch_published, load_mode
 EXIT_BAD_INPUT = 2
 
 
-def _positive_int(text: str) -> int:
+def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0 (got {value})")
@@ -36,20 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--levels", help="stages to run, coarse to fine (default: 5,4,3,2,1 for wct, 4 for adain)")
     s.add_argument("--models", default=None, help="model directory or URI "
                    "(default: $CDCORE_MODELS, else where `cdcore models fetch` writes)")
-    s.add_argument("--content-size", type=_positive_int, default=0,
+    s.add_argument("--content-size", type=_non_negative_int, default=0,
                    help="resize the content so its longer side is N px (0: keep)")
-    s.add_argument("--style-size", type=_positive_int, default=0,
+    s.add_argument("--style-size", type=_non_negative_int, default=0,
                    help="resize the style so its longer side is N px (0: keep)")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    s.add_argument("--tile-size", type=_positive_int, default=None,
+    s.add_argument("--tile-size", type=_non_negative_int, default=None,
                    help="tile side in pixels for the exact tiled engine; 0: whole image at once; "
                         "default: whole image when it fits comfortably in memory, else tiles sized from it")
     s.add_argument("--stroke-scale", type=float, default=1.0,
                    help="run the coarse stages (5,4,3) on the content downscaled by S, so strokes stay "
                         "visible on very large images; the fine stages (2,1) run at full size (default 1: off)")
-    s.add_argument("--max-pixels", type=_positive_int, default=images.DEFAULT_MAX_PIXELS,
+    s.add_argument("--max-pixels", type=_non_negative_int, default=images.DEFAULT_MAX_PIXELS,
                    help="refuse inputs with more pixels than this (default 300 MP)")
-    s.add_argument("--iterations", type=_positive_int, default=200, help="L-BFGS iterations (gatys)")
+    s.add_argument("--iterations", type=_non_negative_int, default=200, help="L-BFGS iterations (gatys)")
 
     m = sub.add_parser("models", help="fetch or inspect model sets")
     msub = m.add_subparsers(dest="models_command", required=True)

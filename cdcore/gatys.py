@@ -6,6 +6,7 @@ a baseline for the feed-forward methods.
 """
 from __future__ import annotations
 
+import sys
 import time
 from typing import Callable
 
@@ -69,8 +70,6 @@ def gatys(models: ModelSet, content: torch.Tensor, style: torch.Tensor, iteratio
 
 def progress_printer(iterations: int, every: int = 10, out=None) -> Callable[[int, float], None]:
     """A progress callback printing iteration, loss, rate and ETA every `every` iterations."""
-    import sys
-
     out = out or sys.stderr
     start = time.monotonic()
 

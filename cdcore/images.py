@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -102,7 +101,7 @@ def read_image(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     except storage.NotFound:
         raise ImageError(f"{uri}: no such file or object") from None
     except storage.StorageError as e:
-        raise ImageError(f"{uri}: cannot read ({e})") from None
+        raise ImageError(str(e)) from None
     return decode(data, uri, max_pixels)
 
 

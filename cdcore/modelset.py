@@ -116,7 +116,7 @@ def _read_state_dict(uri: str, name: str) -> tuple[dict[str, torch.Tensor], str]
     except storage.NotFound:
         raise ModelError(f"{path}: model file missing") from None
     except storage.StorageError as e:
-        raise ModelError(f"{path}: cannot read model file ({e})") from None
+        raise ModelError(f"cannot read model file: {e}") from None
     digest = hashlib.sha256(data).hexdigest()
     try:
         if name.endswith(".safetensors"):
