@@ -1,6 +1,6 @@
 """Ultra-resolution stylization: seconds, MP/s and peak RSS, whole image vs tiled.
 
-    python benchmarks/ultra_resolution.py [--sizes 4,16,42] [--tile-size 1024] [--threads 2]
+    python benchmarks/ultra_resolution.py [--sizes 4,16,42] [--tile-sizes 1024] [--threads 2]
 
 Each configuration runs in a fresh subprocess that does what `cdcore stylize` does: read the
 content (a real photo upscaled to the size, written once to --workdir as JPEG), stylize it with
@@ -61,7 +61,7 @@ def child(args) -> None:
     canvas = tiling.Canvas(height, width)
     progress = (lambda p: print(p, file=sys.stderr, flush=True)) if args.verbose else None
     tiling.stylize_tiled(models, picture.rgb, style, 1.0, (5, 4, 3, 2, 1), args.tile_size,
-                         out=canvas.rgb, disk_buffer=args.tile_size > 0, progress=progress)
+                         out=canvas.rgb, progress=progress)
     t2 = time.perf_counter()
     canvas.save(args.output)
     t3 = time.perf_counter()
@@ -92,7 +92,7 @@ def mem_available() -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="4,16,42", help="megapixel sizes among 4, 16, 42")
-    p.add_argument("--tile-size", type=int, default=1024, help="tile size of the tiled runs")
+    p.add_argument("--tile-sizes", default="1024", help="tile sizes of the tiled runs, comma-separated")
     p.add_argument("--modes", default="whole,tiled", help="whole and/or tiled, in the order to run")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", default=str(SHARED / "models" / "cd16x"))
@@ -102,6 +102,7 @@ def main() -> None:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--content", help=argparse.SUPPRESS)
     p.add_argument("--output", help=argparse.SUPPRESS)
+    p.add_argument("--tile-size", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
@@ -110,8 +111,9 @@ def main() -> None:
     for mp in (int(s) for s in args.sizes.split(",")):
         content = make_content(mp, args.workdir)
         w, h = SIZES[mp]
-        for mode in args.modes.split(","):
-            tile = 0 if mode == "whole" else args.tile_size
+        tiles = [0 if mode == "whole" else int(t) for mode in args.modes.split(",")
+                 for t in (["0"] if mode == "whole" else args.tile_sizes.split(","))]
+        for tile in tiles:
             label = "whole image" if tile == 0 else f"tiled {tile}"
             if tile == 0 and w * h * WHOLE_BYTES_PER_PIXEL > mem_available() / 2:
                 need = w * h * WHOLE_BYTES_PER_PIXEL / 1e9

@@ -113,7 +113,7 @@ def run_stage(models: ModelSet, image: torch.Tensor, k: int, style: StyleStats, 
     feature = models.encoder(k)(pad_to_multiple(image, step))
     valid = feature[..., : -(-h // step), : -(-w // step)]
     a, b = transforms.affine_map(transforms.moments(valid), style.stages[k], alpha, style.method)
-    out = models.decoder(k)(transforms.apply_affine(feature, a, b))
+    out = models.decoder(k)(feature, affine=(a, b))
     return out[..., :h, :w]
 
 

@@ -2,30 +2,35 @@
 
 A stage k of the cascade (`stylize.run_stage`) runs here in two passes over tiles:
 
-1. statistics: encode each tile with a halo, keep the features of its interior, accumulate their
-   `Moments` (float64); the sum is the whole image's, so the affine map A, b is exact;
-2. render: per tile, take the features of its interior plus a decoder halo, apply A, b, decode,
-   keep the interior and write it into the stage's output buffer.
+1. statistics: encode each tile's window, keep the features of the part the tile owns, and
+   accumulate their `Moments` (float64); the sum is the whole image's, so the map A, b is exact;
+2. render: per tile, decode the window's features moved by A f + b, and write the part the tile
+   owns into the stage's output buffer.
 
 Why every kept pixel equals the whole-image result (up to float rounding). Work in stage k's
-feature grid, where one feature pixel is m = 2^(k-1) image pixels. A tile's image window starts
-on a multiple of m, so its pooling grid is the whole image's; where the window ends at the image
-edge, every layer reflect-pads exactly where it does for the whole image; where the window is cut
-inside the image, each layer's reflection padding is wrong at the cut, and the wrong band grows
-by one pixel per 3x3 conv, halves (rounded up) at each 2x2 pool and doubles at each upsampling.
-`encoder_halo` and `decoder_halo` count that band, so the kept pixels never see it. For stage 5
-of the published models they are 5 + 5 feature pixels (160 image pixels), for stage 1 1 + 1.
-The content is reflect-padded to a multiple of m at the bottom and right, as
-`stylize.pad_to_multiple` pads the whole image, by reading the window through a reflected index.
+feature grid, where one feature pixel is m = 2^(k-1) image pixels. A window starts on a multiple
+of m, so its pooling grid is the whole image's; where the window ends at the image edge, every
+layer reflect-pads exactly where it does for the whole image; where the window is cut inside the
+image, each layer's reflection padding is wrong at the cut, and the wrong band grows by one pixel
+per 3x3 conv, halves (rounded up) at each 2x2 pool and doubles at each upsampling.
+`encoder_halo` and `decoder_halo` count that band, and a tile owns only pixels at least that far
+from its window's cut edges. For stage 5 of the published models the halos are 5 feature pixels
+(80 image pixels) each, for stage 1 one. The content is reflect-padded to a multiple of m at the
+bottom and right, as `stylize.pad_to_multiple` pads the whole image, by reading the window
+through a reflected index.
 
-Where encoding is dear and the features small (stages 3 to 5 of the 16x set), the statistics
-pass stores them and the render pass decodes from that store instead of encoding again: the
-encoder is half of such a stage's cost, and the render windows shrink to the decoder's halo.
+The halos are recomputed work, so `plan_tiles` shapes the windows to need as little of them as it
+can: windows of at most tile_size^2 image pixels (the memory bound), one shape per pass, the split
+into rows and columns with the least total window area (on a wide image, full-height windows
+need no halo above and below).
+
+Where encoding is dear and the features small (stages 2 to 5), the statistics pass stores them
+and the render pass decodes from that store instead of encoding again.
 
 The image between stages and the feature store are `ImageBuffer`s: in RAM, or for large images
 `numpy.memmap` files in a temporary directory that is removed afterwards. Features of the whole
-image are never in memory at once; peak memory is that of the largest tile window
-(`choose_tile_size`), plus the caller's input and the 8-bit result.
+image are never in memory at once; peak memory is that of one window's network call, plus the
+caller's input and the 8-bit result (`choose_tile_size`).
 """
 from __future__ import annotations
 
@@ -52,8 +57,10 @@ from .stylize import DEFAULT_LEVELS, StyleStats, check_style, stage_multiple, st
 # 5.6 MP of float32 RGB): reading a tile window from the page cache costs far less than encoding it.
 DISK_BUFFER_BYTES = 64 << 20
 # The statistics pass stores a stage's features for the render pass where re-encoding would cost
-# at least this many MACs per stored float: stages 3-5 of the 16x set (1.8k to 46k), 2-5 of VGG-19.
-STORE_MACS_PER_VALUE = 1000
+# at least this many MACs per stored float: stages 2-5 (490 to 46k for the 16x set), not stage 1
+# (27), of both the 16x set and VGG-19. Stage 2 of the 16x set at 4 MP: encoding again took
+# 0.19 s, storing 0.05 s.
+STORE_MACS_PER_VALUE = 100
 # Time per window pixel that does not grow with the networks (copies, pooling, upsampling, the
 # float64 moments), in MACs that take as long on the 2-core CPU here; it only weighs the ETA.
 PIXEL_WORK_MACS = 16_000
@@ -106,29 +113,80 @@ def decoder_halo(stage: int) -> int:
     return -(-depth // stage_multiple(stage))
 
 
-def _spans(n: int, step: int) -> list[slice]:
-    """range(n) cut into ceil(n / step) spans of near-equal length (no thin last span)."""
-    count = -(-n // step)
-    edges = [n * i // count for i in range(count + 1)]
-    return [slice(a, b) for a, b in zip(edges, edges[1:])]
+def _axis_length(grid: int, halo: int, count: int) -> int:
+    """Length of each of `count` equal windows covering an axis of `grid` feature pixels, where
+    neighbours overlap by 2 x `halo` so that each is exact over the span it keeps."""
+    return grid if count == 1 else min(grid, -(-(grid + 2 * halo * (count - 1)) // count))
 
 
-def _tiles(grid_h: int, grid_w: int, step: int) -> list[tuple[slice, slice]]:
-    """Row-major tiles of at most `step` x `step` feature pixels covering a grid_h x grid_w grid."""
-    return [(rows, cols) for rows in _spans(grid_h, step) for cols in _spans(grid_w, step)]
+def _axis_count(grid: int, halo: int, limit: int) -> int:
+    """The fewest windows of at most `limit` feature pixels that cover the axis; 0 if none do."""
+    if limit >= grid:
+        return 1
+    if limit <= 2 * halo:
+        return 0
+    return -(-(grid - 2 * halo) // (limit - 2 * halo))
 
 
-def _longest(tiles: list[tuple[slice, slice]]) -> tuple[int, int]:
-    """The largest tile height and width."""
-    return max(r.stop - r.start for r, _ in tiles), max(c.stop - c.start for _, c in tiles)
+def _axis_split(grid: int, halo: int, count: int) -> list[tuple[slice, slice]]:
+    """(window, kept span) pairs along one axis: `count` windows of one length spread evenly from
+    edge to edge; the kept spans tile the axis, each cut in the middle of an overlap, so at least
+    `halo` from the cut edge of either window."""
+    length = _axis_length(grid, halo, count)
+    starts = [(grid - length) * i // max(count - 1, 1) for i in range(count)]
+    cuts = [0] + [(a + b + length) // 2 for a, b in zip(starts, starts[1:])] + [grid]
+    return [(slice(s, s + length), slice(lo, hi)) for s, lo, hi in zip(starts, cuts, cuts[1:])]
 
 
-def _window(span: slice, halo: int, longest: int, grid: int) -> slice:
-    """`longest` + 2 * `halo` feature pixels (at most the grid) holding span +- halo, inside the
-    grid. Every tile of a pass gets a window of that one length, edge tiles theirs shifted inward,
-    so every network call of a pass has one shape: oneDNN builds kernels for each new shape, and
-    when edge tiles had shapes of their own a fresh 1 MP run spent 6.6 of its 12.3 CPU seconds so."""
-    length = min(longest + 2 * halo, grid)
+@dataclass(frozen=True)
+class Tile:
+    """One network call of a pass, in feature pixels: the window it sees (one shape for every tile
+    of a pass) and the part of it that it owns, exact and disjoint from the other tiles'."""
+
+    rows: slice
+    cols: slice
+    keep_rows: slice
+    keep_cols: slice
+
+    def kept(self, feature: torch.Tensor) -> torch.Tensor:
+        """The owned part of the window's (1, C, h, w) features."""
+        r0, c0 = self.keep_rows.start - self.rows.start, self.keep_cols.start - self.cols.start
+        return feature[..., r0: r0 + _len(self.keep_rows), c0: c0 + _len(self.keep_cols)]
+
+
+def _len(span: slice) -> int:
+    return span.stop - span.start
+
+
+def plan_tiles(grid: tuple[int, int], halo: int, side: int) -> list[Tile]:
+    """Row-major tiles covering a grid of feature pixels, for a network wrong within `halo` of a
+    cut window edge. Windows hold at most side x side pixels (`side` is clamped to at least
+    4 x halo, so that at least half of a window is kept); of the splits into rows x columns of
+    windows, the one with the least total window area is taken, the fewest tiles on ties: a long
+    image gets full-height windows where they fit, which need no halo above and below.
+
+    Every window of a pass has one shape because oneDNN builds kernels for each new shape: when
+    edge tiles had shapes of their own, a fresh 1 MP run spent 6.6 of its 12.3 CPU seconds so.
+    """
+    (gh, gw), side = grid, max(side, 4 * halo, 1)
+    best = None
+    for rows in range(1, gh + 1):
+        height = _axis_length(gh, halo, rows)
+        cols = _axis_count(gw, halo, side * side // height)
+        if cols:
+            cost = (rows * height * cols * _axis_length(gw, halo, cols), rows * cols)
+            best = min(best or (cost, rows, cols), (cost, rows, cols))
+        if height <= 2 * halo + 1:  # more rows only shrink the kept spans to nothing
+            break
+    _, rows, cols = best
+    return [Tile(wr, wc, kr, kc) for wr, kr in _axis_split(gh, halo, rows)
+            for wc, kc in _axis_split(gw, halo, cols)]
+
+
+def _expand(span: slice, halo: int, grid: int) -> slice:
+    """A window of len(span) + 2 x halo feature pixels (at most the grid) that holds span +- halo,
+    shifted inward at the grid's edges so that windows of equal spans have equal shapes."""
+    length = min(_len(span) + 2 * halo, grid)
     start = min(max(span.start - halo, 0), grid - length)
     return slice(start, start + length)
 
@@ -269,11 +327,12 @@ def _store(dest: ImageBuffer, rows: slice, cols: slice, image: torch.Tensor) -> 
 
 
 def _release_freed_memory() -> None:
-    """Hand memory freed by the last tile back to the OS. Tiles leave holes in the malloc heap that
-    it keeps, all the more where `memory.reuse_freed_memory` is in force; without this the
-    resident set creeps up through a run by several tile windows (measured: +350 MB over a 1 MP
-    cascade with 512 px tiles; trimming once per pass instead is 30% faster at 4 MP but peaked at
-    1.79 GB instead of 1.28 GB at 42 MP)."""
+    """Hand the malloc heap's free pages back to the OS: called as a stage starts, when the window
+    shapes change (a stage's two passes share them: encoder and decoder halos are equal). Within a
+    stage every tile allocates the same sizes and the heap settles after a few tiles; a new set of
+    shapes fits the old holes badly, and without this a 42 MP cascade peaked at 1.63 GB instead of
+    1.26 GB. Trimming after every tile instead made a 4 MP cascade take 10.0 s instead of 7.2 s:
+    each tile page-faulted its working set in again."""
     memory.release_freed_memory()
 
 
@@ -332,13 +391,11 @@ def _macs_per_pixel(module: torch.nn.Module, stage: int) -> float:
     return macs
 
 
-def _pass_work(tiles: list[tuple[slice, slice]], grid: tuple[int, int], halo: int, m: int,
-               macs: float) -> float:
-    """Work of a pass whose network (`macs` per pixel) sees each tile with `halo`: the pixels of
-    its windows (`_window`: one size for all) times the MACs plus PIXEL_WORK_MACS."""
-    longest = _longest(tiles)
-    window = [min(n + 2 * halo, g) * m for n, g in zip(longest, grid)]
-    return len(tiles) * window[0] * window[1] * (macs + PIXEL_WORK_MACS)
+def _pass_work(tiles: list[Tile], m: int, macs: float, pad: int = 0) -> float:
+    """Work of a pass whose network (`macs` per pixel) sees every tile's window (one shape for
+    all), grown by `pad` feature pixels on each side: window pixels times MACs + PIXEL_WORK_MACS."""
+    rows, cols = tiles[0].rows, tiles[0].cols
+    return len(tiles) * (_len(rows) + 2 * pad) * (_len(cols) + 2 * pad) * m * m * (macs + PIXEL_WORK_MACS)
 
 
 # ---------------------------------------------------------------- the two passes
@@ -351,61 +408,94 @@ def _stores_features(encoder: torch.nn.Module, m: int) -> bool:
     return _macs_per_pixel(encoder, encoder.stage) >= STORE_MACS_PER_VALUE * values_per_pixel
 
 
-def _encode(encoder: torch.nn.Module, source: _Source, rows: slice, cols: slice,
-            longest: tuple[int, int], grid: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """Exact features (1, C, h, w) of feature pixels [rows, cols]: the encoder runs on an image
-    window with at least `encoder_halo` around them (`_window`), and the rest is dropped."""
-    m, halo = stage_multiple(encoder.stage), encoder_halo(encoder.stage)
-    wr, wc = _window(rows, halo, longest[0], grid[0]), _window(cols, halo, longest[1], grid[1])
-    y, x = _image_span(wr, m, grid[0], source.height), _image_span(wc, m, grid[1], source.width)
-    feature = encoder(source.window(y, x, device))
-    r0, c0 = rows.start - wr.start, cols.start - wc.start
-    return feature[..., r0: r0 + rows.stop - rows.start, c0: c0 + cols.stop - cols.start]
+@dataclass
+class _StagePlan:
+    """How stage k runs over a content: its feature grid, the tiles of its two passes (with the
+    encoder's and the decoder's halo) and whether the features are stored between them."""
+
+    k: int
+    grid: tuple[int, int]
+    statistics: list[Tile]
+    render: list[Tile]
+    stored: bool
 
 
-def _statistics_pass(encoder, source: _Source, grid, tiles, device, meter: _Meter, step: str,
-                     store: ImageBuffer | None = None) -> transforms.Moments:
+def _stage_plan(models: ModelSet, k: int, height: int, width: int, tile_size: int) -> _StagePlan:
+    """The plan for a content of height x width, padded to a multiple of m = 2^(k-1), with windows
+    of at most tile_size x tile_size image pixels."""
+    m = stage_multiple(k)
+    grid = (-(-height // m), -(-width // m))
+    side = max(1, tile_size // m)
+    return _StagePlan(k, grid, plan_tiles(grid, encoder_halo(k), side), plan_tiles(grid, decoder_halo(k), side),
+                      _stores_features(models.encoder(k), m))
+
+
+def _statistics_work(models: ModelSet, plan: _StagePlan) -> float:
+    encoder = models.encoder(plan.k)
+    return _pass_work(plan.statistics, stage_multiple(plan.k), _macs_per_pixel(encoder, plan.k))
+
+
+def _render_work(models: ModelSet, plan: _StagePlan) -> float:
+    k, m = plan.k, stage_multiple(plan.k)
+    work = _pass_work(plan.render, m, _macs_per_pixel(models.decoder(k), k))
+    if not plan.stored:  # the encoder runs again, on windows grown by its halo
+        work += _pass_work(plan.render, m, _macs_per_pixel(models.encoder(k), k), encoder_halo(k))
+    return work
+
+
+def _encode(encoder: torch.nn.Module, source: _Source, rows: slice, cols: slice, grid: tuple[int, int],
+            device: torch.device) -> torch.Tensor:
+    """Features (1, C, h, w) of the feature window [rows, cols], encoded from the image under it:
+    exact but within `encoder_halo` of the window's edges inside the grid."""
+    m = stage_multiple(encoder.stage)
+    y, x = _image_span(rows, m, grid[0], source.height), _image_span(cols, m, grid[1], source.width)
+    return encoder(source.window(y, x, device))
+
+
+def _exact_features(encoder: torch.nn.Module, source: _Source, rows: slice, cols: slice,
+                    grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Features of [rows, cols] exact up to its edges: encoded with the encoder halo around it."""
+    halo = encoder_halo(encoder.stage)
+    window = Tile(_expand(rows, halo, grid[0]), _expand(cols, halo, grid[1]), rows, cols)
+    return window.kept(_encode(encoder, source, window.rows, window.cols, grid, device))
+
+
+def _statistics_pass(encoder, source: _Source, grid, tiles: list[Tile], device, meter: _Meter,
+                     work: float, step: str, store: ImageBuffer | None = None) -> transforms.Moments:
     """Moments of the features of the whole grid, accumulated tile by tile (and the features
     written to `store` when given)."""
-    k = encoder.stage
-    m = stage_multiple(k)
-    work = _pass_work(tiles, grid, encoder_halo(k), m, _macs_per_pixel(encoder, k))
-    meter.start_pass(k, step, len(tiles), work)
-    total, longest = None, _longest(tiles)
-    for i, (rows, cols) in enumerate(tiles):
-        feature = _encode(encoder, source, rows, cols, longest, grid, device)
+    m = stage_multiple(encoder.stage)
+    meter.start_pass(encoder.stage, step, len(tiles), work)
+    total = None
+    for i, tile in enumerate(tiles):
+        feature = tile.kept(_encode(encoder, source, tile.rows, tile.cols, grid, device))
         part = transforms.moments(feature)
         total = part if total is None else total + part
         if store is not None:
-            store.write(rows, cols, _to_numpy(feature))
-        _release_freed_memory()
-        meter.tile_done(i, (rows.stop - rows.start) * (cols.stop - cols.start) * m * m)
+            store.write(tile.keep_rows, tile.keep_cols, _to_numpy(feature))
+        meter.tile_done(i, _len(tile.keep_rows) * _len(tile.keep_cols) * m * m)
     return total
 
 
-def _render_pass(encoder, decoder, source: _Source, grid, tiles, a, b, dest: ImageBuffer,
-                 device, meter: _Meter, store: ImageBuffer | None) -> None:
-    """Decode every tile's features, moved by A f + b, with a decoder halo; keep the interior,
-    cropped to the unpadded image, in `dest`."""
+def _render_pass(encoder, decoder, source: _Source, grid, tiles: list[Tile], a, b, dest: ImageBuffer,
+                 device, meter: _Meter, work: float, store: ImageBuffer | None) -> None:
+    """Decode every tile's window of features, moved by A f + b; keep the part the tile owns,
+    cropped to the unpadded image, in `dest`. Features come from `store`, or are encoded again."""
     k = decoder.stage
-    m, halo = stage_multiple(k), decoder_halo(k)
+    m = stage_multiple(k)
     height, width = dest.shape[:2]
-    meter.start_pass(k, "render", len(tiles), _render_work(encoder, decoder, grid, tiles, store is not None))
-    longest = _longest(tiles)
-    for i, (rows, cols) in enumerate(tiles):
-        rr, cc = _window(rows, halo, longest[0], grid[0]), _window(cols, halo, longest[1], grid[1])
+    meter.start_pass(k, "render", len(tiles), work)
+    for i, tile in enumerate(tiles):
         if store is not None:
-            feature = _to_tensor(store.read(rr, cc), device)
-        else:  # every region has the same size, so the encoder windows do too
-            region = (rr.stop - rr.start, cc.stop - cc.start)
-            feature = _encode(encoder, source, rr, cc, region, grid, device)
-        image = decoder(transforms.apply_affine(feature, a, b))
-        y = slice(rows.start * m, min(rows.stop * m, height))
-        x = slice(cols.start * m, min(cols.stop * m, width))
-        y0, x0 = y.start - rr.start * m, x.start - cc.start * m
-        _store(dest, y, x, image[..., y0: y0 + y.stop - y.start, x0: x0 + x.stop - x.start])
-        _release_freed_memory()
-        meter.tile_done(i, (y.stop - y.start) * (x.stop - x.start))
+            feature = _to_tensor(store.read(tile.rows, tile.cols), device)
+        else:
+            feature = _exact_features(encoder, source, tile.rows, tile.cols, grid, device)
+        image = decoder(feature, affine=(a, b))
+        y = slice(tile.keep_rows.start * m, min(tile.keep_rows.stop * m, height))
+        x = slice(tile.keep_cols.start * m, min(tile.keep_cols.stop * m, width))
+        y0, x0 = y.start - tile.rows.start * m, x.start - tile.cols.start * m
+        _store(dest, y, x, image[..., y0: y0 + _len(y), x0: x0 + _len(x)])
+        meter.tile_done(i, _len(y) * _len(x))
 
 
 def _run_stage(models: ModelSet, k: int, image: ImageBuffer, dest: ImageBuffer, style: StyleStats,
@@ -413,47 +503,28 @@ def _run_stage(models: ModelSet, k: int, image: ImageBuffer, dest: ImageBuffer, 
     """Stage k, tiled: image (H, W, 3) -> dest (H, W, 3); equals `stylize.run_stage`."""
     encoder, decoder = models.encoder(k), models.decoder(k)
     device = _device(models, k)
+    plan = _stage_plan(models, k, *image.shape[:2], tile_size)
     m = stage_multiple(k)
-    grid, tiles = _content_tiles(k, *image.shape[:2], tile_size)
-    source = _Source(image, grid[0] * m, grid[1] * m)
-    store = buffers.new((*grid, encoder.out_channels)) if _stores_features(encoder, m) else None
+    source = _Source(image, plan.grid[0] * m, plan.grid[1] * m)
+    store = buffers.new((*plan.grid, encoder.out_channels)) if plan.stored else None
+    _release_freed_memory()
     try:
-        content = _statistics_pass(encoder, source, grid, tiles, device, meter, "statistics", store)
+        content = _statistics_pass(encoder, source, plan.grid, plan.statistics, device, meter,
+                                   _statistics_work(models, plan), "statistics", store)
         a, b = transforms.affine_map(content, style.stages[k], alpha, style.method)
-        _render_pass(encoder, decoder, source, grid, tiles, a, b, dest, device, meter, store)
+        _render_pass(encoder, decoder, source, plan.grid, plan.render, a, b, dest, device, meter,
+                     _render_work(models, plan), store)
     finally:
         if store is not None:
             store.close()
-
-
-def _content_tiles(k: int, height: int, width: int, tile_size: int) -> tuple[tuple[int, int], list]:
-    """Stage k's feature grid for a content of height x width (padded to a multiple of 2^(k-1))
-    and its tiles."""
-    m = stage_multiple(k)
-    grid = (-(-height // m), -(-width // m))
-    return grid, _tiles(*grid, max(1, tile_size // m))
-
-
-def _render_work(encoder, decoder, grid, tiles, stored: bool) -> float:
-    k, m = decoder.stage, stage_multiple(decoder.stage)
-    work = _pass_work(tiles, grid, decoder_halo(k), m, _macs_per_pixel(decoder, k))
-    if not stored:  # the encoder's windows hold the decoder's plus the encoder halo
-        work += _pass_work(tiles, grid, decoder_halo(k) + encoder_halo(k), m, _macs_per_pixel(encoder, k))
-    return work
 
 
 def _cascade_work(models: ModelSet, levels, height: int, width: int, tile_size: int) -> float:
     """The work `_stylize_into` reports for these levels (none for a whole-image run)."""
     if tile_size == 0:
         return 0.0
-    work = 0.0
-    for k in levels:
-        encoder, decoder = models.encoder(k), models.decoder(k)
-        grid, tiles = _content_tiles(k, height, width, tile_size)
-        m = stage_multiple(k)
-        work += _pass_work(tiles, grid, encoder_halo(k), m, _macs_per_pixel(encoder, k))
-        work += _render_work(encoder, decoder, grid, tiles, _stores_features(encoder, m))
-    return work
+    plans = [_stage_plan(models, k, height, width, tile_size) for k in levels]
+    return sum(_statistics_work(models, plan) + _render_work(models, plan) for plan in plans)
 
 
 # ---------------------------------------------------------------- public API
@@ -473,17 +544,16 @@ def _available_memory(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def choose_tile_size(height: int, width: int, device: torch.device | str = "cpu", levels=(5, 4, 3, 2, 1),
-                     channels: int = 24, available: int | None = None) -> int:
+def choose_tile_size(height: int, width: int, device: torch.device | str = "cpu", channels: int = 24,
+                     available: int | None = None) -> int:
     """A tile size for an image of height x width: 0 (whole image) when it fits comfortably.
 
     Memory is estimated as BYTES_PER_CHANNEL_PIXEL x `channels` (the widest full-resolution layer
     of the models: 24 for the 16x set, 64 for VGG-19) per pixel of what one network call sees.
     The whole image is chosen when that is at most MEMORY_SHARE of the `available` bytes (default:
-    what `device` has free). Otherwise the tile is the largest whose window (the tile plus the
-    largest encoder + decoder halo of the levels on both sides, a bound on every window) fits that
-    share: a multiple of 64 from MIN_TILE to MAX_CPU_TILE (on the CPU, where larger tiles gain
-    little speed) or MAX_CUDA_TILE.
+    what `device` has free). Otherwise the tile size is the largest whose windows (at most its
+    square) fit that share: a multiple of 64 from MIN_TILE to MAX_CPU_TILE (on the CPU, where
+    larger windows gain little speed) or MAX_CUDA_TILE.
     """
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive (got {height}x{width})")
@@ -492,8 +562,7 @@ def choose_tile_size(height: int, width: int, device: torch.device | str = "cpu"
     per_pixel = BYTES_PER_CHANNEL_PIXEL * channels
     if height * width * per_pixel <= budget:
         return 0
-    halo = max((encoder_halo(k) + decoder_halo(k)) * stage_multiple(k) for k in levels)
-    side = int(math.sqrt(budget / per_pixel)) - 2 * halo
+    side = int(math.sqrt(budget / per_pixel))
     ceiling = MAX_CUDA_TILE if device.type == "cuda" else MAX_CPU_TILE
     return max(MIN_TILE, min(ceiling, side // 64 * 64))
 
@@ -536,16 +605,17 @@ def style_statistics_tiled(models: ModelSet, style, method: str = "wct", levels=
                          f"{max(levels)} needs at least {need}")
     plans = {}
     for k in levels:  # the style is not padded: pooling floors its size, as for the whole style
-        grid = (height // stage_multiple(k), width // stage_multiple(k))
-        plans[k] = grid, _tiles(*grid, max(1, tile_size // stage_multiple(k)))
-    meter = _Meter(progress, sum(_pass_work(tiles, grid, encoder_halo(k), stage_multiple(k),
-                                            _macs_per_pixel(models.encoder(k), k))
-                                 for k, (grid, tiles) in plans.items()))
+        m = stage_multiple(k)
+        grid = (height // m, width // m)
+        tiles = plan_tiles(grid, encoder_halo(k), max(1, tile_size // m))
+        plans[k] = grid, tiles, _pass_work(tiles, m, _macs_per_pixel(models.encoder(k), k))
+    meter = _Meter(progress, sum(work for _, _, work in plans.values()))
     source = _Source(image, height, width)
     device = _device(models, levels[0])
     stages = {}
-    for k, (grid, tiles) in plans.items():
-        total = _statistics_pass(models.encoder(k), source, grid, tiles, device, meter, "style")
+    for k, (grid, tiles, work) in plans.items():
+        _release_freed_memory()
+        total = _statistics_pass(models.encoder(k), source, grid, tiles, device, meter, work, "style")
         stages[k] = transforms.style_stage(total, method)
     return StyleStats(method, models.model_id, stages)
 
@@ -554,7 +624,7 @@ def _resolve_tile_size(models: ModelSet, levels, height: int, width: int, tile_s
     if tile_size is not None:
         return tile_size
     channels = max(models.encoder(k).conv11.out_channels for k in levels)
-    return choose_tile_size(height, width, _device(models, levels[0]), levels, channels)
+    return choose_tile_size(height, width, _device(models, levels[0]), channels)
 
 
 def _stylize_into(models: ModelSet, image: ImageBuffer, dest: ImageBuffer, style: StyleStats,
@@ -591,10 +661,11 @@ def stylize_tiled(models: ModelSet, content, style: StyleStats, alpha: float = 1
     """Stylize an (H, W, 3) image tile by tile; the result equals `stylize.stylize`'s.
 
     content: uint8 RGB, or float32 in [0, 1]; a numpy array, a numpy.memmap or an ImageBuffer.
-    tile_size: the largest tile side in image pixels: stage k cuts the image into near-equal
-        tiles no larger than this, rounded down to its pooling multiple 2^(k-1). 0 runs the whole
-        image at once (`stylize.stylize`); None picks a size with `choose_tile_size` from the
-        memory free on the models' device.
+    tile_size: bounds what one network call sees, and so the memory: every window of stage k
+        holds at most tile_size^2 image pixels (side counted in its pooling multiple 2^(k-1),
+        rounded down, and at least 4 halos), shaped by `plan_tiles`. 0 runs the whole image at
+        once (`stylize.stylize`); None picks a size with `choose_tile_size` from the memory free
+        on the models' device.
     out: where the result goes: an (H, W, 3) uint8 array, rounded as `to_uint8` rounds (for
         instance `Canvas.rgb`, which the image encoder then reads in place), or float32 for the
         unclamped floats; a new uint8 array when None. It is also returned.

@@ -43,13 +43,15 @@ class Moments:
         return mean, cov
 
 
-def moments(feature: torch.Tensor, chunk: int = 1 << 18) -> Moments:
+def moments(feature: torch.Tensor, band_bytes: int = 16 << 20) -> Moments:
     """Moments of a feature map (C, H, W) or (1, C, H, W), accumulated in float64.
 
-    Pixels are converted `chunk` at a time so the float64 copy stays small on big images. The
-    raw sum of outer products loses nothing that matters in float64: features are ReLU outputs
-    of a few hundred at most, so their squares summed over 10^8 pixels keep ~10 of the 16 digits
-    after the mean is taken out (`Moments.mean_cov`).
+    Rows are converted to float64 a band of at most `band_bytes` at a time, so the copy stays
+    small on big images and near the cache (4 MP at 32 channels: 0.14 s, against 0.41 s with
+    64 MB chunks). Bands of whole rows also make cropped tiles cost no extra copy. The raw sum of
+    outer products loses nothing that matters in float64: features are ReLU outputs of a few
+    hundred at most, so their squares summed over 10^8 pixels keep ~10 of the 16 digits after the
+    mean is taken out (`Moments.mean_cov`).
     """
     if feature.dim() == 4:
         if feature.shape[0] != 1:
@@ -57,15 +59,16 @@ def moments(feature: torch.Tensor, chunk: int = 1 << 18) -> Moments:
         feature = feature[0]
     if feature.dim() != 3:
         raise ValueError(f"expected a (C, H, W) feature, got shape {tuple(feature.shape)}")
-    c = feature.shape[0]
-    pixels = feature.permute(1, 2, 0).reshape(-1, c)  # (N, C): a view for channels-last input
+    c, h, w = feature.shape
+    rows = feature.permute(1, 2, 0)  # (H, W, C): a view of a channels-last feature
+    band = max(1, band_bytes // (w * c * 8))
     total = torch.zeros(c, dtype=torch.float64, device=feature.device)
     outer = torch.zeros(c, c, dtype=torch.float64, device=feature.device)
-    for start in range(0, pixels.shape[0], chunk):
-        f = pixels[start:start + chunk].to(torch.float64)
+    for start in range(0, h, band):
+        f = rows[start:start + band].to(torch.float64).reshape(-1, c)
         total += f.sum(dim=0)
         outer.addmm_(f.T, f)
-    return Moments(total, outer, pixels.shape[0])
+    return Moments(total, outer, h * w)
 
 
 def _sym_power(cov: torch.Tensor, power: float) -> torch.Tensor:

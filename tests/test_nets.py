@@ -60,3 +60,15 @@ def test_conv3x3_reflect_gradients_match():
     x.grad = None
     torch.relu(conv(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"))).sum().backward()
     torch.testing.assert_close(x.grad, g)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_decoder_folds_the_affine_map_into_its_first_conv(k):
+    """Decoding A f + b in one go equals applying the map, then decoding (float64)."""
+    torch.manual_seed(k)
+    dec = Decoder(k, CD16X).double().to(memory_format=torch.channels_last)
+    f = torch.rand(1, CD16X.for_stage(k)[f"conv{k}1"], 9, 14, dtype=torch.float64)
+    c = f.shape[1]
+    a, b = torch.randn(c, c, dtype=torch.float64), torch.randn(c, dtype=torch.float64)
+    moved = torch.einsum("ij,njhw->nihw", a, f) + b[:, None, None]
+    torch.testing.assert_close(dec(f, affine=(a, b)), dec(moved), rtol=1e-10, atol=1e-10)

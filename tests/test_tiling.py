@@ -60,6 +60,34 @@ def adain(models, style_rgb):
     return style_statistics(models, to_tensor(style_rgb), "adain")
 
 
+@pytest.mark.parametrize("grid,halo,side", [((80, 200), 5, 64), ((21, 33), 5, 6), ((333, 517), 1, 100),
+                                             ((4096, 10240), 1, 1024), ((7, 300), 3, 16), ((50, 50), 2, 200)])
+def test_plan_tiles_own_every_pixel_once_and_far_from_cut_edges(grid, halo, side):
+    tiles = tiling.plan_tiles(grid, halo, side)
+    shapes = {(t.rows.stop - t.rows.start, t.cols.stop - t.cols.start) for t in tiles}
+    assert len(shapes) == 1  # one shape per pass: oneDNN builds kernels per shape
+    (h, w), = shapes
+    assert h * w <= max(side, 4 * halo) ** 2 or (h, w) == grid
+    owned = np.zeros(grid, int)
+    for t in tiles:
+        assert 0 <= t.rows.start and t.rows.stop <= grid[0] and 0 <= t.cols.start and t.cols.stop <= grid[1]
+        owned[t.keep_rows, t.keep_cols] += 1
+        for window, keep, size in ((t.rows, t.keep_rows, grid[0]), (t.cols, t.keep_cols, grid[1])):
+            assert window.start <= keep.start < keep.stop <= window.stop
+            assert window.start == 0 or keep.start - window.start >= halo  # a cut edge
+            assert window.stop == size or window.stop - keep.stop >= halo
+    assert (owned == 1).all()
+
+
+def test_plan_tiles_spends_little_on_halos_of_a_wide_image():
+    """Stage 5 of a 3200x1280 image in 1024^2-pixel windows: full-height windows, 20% recomputed
+    (square tiles of at most 64 feature pixels plus halos recomputed 50%)."""
+    tiles = tiling.plan_tiles((80, 200), 5, 64)
+    assert all(t.rows == slice(0, 80) for t in tiles)
+    area = sum((t.rows.stop - t.rows.start) * (t.cols.stop - t.cols.start) for t in tiles)
+    assert area <= 1.2 * 80 * 200
+
+
 @pytest.mark.parametrize("stage", [5, 4, 3, 2, 1])
 def test_tiled_stage_equals_whole_image_stage(models, content, wct, stage):
     """Floats, one stage, a tile size (100) that neither divides the image nor is a multiple of 16."""
@@ -188,8 +216,8 @@ def test_choose_tile_size_from_available_memory():
     tile = tiling.choose_tile_size(10240, 4096, "cpu", available=4 << 30)
     assert 0 < tile <= tiling.MAX_CPU_TILE and tile % 64 == 0
     assert tiling.choose_tile_size(10240, 4096, "cpu", available=1 << 20) == tiling.MIN_TILE
-    small = tiling.choose_tile_size(10240, 4096, "cpu", (4,), channels=64, available=1 << 30)
-    assert 0 < small < tiling.choose_tile_size(10240, 4096, "cpu", (4,), channels=16, available=1 << 30)
+    small = tiling.choose_tile_size(10240, 4096, "cpu", channels=64, available=1 << 30)
+    assert 0 < small < tiling.choose_tile_size(10240, 4096, "cpu", channels=16, available=1 << 30)
 
 
 @pytest.mark.parametrize("name", ["out.png", "out.tif", "out.jpg", "out.webp"])
