@@ -63,11 +63,13 @@ def child(args) -> None:
     tiling.stylize_tiled(models, picture.rgb, style, 1.0, (5, 4, 3, 2, 1), args.tile_size,
                          out=canvas.rgb, progress=progress)
     t2 = time.perf_counter()
+    stylize_peak = peak_rss()
     canvas.save(args.output)
     t3 = time.perf_counter()
     os.unlink(args.output)
     print(json.dumps({"read_s": t1 - t0, "stylize_s": t2 - t1, "write_s": t3 - t2,
-                      "mp": height * width / 1e6, "peak_rss": peak_rss()}))
+                      "mp": height * width / 1e6, "peak_rss": peak_rss(),
+                      "stylize_peak_rss": stylize_peak}))
 
 
 def peak_rss() -> int:

@@ -11,3 +11,30 @@ def test_glibc_takes_the_settings():
     code = "from cdcore import memory; print(memory.reuse_freed_memory()); memory.release_freed_memory()"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True"
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_heap_guard_trims_only_once_memory_has_crept():
+    # A child process: it changes process-wide allocator settings.
+    code = """
+import numpy as np
+from cdcore import memory
+memory.reuse_freed_memory()
+guard = memory.HeapGuard(slack=0.1)
+guard.start()
+base = memory.resident_bytes()
+guard.step_done()                        # settles at base
+block = np.ones(400 << 20, np.uint8)     # touched, then freed into the heap, which keeps it
+del block
+kept = memory.resident_bytes()
+guard.step_done()                        # 400 MB past where it settled: trims
+trimmed = memory.resident_bytes()
+small = np.ones(16 << 20, np.uint8)
+del small
+guard.step_done()                        # settles again
+guard.step_done()                        # within the slack: keeps the heap
+print((kept - base) >> 20, (trimmed - base) >> 20, (memory.resident_bytes() - base) >> 20)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    kept, trimmed, last = map(int, out.split())
+    assert kept >= 350 and trimmed < 50 and last >= 10
