@@ -1,12 +1,15 @@
 """Ultra-resolution stylization: seconds, MP/s and peak RSS, whole image vs tiled.
 
     python benchmarks/ultra_resolution.py [--sizes 4,16,42] [--tile-sizes 1024] [--threads 2]
+                                          [--modes reference,whole,tiled]
 
 Each configuration runs in a fresh subprocess that does what `cdcore stylize` does: read the
 content (a real photo upscaled to the size, written once to --workdir as JPEG), stylize it with
 the 16x WCT cascade (5,4,3,2,1) into a `tiling.Canvas`, and write a JPEG. Peak RSS is the child's
 VmHWM (not ru_maxrss, which Linux carries over from the parent across exec), so it includes
-importing torch (about 0.55 GB here) and decoding the input.
+importing torch (about 0.55 GB here) and decoding the input. The "reference" mode runs the
+whole-image pipeline written the straightforward way (`naive_stylize` of stylize_speed.py: NCHW,
+padded copies, default allocator), the baseline the issue's memory figures describe.
 Whole-image runs are skipped where their estimated peak exceeds half of MemAvailable: the
 machine is shared.
 """
@@ -25,8 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 # Sizes with the 2.5:1 aspect of the issue's 10240x4096 (42 MP).
 SIZES = {4: (3200, 1280), 16: (6400, 2560), 42: (10240, 4096)}
-# Whole-image peak RSS per pixel, rounded up from this machine (4.5 GB at 16 MP, with the runtime).
-WHOLE_BYTES_PER_PIXEL = 300
+# Whole-image peak RSS per pixel, rounded up from this machine (6.2 GB at 16 MP, with the runtime),
+# and the reference pipeline's (the issue quotes about 12 GB for 8 MP).
+WHOLE_BYTES_PER_PIXEL = 400
+REFERENCE_BYTES_PER_PIXEL = 1500
 
 
 def make_content(mp: int, workdir: Path) -> Path:
@@ -48,20 +53,27 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     from cdcore import images, memory, tiling
     from cdcore.modelset import load_model_set
-    from cdcore.stylize import style_statistics, to_tensor
+    from cdcore.stylize import style_statistics, to_tensor, to_uint8
 
-    memory.reuse_freed_memory()  # as `cdcore stylize` does
-    models = load_model_set(args.models).to("cpu", channels_last=True)  # as `cdcore stylize` does
+    models = load_model_set(args.models)
     style_rgb = images.read_image(str(SHARED / "images" / "style" / "style_b_512.jpg")).rgb
-    style = style_statistics(models, to_tensor(style_rgb), "wct")
+    if not args.reference:  # as `cdcore stylize` does
+        memory.reuse_freed_memory()
+        models.to("cpu", channels_last=True)
+        style = style_statistics(models, to_tensor(style_rgb), "wct")
     t0 = time.perf_counter()
     picture = images.read_image(args.content)
     t1 = time.perf_counter()
     height, width = picture.rgb.shape[:2]
     canvas = tiling.Canvas(height, width)
     progress = (lambda p: print(p, file=sys.stderr, flush=True)) if args.verbose else None
-    tiling.stylize_tiled(models, picture.rgb, style, 1.0, (5, 4, 3, 2, 1), args.tile_size,
-                         out=canvas.rgb, progress=progress)
+    if args.reference:
+        from stylize_speed import naive_stylize
+
+        canvas.rgb[:] = to_uint8(naive_stylize(models, to_tensor(picture.rgb), to_tensor(style_rgb)))
+    else:
+        tiling.stylize_tiled(models, picture.rgb, style, 1.0, (5, 4, 3, 2, 1), args.tile_size,
+                             out=canvas.rgb, progress=progress)
     t2 = time.perf_counter()
     stylize_peak = peak_rss()
     canvas.save(args.output)
@@ -78,10 +90,11 @@ def peak_rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
-def run_child(content: Path, tile_size: int, args) -> dict:
+def run_child(content: Path, mode: str, tile_size: int, args) -> dict:
     cmd = [sys.executable, __file__, "--child", "--content", str(content), "--tile-size", str(tile_size),
            "--output", str(args.workdir / f"out_{os.getpid()}.jpg"), "--threads", str(args.threads),
            "--models", args.models] + (["--verbose"] if args.verbose else [])
+    cmd += ["--reference"] if mode == "reference" else []
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -95,7 +108,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="4,16,42", help="megapixel sizes among 4, 16, 42")
     p.add_argument("--tile-sizes", default="1024", help="tile sizes of the tiled runs, comma-separated")
-    p.add_argument("--modes", default="whole,tiled", help="whole and/or tiled, in the order to run")
+    p.add_argument("--modes", default="whole,tiled",
+                   help="in the order to run: whole (cdcore, whole image), tiled, and reference (the "
+                        "straightforward whole-image pipeline of benchmarks/stylize_speed.py)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", default=str(SHARED / "models" / "cd16x"))
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cdcore-bench",
@@ -105,6 +120,7 @@ def main() -> None:
     p.add_argument("--content", help=argparse.SUPPRESS)
     p.add_argument("--output", help=argparse.SUPPRESS)
     p.add_argument("--tile-size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
@@ -113,20 +129,19 @@ def main() -> None:
     for mp in (int(s) for s in args.sizes.split(",")):
         content = make_content(mp, args.workdir)
         w, h = SIZES[mp]
-        tiles = [0 if mode == "whole" else int(t) for mode in args.modes.split(",")
-                 for t in (["0"] if mode == "whole" else args.tile_sizes.split(","))]
-        for tile in tiles:
-            label = "whole image" if tile == 0 else f"tiled {tile}"
-            if tile == 0 and w * h * WHOLE_BYTES_PER_PIXEL > mem_available() / 2:
-                need = w * h * WHOLE_BYTES_PER_PIXEL / 1e9
-                print(f"| {w}x{h} ({w * h / 1e6:.1f} MP) | {label} | skipped: needs about {need:.0f} GB, "
-                      f"over half of MemAvailable | | | |", flush=True)
+        runs = [(mode, 0) if mode != "tiled" else (mode, int(t)) for mode in args.modes.split(",")
+                for t in (args.tile_sizes.split(",") if mode == "tiled" else ["0"])]
+        for mode, tile in runs:
+            label = {"whole": "whole image", "reference": "reference whole image"}.get(mode, f"tiled {tile}")
+            need = w * h * (REFERENCE_BYTES_PER_PIXEL if mode == "reference" else WHOLE_BYTES_PER_PIXEL)
+            if tile == 0 and need > mem_available() / 2:
+                print(f"| {w}x{h} ({w * h / 1e6:.1f} MP) | {label} | skipped: needs about {need / 1e9:.0f} "
+                      f"GB, over half of MemAvailable | | | |", flush=True)
                 continue
-            r = run_child(content, tile, args)
+            r = run_child(content, mode, tile, args)
             print(f"| {w}x{h} ({r['mp']:.1f} MP) | {label} | {r['stylize_s']:.1f} | "
                   f"{r['mp'] / r['stylize_s']:.3f} | {r['read_s']:.1f} + {r['write_s']:.1f} | "
                   f"{r['peak_rss'] / 1e9:.2f} |", flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize the style so its longer side is N px (0: keep)")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
     s.add_argument("--tile-size", type=_non_negative_int, default=None,
-                   help="tile side in pixels for the exact tiled engine; 0: whole image at once; "
-                        "default: whole image when it fits comfortably in memory, else tiles sized from it")
+                   help="the exact tiled engine's windows hold at most N x N pixels; 0: whole image at "
+                        "once; default: whole image when it fits comfortably in memory, else tiles sized "
+                        "from it")
     s.add_argument("--stroke-scale", type=float, default=1.0,
                    help="run the coarse stages (5,4,3) on the content downscaled by S, so strokes stay "
                         "visible on very large images; the fine stages (2,1) run at full size (default 1: off)")

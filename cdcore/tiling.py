@@ -68,8 +68,8 @@ PIXEL_WORK_MACS = 16_000
 # Measured on the CPU with the 16x models (24 channels): whole-image runs peak at 230-260 B/px
 # above the runtime at 4 and 16 MP, so about 11 B per channel; rounded up.
 BYTES_PER_CHANNEL_PIXEL = 14
-# Larger tiles gain little on the CPU (4 MP: 13.0 s with 2048 px tiles, 13.9 s with 1024) and cost
-# memory; with 1024 a 42 MP cascade peaks at 1.3 GB here.
+# Larger windows gain little on the CPU and cost memory: a 42 MP cascade took 85 s in 1.38 GB peak
+# RSS with 1024, 77 s in 2.19 GB with 1536 (benchmarks/RESULTS.md).
 MAX_CPU_TILE = 1024
 MAX_CUDA_TILE = 4096
 MIN_TILE = 64

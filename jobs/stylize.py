@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows with a larger input fail (default 300 MP)")
     p.add_argument("--style-cache", type=_count(1), default=16, help="styles each actor keeps (default 16)")
     p.add_argument("--tile-size", type=_count(0), default=None,
-                   help="tile side in pixels for the exact tiled engine; 0: whole image (default: the "
+                   help="windows of at most N x N pixels for the exact tiled engine; 0: whole image (default: the "
                    "whole image when it fits a quarter of the actor's free device memory, else tiles)")
     return p
 
