@@ -358,7 +358,7 @@ class _Meter:
     more than 10% past where it settled, which happens when tiles, or the next stage's shapes,
     fit the heap's holes badly. Measured here: never trimming, a 42 MP cascade (1024 px) peaked
     at 1.63 GB; trimming after every tile made a 4 MP cascade take 10.0 s instead of 7.2 s, each
-    tile page-faulting its working set in again; with the guard, 42 MP peaked at 1.34 GB.
+    tile page-faulting its working set in again; with the guard, 42 MP peaked at 1.38 GB.
     """
 
     def __init__(self, callback: Callable[[Progress], None] | None, total_work: float):
