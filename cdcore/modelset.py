@@ -24,7 +24,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from . import storage
-from .nets import LAYERS, STAGES, TEACHER_WIDTHS, Decoder, Encoder, Widths, check_stage
+from .nets import STAGES, TEACHER_WIDTHS, Decoder, Encoder, Widths, check_stage, stage_convs
 
 MANIFEST = "model.json"
 FORMAT = "cdcore-modelset/1"
@@ -131,14 +131,10 @@ def _read_state_dict(uri: str, name: str) -> tuple[dict[str, torch.Tensor], str]
     return sd, digest
 
 
-def _stage_names(k: int) -> list[str]:
-    return [n for n in LAYERS[: LAYERS.index(f"conv{k}1") + 1] if n != "pool"]
-
-
 def _infer_widths(sd: dict, k: int, path: str, family: str, decoder: bool) -> Widths:
     """Widths of stage k as stored in a state dict (out channels for encoders, in channels for
     decoders), after checking that exactly the stage's layers are present."""
-    expected = set(_stage_names(k))
+    expected = set(stage_convs(k))
     found = {key.rsplit(".", 1)[0] for key in sd if key.startswith("conv") and "_aux" not in key}
     found.discard("conv0")
     if found != expected:
@@ -146,7 +142,7 @@ def _infer_widths(sd: dict, k: int, path: str, family: str, decoder: bool) -> Wi
         raise ModelError(f"{path}: layers do not match stage {k} (missing {missing}, unexpected {extra})")
     try:
         dim = 1 if decoder else 0
-        widths = {n: int(sd[f"{n}.weight"].shape[dim]) for n in _stage_names(k)}
+        widths = {n: int(sd[f"{n}.weight"].shape[dim]) for n in stage_convs(k)}
     except (KeyError, IndexError) as e:
         raise ModelError(f"{path}: malformed weights ({e})") from None
     full = {**TEACHER_WIDTHS, **widths}  # deeper layers are unused by this stage

@@ -49,8 +49,7 @@ class Widths:
 
     def for_stage(self, k: int) -> dict[str, int]:
         """Widths of the convs in encoder k, in layer order."""
-        check_stage(k)
-        names = [n for n in LAYERS[: LAYERS.index(f"conv{k}1") + 1] if n != "pool"]
+        names = stage_convs(k)
         merged = {**self.widths, **self.stage_overrides.get(k, {})}
         return {n: merged[n] for n in names}
 
@@ -85,12 +84,29 @@ TEACHER = Widths("vgg19", TEACHER_WIDTHS)
 # The published Collaborative Distillation 16x set: a quarter of the channels (1/16 of the
 # parameters), except that the stage-1 encoder keeps 24 filters in conv11.
 CD16X = Widths("cd16x", student_widths(4).widths, {1: {"conv11": 24}}, aux=True)
-FAMILIES = {w.name: w for w in (TEACHER, CD16X)}
 
 
 def check_stage(k: int) -> None:
     if k not in STAGES:
         raise ValueError(f"stage must be one of {STAGES} (got {k!r})")
+
+
+def stage_layers(k: int) -> tuple[str, ...]:
+    """The layers of encoder k in order, "pool" included: LAYERS up to conv{k}1."""
+    check_stage(k)
+    return LAYERS[: LAYERS.index(f"conv{k}1") + 1]
+
+
+def stage_convs(k: int) -> tuple[str, ...]:
+    """The 3x3 convs of encoder k in order."""
+    return tuple(n for n in stage_layers(k) if n != "pool")
+
+
+def stage_multiple(k: int) -> int:
+    """Image pixels per feature pixel of stage k: encoder k pools k - 1 times, so an input whose
+    sides are multiples of 2^(k-1) pools without flooring."""
+    check_stage(k)
+    return 2 ** (k - 1)
 
 
 def conv3x3_reflect(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor | None = None,
@@ -133,7 +149,7 @@ class Encoder(nn.Module):
         if widths.aux:
             for j in range(1, stage + 1):
                 self.add_module(f"conv{j}1_aux", nn.Conv2d(convs[f"conv{j}1"], widths.aux_width(j), 1))
-        self._plan = LAYERS[: LAYERS.index(f"conv{stage}1") + 1]
+        self._plan = stage_layers(stage)
 
     @property
     def out_channels(self) -> int:
@@ -176,7 +192,7 @@ class Decoder(nn.Module):
         for i, name in enumerate(names):
             c_in_encoder = 3 if i == 0 else convs[names[i - 1]]
             self.add_module(name, nn.Conv2d(convs[name], c_in_encoder, 3))
-        self._plan = tuple(reversed(LAYERS[: LAYERS.index(f"conv{stage}1") + 1]))
+        self._plan = tuple(reversed(stage_layers(stage)))
 
     def forward(self, x: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Decode x, or A x + b at every pixel when `affine` = (A (C, C), b (C,)) is given.
