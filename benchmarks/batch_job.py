@@ -36,7 +36,7 @@ from PIL import Image
 from cdcore import images
 from cdcore.modelset import load_model_set
 from cdcore.stylize import parse_levels, style_statistics, stylize, to_tensor, to_uint8
-from jobs.stylize import build_parser, prepare, run
+from jobs.stylize.driver import build_parser, prepare, run
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MODELS = SHARED / "models" / "cd16x"

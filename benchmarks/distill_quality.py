@@ -28,12 +28,13 @@ import numpy as np
 import ray
 import torch
 
-from cdcore import images, pruning, trainset
-from cdcore.distill import LossWeights
+from cdcore import images
 from cdcore.modelset import ModelSet, load_model_set
 from cdcore.stylize import style_statistics, stylize, to_tensor
-from jobs import distill as job
-from jobs.distill_config import DistillConfig
+from cdcore.training import pruning, trainset
+from cdcore.training.losses import LossWeights
+from jobs.distill import driver as job
+from jobs.distill.config import DistillConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TEACHER = SHARED / "models" / "cd16x"

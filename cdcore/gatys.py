@@ -6,13 +6,14 @@ a baseline for the feed-forward methods.
 """
 from __future__ import annotations
 
-import sys
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from .modelset import ModelSet
+from .nets import stage_multiple
 
 CONTENT_LAYER = 4  # relu4_1
 STYLE_LAYERS = (1, 2, 3, 4, 5)
@@ -29,12 +30,36 @@ def style_loss(features: list[torch.Tensor], style_grams: list[torch.Tensor]) ->
     return sum(torch.mean((gram(f) - g) ** 2) for f, g in zip(features, style_grams))
 
 
+@dataclass
+class IterationProgress:
+    """One report per L-BFGS iteration."""
+
+    iteration: int  # 1-based
+    iterations: int
+    loss: float
+    per_s: float  # iterations per second so far
+
+    @property
+    def eta_s(self) -> float:
+        return (self.iterations - self.iteration) / self.per_s if self.per_s else float("inf")
+
+    def __str__(self) -> str:
+        return (f"gatys: iteration {self.iteration}/{self.iterations}, loss {self.loss:.4g}, "
+                f"{self.per_s:.2f} it/s, ETA {self.eta_s:.0f} s")
+
+
 def gatys(models: ModelSet, content: torch.Tensor, style: torch.Tensor, iterations: int = 200,
           style_weight: float = 1e3, content_weight: float = 1.0,
-          progress: Callable[[int, float], None] | None = None) -> tuple[torch.Tensor, list[float]]:
+          progress: Callable[[IterationProgress], None] | None = None) -> tuple[torch.Tensor, list[float]]:
     """Stylize (1, 3, H, W) `content` towards `style`; returns the image and the loss per iteration."""
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1 (got {iterations})")
+    for name, image in (("content", content), ("style", style)):
+        # Encoder 5 pools four times, unpadded, and needs 2 x 2 features at relu5_1.
+        need = 2 * stage_multiple(5)
+        if min(image.shape[-2:]) < need:
+            raise ValueError(f"{name} image too small for gatys: {min(image.shape[-2:])} px on its short "
+                             f"side, the loss network needs at least {need}")
     net = models.encoder(5)
     device = next(net.parameters()).device
     content, style = content.to(device), style.to(device)
@@ -50,6 +75,7 @@ def gatys(models: ModelSet, content: torch.Tensor, style: torch.Tensor, iteratio
     optimizer = torch.optim.LBFGS([image], lr=1.0, max_iter=iterations, history_size=20,
                                   tolerance_grad=0.0, tolerance_change=0.0)
     losses: list[float] = []
+    started = time.monotonic()
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -60,25 +86,10 @@ def gatys(models: ModelSet, content: torch.Tensor, style: torch.Tensor, iteratio
         loss.backward()
         losses.append(float(loss.detach()))
         if progress:
-            progress(len(losses), losses[-1])
+            rate = len(losses) / max(time.monotonic() - started, 1e-9)
+            progress(IterationProgress(min(len(losses), iterations), iterations, losses[-1], rate))
         return loss
 
     with torch.enable_grad():
         optimizer.step(closure)
     return image.detach().clamp(0, 1), losses[:iterations]
-
-
-def progress_printer(iterations: int, every: int = 10, out=None) -> Callable[[int, float], None]:
-    """A progress callback printing iteration, loss, rate and ETA every `every` iterations."""
-    out = out or sys.stderr
-    start = time.monotonic()
-
-    def report(i: int, loss: float) -> None:
-        if i % every and i != iterations:
-            return
-        rate = i / max(time.monotonic() - start, 1e-9)
-        eta = (iterations - i) / rate if rate else float("inf")
-        print(f"gatys: iteration {i}/{iterations}  loss {loss:.4g}  {rate:.2f} it/s  ETA {eta:.0f} s",
-              file=out, flush=True)
-
-    return report

@@ -1,7 +1,8 @@
 """Reading and writing images: EXIF orientation, mode conversion, alpha, atomic writes.
 
-Images travel as `Picture`: an (H, W, 3) uint8 RGB array and an optional (H, W) uint8 alpha.
-Every error is an `ImageError` whose message names the input and the reason.
+Images are read as `Picture`: an (H, W, 3) uint8 RGB array and an optional (H, W) uint8 alpha.
+Results are written from a `Canvas`, which the encoders read in place. Every error is an
+`ImageError` whose message names the input and the reason.
 """
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from . import storage
+from .options import DEFAULT_MAX_PIXELS
 
-DEFAULT_MAX_PIXELS = 300_000_000
+# Pillow's own decompression-bomb guard would refuse legitimate ultra-resolution inputs far below
+# the limit a user chose; `decode` checks `max_pixels` itself, before decoding, instead.
+Image.MAX_IMAGE_PIXELS = None
 # Extension -> (Pillow format, keeps alpha, save options).
 FORMATS = {
     ".jpg": ("JPEG", False, {"quality": 95, "subsampling": 0}),
@@ -62,9 +66,6 @@ def _to_8bit_gray(img: Image.Image) -> np.ndarray:
 
 def decode(data: bytes | io.IOBase, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     """Decode an image file into a Picture, honouring EXIF orientation."""
-    # Our own max_pixels check replaces Pillow's decompression-bomb guard, which would otherwise
-    # refuse legitimate ultra-resolution inputs far below the limit the user chose.
-    Image.MAX_IMAGE_PIXELS = None
     stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     try:
         img = Image.open(stream)
@@ -81,6 +82,11 @@ def decode(data: bytes | io.IOBase, name: str, max_pixels: int = DEFAULT_MAX_PIX
         img = ImageOps.exif_transpose(img)
     except Exception as e:
         raise ImageError(f"{name}: truncated or corrupt image data ({e})") from None
+    return _picture(img)
+
+
+def _picture(img: Image.Image) -> Picture:
+    """RGB (and alpha, where the image has it) of a loaded Pillow image of a supported mode."""
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     alpha = None
@@ -101,37 +107,80 @@ def read_image(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     except storage.NotFound:
         raise ImageError(f"{uri}: no such file or object") from None
     except storage.StorageError as e:
-        raise ImageError(str(e)) from None
+        raise ImageError(str(e)) from e  # the cause tells a passing outage from a bad file
     return decode(data, uri, max_pixels)
 
 
-def encode(picture: Picture, name: str) -> bytes:
-    """The bytes of `picture` in the format that `name`'s extension asks for."""
-    fmt, keeps_alpha, options = output_format(name)
-    img = Image.fromarray(picture.rgb, "RGB")
-    if picture.alpha is not None and keeps_alpha:
-        img.putalpha(Image.fromarray(picture.alpha, "L"))
-    buf = io.BytesIO()
-    img.save(buf, fmt, **options)
-    return buf.getvalue()
+def from_pil(img: Image.Image, name: str = "image") -> Picture:
+    """A Picture of a Pillow image already in memory, converted as `decode` converts files."""
+    if img.mode not in SUPPORTED_MODES:
+        raise ImageError(f"{name}: unsupported image mode {img.mode}")
+    return _picture(ImageOps.exif_transpose(img))
 
 
-def write_image(uri: str, picture: Picture) -> None:
-    """Encode and write atomically: a reader never sees a half-written file."""
-    data = encode(picture, str(uri))
-    storage.write_bytes(str(uri), data)
-
-
-def resize_to(picture: Picture, longest_side: int | None) -> Picture:
-    """Scale so the longer side is `longest_side` (None or 0: unchanged)."""
-    if not longest_side:
+def resize_to(picture: Picture, shorter_side: int | None) -> Picture:
+    """Scale (Lanczos) so the shorter side is `shorter_side` pixels (None or 0: unchanged)."""
+    if not shorter_side:
         return picture
     w, h = picture.size
-    scale = longest_side / max(w, h)
+    scale = shorter_side / min(w, h)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size == (w, h):
+        return picture
     rgb = np.array(Image.fromarray(picture.rgb).resize(size, Image.Resampling.LANCZOS))
     alpha = None
     if picture.alpha is not None:
         alpha = np.array(Image.fromarray(picture.alpha).resize(size, Image.Resampling.LANCZOS))
     return Picture(rgb, alpha)
 
+
+class Canvas:
+    """The 8-bit result in Pillow's own 4-byte pixel layout, (H, W, 4) uint8: RGBX, or RGBA when
+    an alpha channel is carried through.
+
+    `Image.frombuffer` wraps it without a copy, so JPEG, TIFF and WebP encoders read its rows in
+    place: the result exists once, 4 bytes per pixel, while it is encoded. (Pillow cannot write
+    RGBX as PNG, so an opaque PNG costs one conversion copy.) Write the result into `rgb`.
+    """
+
+    def __init__(self, height: int, width: int, alpha: np.ndarray | None = None):
+        if height < 1 or width < 1:
+            raise ValueError(f"canvas size must be positive (got {height}x{width})")
+        if alpha is not None and alpha.shape != (height, width):
+            raise ValueError(f"alpha must be ({height}, {width}) (got {alpha.shape})")
+        self.pixels = np.empty((height, width, 4), np.uint8)
+        self.pixels[..., 3] = 255 if alpha is None else alpha
+        self.has_alpha = alpha is not None
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """The (H, W, 3) colour view to write into (`stylize_tiled(..., out=canvas.rgb)`)."""
+        return self.pixels[..., :3]
+
+    def image(self, keep_alpha: bool = True) -> Image.Image:
+        """A Pillow image sharing the canvas memory (RGBA when it has alpha and `keep_alpha`)."""
+        mode = "RGBA" if self.has_alpha and keep_alpha else "RGBX"
+        height, width = self.pixels.shape[:2]
+        return Image.frombuffer(mode, (width, height), self.pixels, "raw", mode, 0, 1)
+
+    def save(self, uri: str) -> None:
+        """Encode in the format of `uri`'s extension (`FORMATS`) and write it atomically: a local
+        file through a temporary file in the same directory, renamed when complete."""
+        fmt, keeps_alpha, options = output_format(uri)
+        img = self.image(keeps_alpha)
+        if fmt == "PNG" and img.mode == "RGBX":
+            img = img.convert("RGB")
+        if not storage.is_local(uri):
+            data = io.BytesIO()
+            img.save(data, fmt, **options)
+            storage.write_bytes(uri, data.getvalue())
+            return
+        with storage.atomic_local(storage.local_path(uri)) as tmp:
+            img.save(tmp, fmt, **options)
+
+
+def write_image(uri: str, picture: Picture) -> None:
+    """Encode `picture` in the format of `uri`'s extension and write it atomically."""
+    canvas = Canvas(picture.rgb.shape[0], picture.rgb.shape[1], picture.alpha)
+    canvas.rgb[...] = picture.rgb
+    canvas.save(str(uri))

@@ -205,6 +205,11 @@ def load_model_set(uri: str | os.PathLike | None = None, stages=STAGES,
     return models.to(device)
 
 
+def describe_model_set(uri: str | os.PathLike | None = None) -> str:
+    """What `cdcore models info` prints: stages, widths and parameter counts of a model set."""
+    return load_model_set(uri).describe()
+
+
 # ---------------------------------------------------------------- writing
 
 

@@ -17,21 +17,8 @@ import torch.nn.functional as F
 
 from . import transforms
 from .modelset import ModelSet
-
-DEFAULT_LEVELS = {"wct": (5, 4, 3, 2, 1), "adain": (4,)}
-
-
-def parse_levels(text: str | None, method: str) -> tuple[int, ...]:
-    """'5,4,3' -> (5, 4, 3); None -> the method's default."""
-    if not text:
-        return DEFAULT_LEVELS[method]
-    try:
-        levels = tuple(int(t) for t in str(text).split(","))
-    except ValueError:
-        raise ValueError(f"levels must be comma-separated stage numbers such as 5,4,3,2,1 (got {text!r})") from None
-    if not levels or any(k not in range(1, 6) for k in levels) or len(set(levels)) != len(levels):
-        raise ValueError(f"levels must be distinct stages 1..5 (got {text!r})")
-    return levels
+from .nets import stage_multiple
+from .options import DEFAULT_LEVELS
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -68,9 +55,24 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
-def stage_multiple(k: int) -> int:
-    """Encoder k pools k - 1 times: inputs that are multiples of 2^(k-1) pool without flooring."""
-    return 2 ** (k - 1)
+def check_content_size(height: int, width: int, levels) -> None:
+    """The cascade pads the content to a multiple of 2^(k-1) at stage k and needs a feature map of
+    at least 2 x 2 there (reflection padding): a short side of 2^(k-1) + 1 pixels for the deepest
+    stage k. Smaller contents raise ValueError saying so, rather than failing deep in a network."""
+    deepest = max(levels)
+    need = stage_multiple(deepest) + 1
+    if min(height, width) < need:
+        raise ValueError(f"content image too small: {height}x{width} px, stage {deepest} needs at least "
+                         f"{need} px on the short side (run only shallower --levels, or enlarge it)")
+
+
+def check_style_size(height: int, width: int, levels) -> None:
+    """A style is encoded unpadded (pooling floors odd sizes), so stage k needs 2 x 2^(k-1) px."""
+    deepest = max(levels)
+    need = 2 * stage_multiple(deepest)
+    if min(height, width) < need:
+        raise ValueError(f"style image too small: {min(height, width)} px on its short side, stage "
+                         f"{deepest} needs at least {need}")
 
 
 @dataclass
@@ -87,11 +89,7 @@ def style_statistics(models: ModelSet, style: torch.Tensor, method: str = "wct",
                      levels=None) -> StyleStats:
     """Encode the style (as it is: no padding, pooling floors odd sizes) once per stage."""
     levels = levels or DEFAULT_LEVELS[method]
-    min_side = min(style.shape[-2:])
-    need = 2 * stage_multiple(max(levels))
-    if min_side < need:
-        raise ValueError(f"style image too small: {min_side} px on its short side, stage "
-                         f"{max(levels)} needs at least {need}")
+    check_style_size(*style.shape[-2:], levels)
     device = next(models.encoder(levels[0]).parameters()).device
     x = style.to(device)
     stages = {}
@@ -134,6 +132,7 @@ def stylize(models: ModelSet, content: torch.Tensor, style: StyleStats, alpha: f
             levels=None) -> torch.Tensor:
     """Stylize a whole image (1, 3, H, W) in [0, 1]; the result has the same size, unclamped."""
     levels = check_style(models, style, levels)
+    check_content_size(*content.shape[-2:], levels)
     device = next(models.encoder(levels[0]).parameters()).device
     x = content.to(device)
     for k in levels:

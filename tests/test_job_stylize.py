@@ -29,9 +29,10 @@ from PIL import Image
 from cdcore import storage
 from cdcore.cli import main as cdcore_main
 from cdcore.images import read_image
-from jobs.manifest import Options, Row, derived_output, plan_rows, read_manifest
-from jobs.scheduler import StyleQueue
-from jobs.stylize import build_parser, main, prepare, run
+from cdcore.options import Recipe
+from jobs.stylize.manifest import Options, Row, derived_output, plan_rows, read_manifest
+from jobs.stylize.scheduler import StyleQueue
+from jobs.stylize.driver import build_parser, main, prepare, run
 from shared import CONTENT, MODELS, STYLE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +131,7 @@ def test_manifest_formats_read_alike(tmp_path, fmt):
 
 
 def test_planning_defaults_overrides_and_row_problems():
-    options = Options(output_prefix="s3://b/out", method="wct", alpha=0.8)
+    options = Options(output_prefix="s3://b/out", recipe=Recipe(alpha=0.8))
     records = [
         {"content": "s3://b/in/cat.jpg", "style": "s3://b/st/ink.png"},
         {"content": "s3://b/in/cat.tif", "style": "s3://b/st/ink.png", "method": "adain", "alpha": 0.25},
@@ -140,22 +141,30 @@ def test_planning_defaults_overrides_and_row_problems():
         {"content": None, "style": "s3://b/st/ink.png"},
         {"content": "s3://b/other/cat.jpg", "style": "s3://b/st/ink.png"},  # same derived output as row 0
         {"content": "rel/cat.jpg", "style": "s3://b/st/ink.png", "output": "out/x.gif"},
+        {"content": "s3://b/in/e.png", "style": "s3://b/st/ink.png", "levels": "3,2", "stroke_scale": 2,
+         "content_size": "64"},
+        {"content": "s3://b/in/f.png", "style": "s3://b/st/ink.png", "levels": 4, "stroke_scale": "2"},
+        {"content": "s3://b/in/g.png", "style": "s3://b/st/ink.png", "content_size": -3},
     ]
     rows = plan_rows(records, options, source="m.csv")
     assert rows[0] == Row(0, "s3://b/in/cat.jpg", "s3://b/st/ink.png", "s3://b/out/cat+ink_wct_a0.8.jpg",
-                          "wct", 0.8, (5, 4, 3, 2, 1))
-    assert (rows[1].output, rows[1].levels) == ("s3://b/out/cat+ink_adain_a0.25.tif", (4,))
-    assert (rows[2].output, rows[2].levels) == ("s3://b/out/dog+ink_gatys.png", (5,))  # bmp: we write png
-    assert rows[3].error == "m.csv row 3: alpha 'strong' is not a number"
-    assert rows[4].error.startswith("m.csv row 4: method 'vangogh' is not one of")
+                          "wct", Recipe(alpha=0.8))
+    assert (rows[1].output, rows[1].recipe.stages) == ("s3://b/out/cat+ink_adain_a0.25.tif", (4,))
+    assert (rows[2].output, rows[2].recipe.stages) == ("s3://b/out/dog+ink_gatys.png", (5,))  # bmp: we write png
+    assert rows[3].error == "m.csv row 3: alpha must be a number in [0, 1] (got 'strong')"
+    assert rows[4].error.startswith("m.csv row 4: method must be one of wct, adain, gatys")
     assert rows[5].error == "m.csv row 5: no content URI"
     assert rows[6].error == "m.csv row 6: output s3://b/out/cat+ink_wct_a0.8.jpg is also the output of row 0"
     assert "unsupported output format .gif" in rows[7].error
+    assert rows[8].recipe == Recipe(alpha=0.8, levels=(3, 2), stroke_scale=2.0, content_size=64)
+    assert rows[9].error == "m.csv row 9: a stroke scale needs coarse levels (of 5, 4, 3) followed by fine " \
+                            "ones (2, 1), both present (got levels 4)"
+    assert rows[10].error == "m.csv row 10: content size must be a whole number >= 0 (got -3)"
     assert derived_output("/o", "/a/b.c.JPG", "s.png", "wct", 1.0) == "/o/b.c+s_wct_a1.jpg"
 
 
 def test_queue_keeps_styles_on_actors_and_shares_the_last_one():
-    rows = [Row(i, f"c{i}", style, "o", "wct", 1.0, (5,)) for i, style in enumerate("aaaabbc")]
+    rows = [Row(i, f"c{i}", style, "o", "wct", Recipe()) for i, style in enumerate("aaaabbc")]
     queue = StyleQueue(rows)
     taken = {actor: [queue.take(actor).style for _ in range(2)] for actor in ("x", "y")}
     assert taken == {"x": ["a", "a"], "y": ["b", "b"]}  # the largest free group first
@@ -167,7 +176,7 @@ def test_queue_keeps_styles_on_actors_and_shares_the_last_one():
 
 def test_stylizer_encodes_a_style_once_and_keeps_going_after_bad_rows(inputs, tmp_path):
     """The actor class without Ray: counters, cache and per-row failures."""
-    from jobs.worker import Stylizer, WorkerConfig
+    from jobs.stylize.worker import Stylizer, WorkerConfig
 
     records = manifest_rows(str(inputs)) + [{"content": str(inputs / "bridge.jpg"),
                                               "style": str(inputs / "style_a.jpg"), "alpha": 0.3}]
@@ -206,9 +215,17 @@ def test_a_job_that_cannot_run_exits_2_with_one_line(tmp_path, capsys, inputs, c
         models = tmp_path
     else:
         extra = ["--levels", "6,5"]
-    assert main(job_args(manifest, tmp_path / "out", tmp_path / "r.parquet", models, *extra)) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and expected in err, err
+    args = job_args(manifest, tmp_path / "out", tmp_path / "r.parquet", models, *extra)
+    if extra:  # a bad option: argparse's usage and one line naming the option and the reason
+        with pytest.raises(SystemExit) as exited:
+            main(args)
+        assert exited.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert "argument --levels" in err.splitlines()[-1] and expected in err, err
+    else:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "r.parquet").exists()
 
 

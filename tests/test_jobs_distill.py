@@ -19,12 +19,13 @@ import torch
 import torchvision
 from PIL import Image
 
-from cdcore import distill, images, pruning, storage, trainset
+from cdcore import images, storage
 from cdcore.modelset import load_model_set
 from cdcore.stylize import stylize, style_statistics, to_tensor
-from jobs import distill as job
-from jobs.distill_config import DistillConfig
-from jobs.distill_train import load_weights
+from cdcore.training import losses, pruning, trainset
+from jobs.distill import driver as job
+from jobs.distill.config import DistillConfig
+from jobs.distill.train import load_weights
 
 TEACHER = "../shared/models/cd16x"
 TRAIN = "../shared/images/train"
@@ -78,6 +79,7 @@ def held_out_batch() -> torch.Tensor:
     return trainset.to_batch([stream.sample(p) for p in range(8)])
 
 
+@pytest.mark.integration
 def test_two_worker_run_reports_every_step_and_leaves_checkpoints_and_figures(two_workers):
     cfg, summary = two_workers
     assert [(r["phase"], r["step"]) for r in summary.history] == [
@@ -90,27 +92,29 @@ def test_two_worker_run_reports_every_step_and_leaves_checkpoints_and_figures(tw
         assert image.width > 100 and image.height > 100
 
 
+@pytest.mark.integration
 def test_training_lowers_the_loss_on_held_out_images(two_workers):
     cfg, _ = two_workers
     models = load_model_set(TEACHER, stages=[2])
     teacher, collaborator = models.encoder(2), models.decoder(2)
     x = held_out_batch()
 
-    def losses(checkpoint: str | None) -> tuple[float, float]:
+    def losses_at(checkpoint: str | None) -> tuple[float, float]:
         student, decoder = pruning.prune_stage(teacher, collaborator, 2)
         if checkpoint:
             load_weights(str(checkpoint_dir(cfg, checkpoint)), student, decoder)
         with torch.no_grad():
-            encoder_loss = distill.collaborative_loss(student, teacher, collaborator, x)["total"]
-            decoder_loss = distill.reconstruction_loss(student, decoder, teacher, x)["total"]
+            encoder_loss = losses.collaborative_loss(student, teacher, collaborator, x)["total"]
+            decoder_loss = losses.reconstruction_loss(student, decoder, teacher, x)["total"]
         return encoder_loss.item(), decoder_loss.item()
 
-    start, after_encoder, after_both = losses(None), losses("checkpoint-encoder-0000004"), losses(
+    start, after_encoder, after_both = losses_at(None), losses_at("checkpoint-encoder-0000004"), losses_at(
         "checkpoint-decoder-0000004")
     assert after_encoder[0] < 0.97 * start[0]  # the encoder phase lowers the collaborative loss
     assert after_both[1] < 0.97 * after_encoder[1]  # the decoder phase lowers the reconstruction loss
 
 
+@pytest.mark.integration
 def test_export_loads_and_stylizes(two_workers):
     cfg, _ = two_workers
     models = load_model_set(cfg.export, stages=[2])
@@ -122,6 +126,7 @@ def test_export_loads_and_stylizes(two_workers):
     assert 0.02 < out.std() and out.mean().item() == pytest.approx(0.5, abs=0.35)
 
 
+@pytest.mark.integration
 def test_one_worker_matches_two_workers_with_the_same_global_batch(two_workers, one_worker_s3):
     _, two = two_workers
     _, one = one_worker_s3
@@ -133,6 +138,7 @@ def test_one_worker_matches_two_workers_with_the_same_global_batch(two_workers, 
             assert a[term] == pytest.approx(b[term], rel=1e-3), (a["step"], term)
 
 
+@pytest.mark.integration
 def test_s3_run_checkpoints_and_exports_to_s3(one_worker_s3):
     cfg, summary = one_worker_s3
     files = storage.list_files(summary.run_dir)
@@ -141,6 +147,7 @@ def test_s3_run_checkpoints_and_exports_to_s3(one_worker_s3):
     assert load_model_set(cfg.export, stages=[2]).family == "cd16x-div2"
 
 
+@pytest.mark.integration
 def test_resume_continues_from_the_last_checkpoint(two_workers):
     cfg, first = two_workers
     summary = job.run(dataclasses.replace(cfg, steps=STEPS + 2, resume=True))
@@ -172,6 +179,7 @@ def train_workers_started_here() -> list[int]:
     return found
 
 
+@pytest.mark.integration
 def test_vgg19_teacher_decoder_training_survives_a_killed_worker(ray_local, tmp_path):
     """One run, two checks (a Ray run is the expensive part): a torchvision VGG-19 teacher, which
     has no decoder, gets one trained (--mode decoder --width-divisor 1); and when its worker is
@@ -216,7 +224,7 @@ def test_command_line_builds_the_config():
     cfg = job.parse_args(["--teacher", TEACHER, "--stage", "3", "--width-divisor", "2", "--data", TRAIN,
                           "--storage", "runs", "--workers", "2", "--pixel-weight", "0", "--perceptual-weight", "0"])
     assert (cfg.stage, cfg.width_divisor, cfg.mode, cfg.workers, cfg.batch_size) == (3, 2, "both", 2, 16)
-    assert cfg.weights == distill.LossWeights(pixel=0.0, perceptual=0.0)
+    assert cfg.weights == losses.LossWeights(pixel=0.0, perceptual=0.0)
     assert cfg.name == "distill-stage3-div2-both"
     with pytest.raises(ValueError, match="multiple of workers"):
         job.parse_args(["--teacher", TEACHER, "--stage", "3", "--data", TRAIN, "--storage", "runs",

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cdcore import pruning
 from cdcore.nets import CD16X, TEACHER, Decoder, Encoder, Widths
+from cdcore.training import pruning
 
 
 def random_stage(k: int, widths: Widths = CD16X) -> tuple[Encoder, Decoder]:

@@ -5,7 +5,8 @@ from cdcore import transforms
 from cdcore.gatys import gatys, gram
 from cdcore.images import read_image, resize_to
 from cdcore.modelset import load_model_set
-from cdcore.stylize import parse_levels, style_statistics, stylize, to_tensor, to_uint8
+from cdcore.options import levels as parse_levels
+from cdcore.stylize import style_statistics, stylize, to_tensor, to_uint8
 from shared import CONTENT, GOLDEN, MODELS, STYLE, psnr
 
 
@@ -95,11 +96,12 @@ def test_gatys_loss_falls_and_moves_towards_the_style(models):
 
 
 def test_parse_levels():
-    assert parse_levels(None, "wct") == (5, 4, 3, 2, 1)
-    assert parse_levels("3,1", "adain") == (3, 1)
-    for bad in ("6", "a,b", "2,2"):
+    assert parse_levels(None) is None
+    assert parse_levels("3,1") == (3, 1) == parse_levels((3, 1))
+    assert parse_levels(4) == (4,)
+    for bad in ("6", "a,b", "2,2", ","):
         with pytest.raises(ValueError, match="levels"):
-            parse_levels(bad, "wct")
+            parse_levels(bad)
 
 
 def test_rounding_is_half_up():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cdcore import trainset
+from cdcore.training import trainset
 
 TRAIN = "../shared/images/train"
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision
 
-from cdcore import vgg
+from cdcore.training import vgg
 
 
 @pytest.fixture(scope="module")

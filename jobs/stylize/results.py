@@ -20,6 +20,9 @@ SCHEMA = pa.schema([
     ("output", pa.string()),
     ("method", pa.string()),
     ("alpha", pa.float64()),
+    ("levels", pa.string()),      # the stages run, e.g. "5,4,3,2,1"
+    ("stroke_scale", pa.float64()),
+    ("content_size", pa.int32()),  # 0: the content as it is
     ("status", pa.string()),      # ok | skipped | failed
     ("error", pa.string()),       # why it failed, naming the URI at fault
     ("width", pa.int32()),        # of the content and output; null unless ok
@@ -52,8 +55,14 @@ def failed(row: Row, error: str, attempts: int = 0, actor: str | None = None) ->
 
 
 def row_fields(row: Row) -> dict:
-    return {"row": row.index, "content": row.content, "style": row.style, "output": row.output,
-            "method": row.method, "alpha": row.alpha}
+    """What the row asked for (the recipe's fields are null for a row refused while planning)."""
+    fields = {"row": row.index, "content": row.content, "style": row.style, "output": row.output,
+              "method": row.method}
+    if row.recipe is None:
+        return {**fields, "alpha": None, "levels": None, "stroke_scale": None, "content_size": None}
+    r = row.recipe
+    return {**fields, "alpha": r.alpha, "levels": ",".join(map(str, r.stages)), "stroke_scale": r.stroke_scale,
+            "content_size": r.content_size}
 
 
 def results_uri(target: str, now: dt.datetime | None = None) -> str:

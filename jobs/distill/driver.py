@@ -27,13 +27,14 @@ import torch
 from PIL import Image
 from ray.train.torch import TorchTrainer
 
-from cdcore import figures, storage, trainset
-from cdcore.distill import LossWeights
+from cdcore import storage
 from cdcore.modelset import save_stage
 from cdcore.stylize import to_uint8
+from cdcore.training import figures, trainset
+from cdcore.training.losses import LossWeights
 
-from .distill_config import OBJECTIVES, PHASES, DistillConfig
-from .distill_train import Models, load_teacher, load_weights, read_progress, starting_student, train_worker
+from .config import OBJECTIVES, PHASES, DistillConfig
+from .train import Models, load_teacher, load_weights, read_progress, starting_student, train_worker
 
 RUN_FILE = "run.json"  # the settings a run started with, in its folder beside the checkpoints
 SAMPLES = 4

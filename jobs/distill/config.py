@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from cdcore.distill import LossWeights
+from cdcore.training.losses import LossWeights
 from cdcore.nets import check_stage
 
 # --mode -> the phases it runs, in order. "joint" is the plain baseline: the pruned encoder and

@@ -1,10 +1,11 @@
 """The job's input: a manifest table read from storage, planned into rows that actors can run.
 
 A manifest (CSV, Parquet or JSON Lines, chosen by extension) has one row per content/style pair:
-`content` and `style` URIs, and optionally `output`, `method` and `alpha`, which override the
-job's options for that row. Planning fills in the defaults, derives missing outputs, resolves
-relative local paths and turns a row that cannot run (bad alpha, duplicate output, ...) into a
-row with an `error` instead of failing the job. No Ray and no image decoding here.
+`content` and `style` URIs, and optionally `output` and the per-row options `method`, `alpha`,
+`levels`, `stroke_scale`, `content_size` (`options.ROW_FIELDS`), which override the job's options
+for that row. Planning fills in the defaults, derives missing outputs, resolves relative local
+paths and turns a row that cannot run (bad alpha, duplicate output, ...) into a row with an
+`error` instead of failing the job. No Ray and no image decoding here.
 """
 from __future__ import annotations
 
@@ -15,14 +16,12 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from cdcore import images, storage
-from cdcore.stylize import DEFAULT_LEVELS
+from cdcore.options import ROW_FIELDS, Recipe
 
-METHODS = ("wct", "adain", "gatys")
 REQUIRED_COLUMNS = ("content", "style")
-OPTIONAL_COLUMNS = ("output", "method", "alpha")
+OPTIONAL_COLUMNS = ("output", *ROW_FIELDS)
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 DEFAULT_OUTPUT_EXT = ".png"
-GATYS_LEVELS = (5,)  # gatys uses encoder 5 as its loss network
 
 
 class ManifestError(ValueError):
@@ -31,31 +30,29 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class Options:
-    """Job-wide settings that a manifest row may override (method, alpha) or build on."""
+    """Job-wide settings: where derived outputs go, and the recipe that manifest rows build on."""
 
     output_prefix: str
-    method: str = "wct"
-    alpha: float = 1.0
-    levels: tuple[int, ...] | None = None  # None: each method's default cascade
+    recipe: Recipe = Recipe()
 
 
 @dataclass(frozen=True)
 class Row:
-    """One manifest row, resolved: everything an actor needs to run it, or why it cannot run."""
+    """One manifest row, resolved: everything an actor needs to run it, or why it cannot run (then
+    `recipe` is None and the other fields are as the manifest gave them)."""
 
     index: int  # position in the manifest, from 0
     content: str | None
     style: str | None
     output: str | None
     method: str | None
-    alpha: float | None
-    levels: tuple[int, ...] = ()
+    recipe: Recipe | None = None
     error: str | None = None
 
     @property
     def style_key(self) -> tuple:
-        """What style statistics depend on: rows sharing it can share one encoding of the style."""
-        return (self.style, self.method, self.levels)
+        """What a prepared style depends on: rows sharing it can share one preparation."""
+        return (self.style, self.recipe.style_key if self.recipe else None)
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -79,7 +76,7 @@ def _parse(data: bytes, fmt: str) -> pa.Table:
     import pyarrow.csv as pc
     # URIs stay strings however they look, and only an empty cell is missing: "NA" or "null"
     # could be file names.
-    strings = {name: pa.string() for name in (*REQUIRED_COLUMNS, "output", "method")}
+    strings = {name: pa.string() for name in (*REQUIRED_COLUMNS, "output", "method", "levels")}
     options = pc.ConvertOptions(column_types=strings, null_values=[""], strings_can_be_null=True)
     return pc.read_csv(source, convert_options=options)
 
@@ -132,13 +129,6 @@ def derived_output(prefix: str, content: str, style: str, method: str, alpha: fl
     return storage.join(prefix, f"{content_stem}+{style_stem}_{method}{strength}{ext}")
 
 
-def levels_for(method: str, levels: tuple[int, ...] | None) -> tuple[int, ...]:
-    """The stages a method runs, mirroring `cdcore stylize`: --levels applies to wct and adain."""
-    if method == "gatys":
-        return GATYS_LEVELS
-    return levels or DEFAULT_LEVELS[method]
-
-
 class _RowProblem(ValueError):
     """Why one manifest row cannot run; it becomes that row's error, not the job's."""
 
@@ -151,31 +141,28 @@ def _text(value, column: str) -> str | None:
     return value.strip()
 
 
-def _alpha(value, default: float) -> float:
-    if value is None or value == "":
-        return default
+def _recipe(record: dict, base: Recipe) -> Recipe:
+    """The job's recipe with the row's own values (blank cells keep the job's)."""
+    given = {name: record.get(name) for name in ROW_FIELDS}
+    given = {name: value.strip() if isinstance(value, str) else value for name, value in given.items()}
+    given = {name: value for name, value in given.items() if value != ""}
     try:
-        alpha = float(value)
-    except (TypeError, ValueError):
-        raise _RowProblem(f"alpha {value!r} is not a number") from None
-    if not 0.0 <= alpha <= 1.0:  # also rejects NaN
-        raise _RowProblem(f"alpha {alpha} is outside [0, 1]")
-    return alpha
+        return base.replace(**given)
+    except ValueError as e:
+        raise _RowProblem(str(e)) from None
 
 
 def _plan(index: int, record: dict, options: Options) -> Row:
     content, style = _text(record.get("content"), "content"), _text(record.get("style"), "style")
     if content is None or style is None:
         raise _RowProblem(f"no {'content' if content is None else 'style'} URI")
-    method = _text(record.get("method"), "method") or options.method
-    if method not in METHODS:
-        raise _RowProblem(f"method {method!r} is not one of {', '.join(METHODS)}")
-    alpha = _alpha(record.get("alpha"), options.alpha)
+    recipe = _recipe(record, options.recipe)
     content, style = resolve(content), resolve(style)
     given = _text(record.get("output"), "output")
-    output = resolve(given) if given else derived_output(options.output_prefix, content, style, method, alpha)
+    output = resolve(given) if given else derived_output(options.output_prefix, content, style, recipe.method,
+                                                         recipe.alpha)
     images.output_format(output)  # an extension we cannot write fails here, before any work
-    return Row(index, content, style, output, method, alpha, levels_for(method, options.levels))
+    return Row(index, content, style, output, recipe.method, recipe)
 
 
 def plan_row(index: int, record: dict, options: Options, source: str = "manifest") -> Row:
@@ -187,7 +174,7 @@ def plan_row(index: int, record: dict, options: Options, source: str = "manifest
     except (_RowProblem, images.ImageError) as e:
         given = {c: None if record.get(c) is None else str(record[c])
                  for c in ("content", "style", "output", "method")}
-        return Row(index, **given, alpha=None, error=f"{source} row {index}: {e}")
+        return Row(index, **given, error=f"{source} row {index}: {e}")
 
 
 def plan_rows(records: list[dict], options: Options, source: str = "manifest") -> list[Row]:
@@ -199,7 +186,7 @@ def plan_rows(records: list[dict], options: Options, source: str = "manifest") -
         if row.error:
             continue
         if row.output in first_writer:
-            rows[i] = dataclasses.replace(row, levels=(), error=(
+            rows[i] = dataclasses.replace(row, recipe=None, error=(
                 f"{source} row {row.index}: output {row.output} is also the output of row "
                 f"{first_writer[row.output]}"))
         else:

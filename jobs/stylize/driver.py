@@ -19,11 +19,10 @@ from typing import Callable
 
 import ray
 
-from cdcore import images, storage
+from cdcore import options, storage
 from cdcore.modelset import ModelError, default_models_dir, load_model_set
-from cdcore.stylize import parse_levels
 
-from .manifest import METHODS, ManifestError, Options, Row, plan_rows, read_manifest, resolve
+from .manifest import ManifestError, Options, Row, plan_rows, read_manifest, resolve
 from .progress import Progress
 from .results import Report, failed, results_uri, summary, write_results
 from .scheduler import Dispatcher, PoolError
@@ -52,17 +51,10 @@ def _count(minimum: float, kind=int):
     return parse
 
 
-def _alpha(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1] (got {value})")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.stylize", description=__doc__.splitlines()[0])
     p.add_argument("--manifest", required=True, help="CSV, Parquet or JSON Lines table with columns "
-                   "content, style and optionally output, method, alpha (per-row overrides)")
+                   f"content, style and optionally output, {', '.join(options.ROW_FIELDS)} (per-row options)")
     p.add_argument("--output-prefix", required=True, help="where rows without an output go, as "
                    "<prefix>/<content>+<style>_<method>_a<alpha>.<content's format, else png>")
     p.add_argument("--results", required=True, help="results table: a .parquet file, or a directory "
@@ -75,18 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs per actor; 0 runs on CPU (default 0)")
     p.add_argument("--cpus-per-actor", type=_count(0.01, float), default=1.0,
                    help="CPU slots per actor, also its torch threads (default 1)")
-    p.add_argument("--method", choices=METHODS, default="wct")
-    p.add_argument("--alpha", type=_alpha, default=1.0, help="style strength in [0, 1] (wct, adain)")
-    p.add_argument("--levels", default=None,
-                   help="stages to run, coarse to fine (default: 5,4,3,2,1 for wct, 4 for adain)")
-    p.add_argument("--iterations", type=_count(1), default=200, help="L-BFGS iterations (gatys)")
     p.add_argument("--overwrite", action="store_true", help="redo rows whose output exists")
-    p.add_argument("--max-pixels", type=_count(1), default=images.DEFAULT_MAX_PIXELS,
-                   help="rows with a larger input fail (default 300 MP)")
     p.add_argument("--style-cache", type=_count(1), default=16, help="styles each actor keeps (default 16)")
-    p.add_argument("--tile-size", type=_count(0), default=None,
-                   help="windows of at most N x N pixels for the exact tiled engine; 0: whole image (default: the "
-                   "whole image when it fits a quarter of the actor's free device memory, else tiles)")
+    options.add_image_options(p)
     return p
 
 
@@ -108,16 +91,15 @@ class Job:
 def prepare(args: argparse.Namespace) -> Job:
     """Read and plan the manifest and check the models, so a job that cannot run stops here, on
     the driver, before a cluster starts actors for it."""
-    levels = parse_levels(args.levels, "wct") if args.levels else None
-    options = Options(resolve(args.output_prefix), args.method, args.alpha, levels)
+    job_options = Options(resolve(args.output_prefix), options.recipe_from_args(args))
     manifest = resolve(args.manifest)
-    rows = plan_rows(read_manifest(manifest), options, source=manifest)
-    stages = tuple(sorted({k for row in rows if not row.error for k in row.levels}, reverse=True))
+    rows = plan_rows(read_manifest(manifest), job_options, source=manifest)
+    stages = tuple(sorted({k for row in rows if not row.error for k in row.recipe.stages}, reverse=True))
     models = resolve(args.models or default_models_dir())
     model_id = load_model_set(models, stages).model_id if stages else None
     worker = WorkerConfig(models=models, stages=stages, device="cuda" if args.num_gpus_per_actor else "cpu",
                           overwrite=args.overwrite, max_pixels=args.max_pixels, style_cache=args.style_cache,
-                          iterations=args.iterations, tile_size=args.tile_size)
+                          tile_size=args.tile_size)
     return Job(rows, worker, resolve(args.results), model_id, args.actors, args.num_gpus_per_actor,
                args.cpus_per_actor)
 

@@ -26,11 +26,11 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from cdcore import distill, pruning, trainset, vgg
 from cdcore.modelset import load_model_set
 from cdcore.nets import Decoder, Encoder
+from cdcore.training import losses, pruning, trainset, vgg
 
-from .distill_config import DistillConfig
+from .config import DistillConfig
 
 log = logging.getLogger(__name__)
 ENCODER_FILE, DECODER_FILE, OPTIMIZER_FILE, PROGRESS_FILE = (
@@ -88,10 +88,10 @@ def phase_loss(phase: str, cfg: DistillConfig, student: Encoder, decoder: Decode
         for name, module in student.named_children():
             module.requires_grad_(name != "conv0" and (phase == "encoder" or not name.endswith("_aux")))
     if phase == "encoder":
-        loss_cls = distill.AdaINDistillLoss if cfg.objective == "adain" else distill.CollaborativeLoss
+        loss_cls = losses.AdaINDistillLoss if cfg.objective == "adain" else losses.CollaborativeLoss
         module = loss_cls(student, teacher, collaborator, cfg.weights)
     else:
-        module = distill.ReconstructionLoss(student, decoder, teacher, cfg.weights)
+        module = losses.ReconstructionLoss(student, decoder, teacher, cfg.weights)
     return module, [p for p in module.parameters() if p.requires_grad]
 
 
@@ -99,7 +99,7 @@ def phase_loss(phase: str, cfg: DistillConfig, student: Encoder, decoder: Decode
 
 
 @dataclass
-class Progress:
+class StepProgress:
     """Where training stands: steps done in `phase`, and the loss history of the whole run."""
 
     phase: str
@@ -108,7 +108,7 @@ class Progress:
 
 
 def save_checkpoint(directory: str, student: Encoder, decoder: Decoder, optimizer: torch.optim.Optimizer,
-                    progress: Progress, cfg: DistillConfig) -> None:
+                    progress: StepProgress, cfg: DistillConfig) -> None:
     """Write the checkpoint files (see the module docstring) into `directory`."""
     save_file({k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()},
               os.path.join(directory, ENCODER_FILE))
@@ -119,9 +119,9 @@ def save_checkpoint(directory: str, student: Encoder, decoder: Decoder, optimize
     Path(directory, PROGRESS_FILE).write_text(json.dumps(state))
 
 
-def read_progress(directory: str) -> Progress:
+def read_progress(directory: str) -> StepProgress:
     state = json.loads(Path(directory, PROGRESS_FILE).read_text())
-    return Progress(state["phase"], state["step"], state["history"])
+    return StepProgress(state["phase"], state["step"], state["history"])
 
 
 def load_weights(directory: str, student: Encoder, decoder: Decoder) -> None:
@@ -176,7 +176,7 @@ def _progress_line(phase: str, step: int, cfg: DistillConfig, means: dict, rate:
             f"{rate:.2f} step/s  {rate * cfg.batch_size:.1f} img/s  ETA {_duration(remaining / rate)}")
 
 
-def train_phase(phase: str, cfg: DistillConfig, models: Models, progress: Progress,
+def train_phase(phase: str, cfg: DistillConfig, models: Models, progress: StepProgress,
                 optimizer_state: dict | None = None) -> None:
     """Train one phase from `progress.step` to `cfg.steps`, reporting every `log_every` steps and
     checkpointing every `checkpoint_every` steps and at the end of the phase."""
@@ -236,7 +236,7 @@ def train_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     teacher, collaborator = load_teacher(cfg)
     student, decoder = starting_student(cfg, teacher, collaborator)
-    progress, optimizer_state = Progress(cfg.phases[0]), None
+    progress, optimizer_state = StepProgress(cfg.phases[0]), None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:

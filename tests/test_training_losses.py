@@ -1,4 +1,4 @@
-"""Collaborative distillation losses."""
+"""Collaborative distillation losses (cdcore.training.losses)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cdcore import distill, pruning, transforms
+from cdcore import transforms
 from cdcore.nets import CD16X, Decoder, Encoder
+from cdcore.training import losses, pruning
 
 
 def stage(k: int, seed: int = 0) -> tuple[Encoder, Decoder]:
@@ -37,7 +38,7 @@ def test_embedding_loss_is_zero_for_the_teacher_with_identity_aux(k):
     student = identity_aux_copy(teacher)
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
-        loss = distill.embedding_loss(student, student.features(x), teacher.features(x))
+        loss = losses.embedding_loss(student, student.features(x), teacher.features(x))
     assert loss.item() == 0.0
 
 
@@ -46,7 +47,7 @@ def test_collaborative_loss_terms_and_weights():
     student = identity_aux_copy(teacher)
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
-        terms = distill.collaborative_loss(student, teacher, collaborator, x)
+        terms = losses.collaborative_loss(student, teacher, collaborator, x)
         y = collaborator(teacher(x))
         assert terms["embed"].item() == 0.0
         torch.testing.assert_close(terms["pixel"], F.mse_loss(y, x))
@@ -58,7 +59,7 @@ def test_collaborative_loss_terms_and_weights():
 def test_collaborative_module_trains_the_student_only():
     teacher, collaborator = stage(2)
     student, _ = pruning.prune_encoder(teacher, 2)
-    loss = distill.CollaborativeLoss(student, teacher, collaborator)
+    loss = losses.CollaborativeLoss(student, teacher, collaborator)
     loss(torch.rand(2, 3, 32, 32))["total"].backward()
     assert all(p.grad is not None for p in student.parameters())
     assert all(p.grad is None for p in [*teacher.parameters(), *collaborator.parameters()])
@@ -68,7 +69,7 @@ def test_reconstruction_loss_trains_the_decoder_of_a_frozen_encoder():
     teacher, teacher_decoder = stage(2)
     student, decoder = pruning.prune_stage(teacher, teacher_decoder, 2)
     student.requires_grad_(False)
-    terms = distill.ReconstructionLoss(student, decoder, teacher)(torch.rand(2, 3, 32, 32))
+    terms = losses.ReconstructionLoss(student, decoder, teacher)(torch.rand(2, 3, 32, 32))
     assert set(terms) == {"pixel", "perceptual", "total"}
     terms["total"].backward()
     assert all(p.grad is not None for p in decoder.parameters())
@@ -78,10 +79,10 @@ def test_reconstruction_loss_trains_the_decoder_of_a_frozen_encoder():
 def test_adain_matches_the_inference_transform_statistics():
     torch.manual_seed(0)
     content, style = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 5, 7) * 3 + 1
-    out = distill.adain(content, style)
+    out = losses.adain(content, style)
     for i in range(2):
-        mean_o, std_o = distill.channel_mean_std(out[i: i + 1])
-        mean_s, std_s = distill.channel_mean_std(style[i: i + 1])
+        mean_o, std_o = losses.channel_mean_std(out[i: i + 1])
+        mean_s, std_s = losses.channel_mean_std(style[i: i + 1])
         torch.testing.assert_close(mean_o, mean_s, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(std_o, std_s, rtol=1e-4, atol=1e-4)
         moments = transforms.moments(style[i])
@@ -93,7 +94,7 @@ def test_adain_matches_the_inference_transform_statistics():
 def test_adain_distill_loss_backpropagates_to_the_student():
     teacher, collaborator = stage(4)
     student, _ = pruning.prune_encoder(teacher, 2)
-    loss = distill.AdaINDistillLoss(student, teacher, collaborator)
+    loss = losses.AdaINDistillLoss(student, teacher, collaborator)
     terms = loss(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))
     assert set(terms) == {"embed", "content", "style", "total"}
     assert all(torch.isfinite(v) for v in terms.values())
@@ -105,10 +106,10 @@ def test_models_of_different_stages_are_refused():
     teacher, collaborator = stage(2)
     student, _ = pruning.prune_encoder(stage(3)[0], 2)
     with pytest.raises(ValueError, match=r"\[3, 2, 2\]"):
-        distill.collaborative_loss(student, teacher, collaborator, torch.rand(1, 3, 16, 16))
+        losses.collaborative_loss(student, teacher, collaborator, torch.rand(1, 3, 16, 16))
 
 
 @pytest.mark.parametrize("bad", [-1.0, float("nan")])
 def test_loss_weights_must_be_non_negative(bad):
     with pytest.raises(ValueError, match="pixel"):
-        distill.LossWeights(pixel=bad)
+        losses.LossWeights(pixel=bad)

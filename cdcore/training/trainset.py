@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import images, storage
+from .. import images, storage
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Generator stream tags, so the permutation of epoch n and the crop at position n differ.

@@ -1,0 +1,153 @@
+"""Images between the stages of a tiled run, read and written by window.
+
+An intermediate image or a stage's stored features live in an `ImageBuffer`: in RAM, or for large
+images a `numpy.memmap` file in a temporary directory that is removed afterwards. `PaddedImage`
+reads windows of a buffer as if it were reflect-padded at the bottom and right, as the
+whole-image path pads the content.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..stylize import to_uint8
+
+# An intermediate image larger than this goes to disk when `disk_buffer` is left to choose (about
+# 5.6 MP of float32 RGB): reading a tile window from the page cache costs far less than encoding it.
+DISK_BUFFER_BYTES = 64 << 20
+
+
+class ImageBuffer:
+    """An (H, W, C) array read and written by window: in RAM, or a numpy.memmap file.
+
+    A file-backed buffer is mapped afresh for every access, so the pages an access touches leave
+    this process's resident set when it returns (they stay in the page cache): a 40 MP float image
+    on disk does not count against the run's memory.
+    """
+
+    def __init__(self, array: np.ndarray | None = None, path: str | None = None,
+                 shape: tuple[int, ...] | None = None, dtype=np.float32):
+        self._array, self.path = array, path
+        self.shape = tuple(array.shape) if array is not None else tuple(shape)
+        self.dtype = np.dtype(array.dtype if array is not None else dtype)
+
+    @classmethod
+    def in_memory(cls, shape: tuple[int, ...], dtype=np.float32) -> "ImageBuffer":
+        return cls(np.empty(shape, dtype))
+
+    @classmethod
+    def on_disk(cls, directory: str, shape: tuple[int, ...], dtype=np.float32) -> "ImageBuffer":
+        path = os.path.join(directory, f"{uuid.uuid4().hex}.raw")
+        with open(path, "wb") as f:
+            f.truncate(math.prod(shape) * np.dtype(dtype).itemsize)  # sparse until written
+        return cls(path=path, shape=shape, dtype=dtype)
+
+    def _view(self, mode: str) -> np.ndarray:
+        if self._array is not None:
+            return self._array
+        return np.memmap(self.path, self.dtype, mode, shape=self.shape)
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        """A copy of [rows, cols]: (h, w, C)."""
+        return np.array(self._view("r")[rows, cols])
+
+    def write(self, rows: slice, cols: slice, block: np.ndarray) -> None:
+        # No flush: the next mapping of the file sees these pages through the page cache.
+        self._view("r+")[rows, cols] = block
+
+    def store(self, rows: slice, cols: slice, image: torch.Tensor) -> None:
+        """Write (1, C, h, w): as is into float buffers, rounded as `to_uint8` rounds into uint8."""
+        self.write(rows, cols, to_uint8(image) if self.dtype == np.uint8 else to_numpy(image))
+
+    def close(self) -> None:
+        """Free the memory or delete the file (a wrapped caller's array is only let go)."""
+        self._array = None
+        if self.path:
+            os.unlink(self.path)
+            self.path = None
+
+
+def as_buffer(image) -> ImageBuffer:
+    """Wrap an (H, W, 3) uint8 or float32 array (a numpy.memmap too) or pass an ImageBuffer on."""
+    buffer = image if isinstance(image, ImageBuffer) else ImageBuffer(image)
+    if len(buffer.shape) != 3 or buffer.shape[2] != 3 or buffer.dtype not in (np.uint8, np.float32):
+        raise ValueError(f"expected an (H, W, 3) uint8 or float32 image, got shape {buffer.shape} "
+                         f"dtype {buffer.dtype}")
+    return buffer
+
+
+class Buffers:
+    """Makes a run's ImageBuffers, in RAM or in one temporary directory (see `Buffers.open`)."""
+
+    def __init__(self, directory: str | None):
+        self.directory = directory
+
+    def new(self, shape: tuple[int, ...]) -> ImageBuffer:
+        if self.directory:
+            return ImageBuffer.on_disk(self.directory, shape)
+        return ImageBuffer.in_memory(shape)
+
+    @staticmethod
+    @contextmanager
+    def open(height: int, width: int, disk_buffer: bool | None, temp_dir: str | None) -> Iterator["Buffers"]:
+        """Buffers for a run over height x width: on disk when `disk_buffer` says so, or (None)
+        when one float image is larger than DISK_BUFFER_BYTES; the directory goes afterwards."""
+        on_disk = height * width * 3 * 4 > DISK_BUFFER_BYTES if disk_buffer is None else bool(disk_buffer)
+        if not on_disk:
+            yield Buffers(None)
+            return
+        with tempfile.TemporaryDirectory(prefix="cdcore-tiles-", dir=temp_dir) as directory:
+            yield Buffers(directory)
+
+
+@dataclass
+class PaddedImage:
+    """An image buffer seen through reflect padding at the bottom and right up to `height` x
+    `width`: the padding `stylize.pad_to_multiple` gives the whole image (replicate where an image
+    is too small to reflect)."""
+
+    image: ImageBuffer
+    height: int
+    width: int
+
+    def window(self, rows: slice, cols: slice, device: torch.device) -> torch.Tensor:
+        """(1, 3, h, w) float32 in [0, 1] (uint8 images) on `device`; rows, cols in padded coordinates."""
+        h, w = self.image.shape[:2]
+        reflect = self.height - h < h and self.width - w < w
+        ri, ci = _padded_index(rows, h, reflect), _padded_index(cols, w, reflect)
+        block = self.image.read(slice(ri.min(), ri.max() + 1), slice(ci.min(), ci.max() + 1))
+        if rows.stop > h or cols.stop > w:  # the window reaches into the padding
+            block = block[np.ix_(ri - ri.min(), ci - ci.min())]
+        return to_tensor(block, device)
+
+
+def _padded_index(span: slice, size: int, reflect: bool) -> np.ndarray:
+    """Indices into an axis of length `size` for positions `span` of its bottom/right padding."""
+    i = np.arange(span.start, span.stop)
+    return np.where(i < size, i, 2 * (size - 1) - i) if reflect else np.minimum(i, size - 1)
+
+
+def to_tensor(block: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(h, w, C) uint8 or float32 -> (1, C, h, w) float32 on `device`, uint8 scaled to [0, 1] as
+    `stylize.to_tensor` scales it. The memory stays in (h, w, C) order: dense channels-last, the
+    layout oneDNN convolves fastest."""
+    t = torch.from_numpy(block).to(device)[None].permute(0, 3, 1, 2)
+    return t.float().div_(255.0) if block.dtype == np.uint8 else t
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """(1, C, h, w) -> (h, w, C) on the CPU."""
+    return t[0].permute(1, 2, 0).cpu().numpy()
+
+
+def read_whole(image: ImageBuffer) -> torch.Tensor:
+    """The whole buffer as a (1, C, H, W) tensor on the CPU."""
+    return to_tensor(image.read(slice(None), slice(None)), torch.device("cpu"))

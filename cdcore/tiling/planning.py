@@ -1,0 +1,276 @@
+"""Where the windows of a tiled stage go, how much work they are, and how large they may be.
+
+Work in stage k's feature grid, where one feature pixel is m = 2^(k-1) image pixels. A window
+starts on a multiple of m, so its pooling grid is the whole image's; where it ends at the image
+edge, every layer reflect-pads exactly where it does for the whole image; where it is cut inside
+the image, each layer's reflection padding is wrong at the cut, and the wrong band grows by one
+pixel per 3x3 conv, halves (rounded up) at each 2x2 pool and doubles at each upsampling.
+`encoder_halo` and `decoder_halo` count that band, and a tile owns only pixels at least that far
+from its window's cut edges, so every owned pixel equals the whole-image result.
+
+The halos are recomputed work, so `plan_tiles` shapes the windows to need as little of them as it
+can: at most tile_size^2 image pixels each (the memory bound), one shape per pass, and the split
+into rows and columns with the least total window area.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..modelset import ModelSet
+from ..nets import stage_layers, stage_multiple
+
+# Time per window pixel that does not grow with the networks (copies, pooling, upsampling, the
+# float64 moments), in MACs of about the same time on a CPU; it only weighs the ETA.
+PIXEL_WORK_MACS = 16_000
+# The statistics pass stores a stage's features for the render pass where encoding them again
+# would cost at least this many MACs per stored value (a float written and read back): stages
+# 2-5 of the 16x set and VGG-19, not stage 1 (27 MACs per value for the 16x set).
+STORE_MACS_PER_VALUE = 100
+# Peak bytes per pixel of a network call, per channel of the models' widest full-resolution layer
+# (about 11 measured for the 16x set on the CPU, see benchmarks/RESULTS.md; rounded up).
+BYTES_PER_CHANNEL_PIXEL = 14
+# Windows larger than this gain little speed on a CPU and cost memory (benchmarks/RESULTS.md).
+MAX_CPU_TILE = 1024
+MAX_CUDA_TILE = 4096
+MIN_TILE = 64
+# choose_tile_size keeps whole images and tile windows to this share of the available memory.
+MEMORY_SHARE = 0.25
+
+
+# ---------------------------------------------------------------- halos
+
+
+def encoder_halo(stage: int) -> int:
+    """Feature pixels along a cut window edge that encoder `stage` gets wrong.
+
+    The first 3x3 conv reflect-pads at the cut, so its edge pixel is wrong; each further conv
+    widens the band by one pixel, each 2x2 pool halves it (rounded up). Stage 5: 5 (80 image px).
+    """
+    depth = 0
+    for name in stage_layers(stage):
+        depth = -(-depth // 2) if name == "pool" else depth + 1
+    return depth
+
+
+def decoder_halo(stage: int) -> int:
+    """Feature pixels of context around a tile that decoder `stage` needs for an exact interior.
+
+    A cut edge of the decoder's input corrupts a band that grows by one pixel per conv and doubles
+    at each upsampling; this is that band in image pixels, in feature pixels rounded up.
+    Stage 5: 70 image pixels, so 5 feature pixels.
+    """
+    depth = 0
+    for name in reversed(stage_layers(stage)):
+        depth = 2 * depth if name == "pool" else depth + 1
+    return -(-depth // stage_multiple(stage))
+
+
+# ---------------------------------------------------------------- tiles
+
+
+def span_length(span: slice) -> int:
+    return span.stop - span.start
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One network call of a pass, in feature pixels: the window it sees (one shape for every tile
+    of a pass) and the part of it that it owns, exact and disjoint from the other tiles'."""
+
+    rows: slice
+    cols: slice
+    keep_rows: slice
+    keep_cols: slice
+
+    def kept(self, feature: torch.Tensor) -> torch.Tensor:
+        """The owned part of the window's (1, C, h, w) features."""
+        r0, c0 = self.keep_rows.start - self.rows.start, self.keep_cols.start - self.cols.start
+        return feature[..., r0: r0 + span_length(self.keep_rows), c0: c0 + span_length(self.keep_cols)]
+
+
+def _axis_length(grid: int, halo: int, count: int) -> int:
+    """Length of each of `count` equal windows covering an axis of `grid` feature pixels, where
+    neighbours overlap by 2 x `halo` so that each is exact over the span it keeps."""
+    return grid if count == 1 else min(grid, -(-(grid + 2 * halo * (count - 1)) // count))
+
+
+def _axis_count(grid: int, halo: int, limit: int) -> int:
+    """The fewest windows of at most `limit` feature pixels that cover the axis; 0 if none do."""
+    if limit >= grid:
+        return 1
+    if limit <= 2 * halo:
+        return 0
+    return -(-(grid - 2 * halo) // (limit - 2 * halo))
+
+
+def _axis_split(grid: int, halo: int, count: int) -> list[tuple[slice, slice]]:
+    """(window, kept span) pairs along one axis: `count` windows of one length spread evenly from
+    edge to edge; the kept spans tile the axis, each cut in the middle of an overlap, so at least
+    `halo` from the cut edge of either window."""
+    length = _axis_length(grid, halo, count)
+    starts = [(grid - length) * i // max(count - 1, 1) for i in range(count)]
+    cuts = [0] + [(a + b + length) // 2 for a, b in zip(starts, starts[1:])] + [grid]
+    return [(slice(s, s + length), slice(lo, hi)) for s, lo, hi in zip(starts, cuts, cuts[1:])]
+
+
+def plan_tiles(grid: tuple[int, int], halo: int, side: int) -> list[Tile]:
+    """Row-major tiles covering a grid of feature pixels, for a network wrong within `halo` of a
+    cut window edge. Windows hold at most side x side pixels (`side` is clamped to at least
+    4 x halo, so that at least half of a window is kept); of the splits into rows x columns of
+    windows, the one with the least total window area is taken, the fewest tiles on ties: a long
+    image gets full-height windows where they fit, which need no halo above and below.
+
+    Every window of a pass has one shape because oneDNN builds kernels for each new shape, which
+    costs more than the convolutions themselves on small runs (benchmarks/RESULTS.md).
+    """
+    (gh, gw), side = grid, max(side, 4 * halo, 1)
+    best = None
+    for rows in range(1, gh + 1):
+        height = _axis_length(gh, halo, rows)
+        cols = _axis_count(gw, halo, side * side // height)
+        if cols:
+            cost = (rows * height * cols * _axis_length(gw, halo, cols), rows * cols)
+            best = min(best or (cost, rows, cols), (cost, rows, cols))
+        if height <= 2 * halo + 1:  # more rows only shrink the kept spans to nothing
+            break
+    _, rows, cols = best
+    return [Tile(wr, wc, kr, kc) for wr, kr in _axis_split(gh, halo, rows)
+            for wc, kc in _axis_split(gw, halo, cols)]
+
+
+def expand(span: slice, halo: int, grid: int) -> slice:
+    """A window of len(span) + 2 x halo feature pixels (at most the grid) that holds span +- halo,
+    shifted inward at the grid's edges so that windows of equal spans have equal shapes."""
+    length = min(span_length(span) + 2 * halo, grid)
+    start = min(max(span.start - halo, 0), grid - length)
+    return slice(start, start + length)
+
+
+def image_span(window: slice, m: int, grid: int, size: int) -> slice:
+    """The image pixels under feature window `window`: to the image edge (`size`) when the window
+    reaches the grid's end, so that an unpadded style whose size is not a multiple of m pools and
+    pads at its true edge."""
+    return slice(window.start * m, size if window.stop == grid else window.stop * m)
+
+
+# ---------------------------------------------------------------- work
+
+
+def macs_per_pixel(module: torch.nn.Module, stage: int) -> float:
+    """Multiply-accumulates per image pixel of encoder or decoder `stage` (its 3x3 convs)."""
+    macs, level = 0.0, 0
+    for name in stage_layers(stage):
+        if name == "pool":
+            level += 1
+        else:
+            macs += getattr(module, name).weight.numel() / 4 ** level
+    return macs
+
+
+def pass_work(tiles: list[Tile], m: int, macs: float, pad: int = 0) -> float:
+    """Work of a pass whose network (`macs` per pixel) sees every tile's window (one shape for
+    all), grown by `pad` feature pixels on each side: window pixels times MACs + PIXEL_WORK_MACS."""
+    rows, cols = tiles[0].rows, tiles[0].cols
+    area = (span_length(rows) + 2 * pad) * (span_length(cols) + 2 * pad) * m * m
+    return len(tiles) * area * (macs + PIXEL_WORK_MACS)
+
+
+def _stores_features(encoder: torch.nn.Module, m: int) -> bool:
+    """Keep a stage's features between the passes where encoding them again would cost more than
+    STORE_MACS_PER_VALUE multiply-accumulates per stored value."""
+    values_per_pixel = encoder.out_channels / (m * m)
+    return macs_per_pixel(encoder, encoder.stage) >= STORE_MACS_PER_VALUE * values_per_pixel
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """How stage k runs over a content: its feature grid, the tiles of its two passes (with the
+    encoder's and the decoder's halo), whether the features are stored between them, and the
+    work of each pass (for the ETA)."""
+
+    k: int
+    grid: tuple[int, int]
+    statistics: list[Tile]
+    render: list[Tile]
+    stored: bool
+    statistics_work: float
+    render_work: float
+
+
+def plan_stage(models: ModelSet, k: int, height: int, width: int, tile_size: int) -> StagePlan:
+    """The plan for a content of height x width, padded to a multiple of m = 2^(k-1), with windows
+    of at most tile_size x tile_size image pixels."""
+    m = stage_multiple(k)
+    encoder, decoder = models.encoder(k), models.decoder(k)
+    grid = (-(-height // m), -(-width // m))
+    side = max(1, tile_size // m)
+    statistics, render = plan_tiles(grid, encoder_halo(k), side), plan_tiles(grid, decoder_halo(k), side)
+    stored = _stores_features(encoder, m)
+    encoder_macs = macs_per_pixel(encoder, k)
+    render_work = pass_work(render, m, macs_per_pixel(decoder, k))
+    if not stored:  # the encoder runs again, on windows grown by its halo
+        render_work += pass_work(render, m, encoder_macs, encoder_halo(k))
+    return StagePlan(k, grid, statistics, render, stored, pass_work(statistics, m, encoder_macs), render_work)
+
+
+def cascade_work(models: ModelSet, levels, height: int, width: int, tile_size: int) -> float:
+    """The work a tiled run of these levels reports (none for a whole-image run)."""
+    if tile_size == 0:
+        return 0.0
+    plans = [plan_stage(models, k, height, width, tile_size) for k in levels]
+    return sum(plan.statistics_work + plan.render_work for plan in plans)
+
+
+# ---------------------------------------------------------------- tile size
+
+
+def _available_memory(device: torch.device) -> int:
+    """Bytes free on `device`: free GPU memory on CUDA, MemAvailable (Linux) or free pages on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def choose_tile_size(height: int, width: int, device: torch.device | str = "cpu", channels: int = 24,
+                     available: int | None = None) -> int:
+    """A tile size for an image of height x width: 0 (whole image) when it fits comfortably.
+
+    Memory is estimated as BYTES_PER_CHANNEL_PIXEL x `channels` (the widest full-resolution layer
+    of the models: 24 for the 16x set, 64 for VGG-19) per pixel of what one network call sees.
+    The whole image is chosen when that is at most MEMORY_SHARE of the `available` bytes (default:
+    what `device` has free). Otherwise the tile size is the largest whose windows (at most its
+    square) fit that share: a multiple of 64 from MIN_TILE to MAX_CPU_TILE (on the CPU, where
+    larger windows gain little speed) or MAX_CUDA_TILE.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive (got {height}x{width})")
+    device = torch.device(device)
+    budget = MEMORY_SHARE * (available if available is not None else _available_memory(device))
+    per_pixel = BYTES_PER_CHANNEL_PIXEL * channels
+    if height * width * per_pixel <= budget:
+        return 0
+    side = int(math.sqrt(budget / per_pixel))
+    ceiling = MAX_CUDA_TILE if device.type == "cuda" else MAX_CPU_TILE
+    return max(MIN_TILE, min(ceiling, side // 64 * 64))
+
+
+def resolve_tile_size(models: ModelSet, levels, height: int, width: int, tile_size: int | None) -> int:
+    """`tile_size` itself, checked; None chooses one for these models' device and widths."""
+    if tile_size is not None:
+        if not isinstance(tile_size, int) or tile_size < 0:
+            raise ValueError(f"tile size must be a non-negative integer (got {tile_size!r})")
+        return tile_size
+    encoder = models.encoder(levels[0])
+    channels = max(models.encoder(k).conv11.out_channels for k in levels)
+    return choose_tile_size(height, width, next(encoder.parameters()).device, channels)
