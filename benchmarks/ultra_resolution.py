@@ -5,7 +5,7 @@
 
 Each configuration runs in a fresh subprocess that does what `cdcore stylize` does: read the
 content (a real photo upscaled to the size, written once to --workdir as JPEG), stylize it with
-the 16x WCT cascade (5,4,3,2,1) into a `tiling.Canvas`, and write a JPEG. Peak RSS is the child's
+the 16x WCT cascade (5,4,3,2,1) into an `images.Canvas`, and write a JPEG. Peak RSS is the child's
 VmHWM (not ru_maxrss, which Linux carries over from the parent across exec), so it includes
 importing torch (about 0.55 GB here) and decoding the input. The "reference" mode runs the
 whole-image pipeline written the straightforward way (`naive_stylize` of stylize_speed.py: NCHW,
@@ -65,15 +65,15 @@ def child(args) -> None:
     picture = images.read_image(args.content)
     t1 = time.perf_counter()
     height, width = picture.rgb.shape[:2]
-    canvas = tiling.Canvas(height, width)
+    canvas = images.Canvas(height, width)
     progress = (lambda p: print(p, file=sys.stderr, flush=True)) if args.verbose else None
     if args.reference:
         from stylize_speed import naive_stylize
 
         canvas.rgb[:] = to_uint8(naive_stylize(models, to_tensor(picture.rgb), to_tensor(style_rgb)))
     else:
-        tiling.stylize_tiled(models, picture.rgb, style, 1.0, (5, 4, 3, 2, 1), args.tile_size,
-                             out=canvas.rgb, progress=progress)
+        engine = tiling.TiledEngine(models, args.tile_size, progress=progress)
+        engine.stylize(picture.rgb, style, 1.0, (5, 4, 3, 2, 1), out=canvas.rgb)
     t2 = time.perf_counter()
     stylize_peak = peak_rss()
     canvas.save(args.output)

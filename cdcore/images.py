@@ -154,7 +154,7 @@ class Canvas:
 
     @property
     def rgb(self) -> np.ndarray:
-        """The (H, W, 3) colour view to write into (`stylize_tiled(..., out=canvas.rgb)`)."""
+        """The (H, W, 3) colour view to write into (`TiledEngine.stylize(..., out=canvas.rgb)`)."""
         return self.pixels[..., :3]
 
     def image(self, keep_alpha: bool = True) -> Image.Image:

@@ -97,7 +97,7 @@ def _as_picture(image, name: str) -> images.Picture:
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise ValueError(f"{name}: expected a PIL image or an (H, W, 3) uint8 array "
                          f"(got {array.shape} {array.dtype})")
-    return images.Picture(np.ascontiguousarray(array))
+    return images.Picture(np.require(array, requirements=["C_CONTIGUOUS", "WRITEABLE"]))
 
 
 class Stylist:
@@ -133,7 +133,8 @@ class Stylist:
                      progress: Progress | None = None) -> Stylized:
         """Read `content` and `style` (paths, file:// or s3:// URIs), stylize, and write `output`
         atomically in the format of its extension. The style's preparation is cached."""
-        images.output_format(output)  # a bad extension fails before any work
+        with _naming(output):
+            images.output_format(output)  # a bad extension fails before any work
         with _naming(content):
             picture = images.resize_to(images.read_image(content, self.max_pixels), recipe.content_size)
         prepared = self.styles.get_or_make((style, recipe.style_key),
@@ -180,8 +181,8 @@ class Stylist:
         self.styles_prepared += 1
         if recipe.method == "gatys":  # it matches Gram matrices of the style image itself
             return PreparedStyle(recipe.style_key, image=to_tensor(rgb, self.device))
-        stats = tiling.style_statistics_tiled(self.models, rgb, recipe.method, recipe.stages, self.tile_size,
-                                              progress)
+        engine = tiling.TiledEngine(self.models, self.tile_size, progress=progress)
+        stats = engine.style_statistics(rgb, recipe.method, recipe.stages)
         return PreparedStyle(recipe.style_key, stats=stats)
 
     def _paint(self, rgb: np.ndarray, style: PreparedStyle, recipe: Recipe, out: np.ndarray,
@@ -194,14 +195,10 @@ class Stylist:
             result, _ = gatys(self.models, to_tensor(rgb, self.device), style.image,
                               iterations=recipe.iterations, progress=progress)
             out[...] = to_uint8(result)
-        elif recipe.stroke_scale > 1.0:
-            tiling.stylize_stroke_scaled(self.models, rgb, style.stats, recipe.alpha, levels, recipe.stroke_scale,
-                                         self.tile_size, out=out, progress=progress)
+            return
+        tile_size = tiling.resolve_tile_size(self.models, levels, *rgb.shape[:2], self.tile_size)
+        if tile_size == 0 and recipe.stroke_scale == 1.0:  # it fits: no detour through the engine
+            out[...] = to_uint8(stylize(self.models, to_tensor(rgb, self.device), style.stats, recipe.alpha, levels))
         else:
-            tile_size = tiling.resolve_tile_size(self.models, levels, *rgb.shape[:2], self.tile_size)
-            if tile_size == 0:  # the whole image fits: no detour through the tiled engine
-                out[...] = to_uint8(stylize(self.models, to_tensor(rgb, self.device), style.stats, recipe.alpha,
-                                            levels))
-            else:
-                tiling.stylize_tiled(self.models, rgb, style.stats, recipe.alpha, levels, tile_size, out=out,
-                                     progress=progress)
+            engine = tiling.TiledEngine(self.models, self.tile_size, progress=progress)
+            engine.stylize(rgb, style.stats, recipe.alpha, levels, recipe.stroke_scale, out=out)

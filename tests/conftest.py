@@ -1,4 +1,10 @@
-"""Shared fixtures. The S3 ones are self-contained: a real HTTP S3 server (moto) on 127.0.0.1."""
+"""Shared fixtures and the test tiers.
+
+The S3 fixtures are self-contained: a real HTTP S3 server (moto) on 127.0.0.1. Tests that use a
+server or Ray fixture are marked `integration` here; tests that start subprocesses, Ray or
+training runs by themselves carry the mark in their module. `pytest -m "not integration"` runs
+the unit tier alone.
+"""
 from __future__ import annotations
 
 import uuid
@@ -6,6 +12,15 @@ import uuid
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
+
+
+SERVER_FIXTURES = {"s3_endpoint", "s3_bucket", "local_ray", "ray_head", "flaky_s3"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

@@ -108,6 +108,7 @@ def test_broken_model_directory(model_copy, tmp_path, capsys, damage, reason):
     assert not out.exists()
 
 
+@pytest.mark.integration  # a subprocess
 def test_real_process_exit_status_and_no_traceback(tmp_path):
     env = {**os.environ, "CDCORE_MODELS": str(MODELS)}
     proc = subprocess.run([sys.executable, "-m", "cdcore.cli", "stylize", str(tmp_path / "none.jpg"), STYLE_IMG,

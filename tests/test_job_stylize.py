@@ -195,6 +195,25 @@ def test_stylizer_encodes_a_style_once_and_keeps_going_after_bad_rows(inputs, tm
     assert np.abs(read_image(rows[1].output).rgb.astype(int) - whole).max() <= 1
 
 
+def test_per_row_options_match_the_command_pixel_for_pixel(inputs, tmp_path):
+    """Manifest columns levels, stroke_scale and content_size do what the command's options do."""
+    from jobs.stylize.worker import Stylizer, WorkerConfig
+
+    content, style = str(inputs / "bridge.jpg"), str(inputs / "style_a.jpg")
+    columns = {"levels": "5,4,3,2,1", "stroke_scale": 1.5, "content_size": 96, "alpha": 0.6}
+    rows = plan_rows([{"content": content, "style": style, "output": str(tmp_path / "job.png"), **columns}],
+                     Options(str(tmp_path)))
+    worker = Stylizer("w0", WorkerConfig(str(MODELS), stages=(5, 4, 3, 2, 1), tile_size=64))
+    assert worker.process(rows[0])["status"] == "ok"
+    cli_out = str(tmp_path / "cli.png")
+    assert cdcore_main(["stylize", content, style, "-o", cli_out, "--models", str(MODELS), "--tile-size", "64",
+                        "--levels", "5,4,3,2,1", "--stroke-scale", "1.5", "--content-size", "96",
+                        "--alpha", "0.6"]) == 0
+    job = read_image(str(tmp_path / "job.png"))
+    assert job.size == (131, 96)  # the shorter side is 96
+    np.testing.assert_array_equal(job.rgb, read_image(cli_out).rgb)
+
+
 @pytest.mark.parametrize("case, expected", [
     ("missing manifest", "manifest not found"),
     ("missing column", "missing column(s) style"),

@@ -6,6 +6,7 @@ import pytest
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.integration  # a subprocess
 def test_glibc_takes_the_settings():
     # In a child process: the settings are process-wide and must not leak into the test run.
     code = "from cdcore import memory; print(memory.reuse_freed_memory()); memory.release_freed_memory()"
@@ -14,6 +15,7 @@ def test_glibc_takes_the_settings():
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.integration  # a subprocess
 def test_heap_guard_trims_only_once_memory_has_crept():
     # A child process: it changes process-wide allocator settings.
     code = """

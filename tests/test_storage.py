@@ -16,7 +16,7 @@ from cdcore import storage
 from cdcore.storage import MiB, NotFound, StorageError
 
 
-@pytest.fixture(params=["path", "file", "s3"])
+@pytest.fixture(params=["path", "file", pytest.param("s3", marks=pytest.mark.integration)])
 def base(request, tmp_path):
     """An empty folder as a plain path, a file:// URI and an s3:// bucket."""
     folder = tmp_path / "base"

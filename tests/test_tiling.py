@@ -16,7 +16,7 @@ from PIL import Image
 
 from cdcore import tiling
 from cdcore.images import Canvas
-from cdcore.tiling import engine, planning
+from cdcore.tiling import TiledEngine, passes, planning
 from cdcore.images import ImageError, read_image
 from cdcore.modelset import load_model_set
 from cdcore.stylize import run_stage, style_statistics, stylize, to_tensor, to_uint8
@@ -94,8 +94,7 @@ def test_plan_tiles_spends_little_on_halos_of_a_wide_image():
 def test_tiled_stage_equals_whole_image_stage(models, content, wct, stage):
     """Floats, one stage, a tile size (100) that neither divides the image nor is a multiple of 16."""
     whole = run_stage(models, to_tensor(content), stage, wct, 0.8)
-    tiled = tiling.stylize_tiled(models, content, wct, 0.8, (stage,), 100,
-                                 out=np.empty((H, W, 3), np.float32))
+    tiled = TiledEngine(models, 100).stylize(content, wct, 0.8, (stage,), out=np.empty((H, W, 3), np.float32))
     np.testing.assert_allclose(tiled, whole[0].permute(1, 2, 0).numpy(), rtol=0, atol=1e-4)
 
 
@@ -105,11 +104,10 @@ def test_halos_are_the_smallest_exact_ones(models, content, wct, monkeypatch, st
     """One feature pixel less of either halo and tiles no longer match the whole image."""
     whole = run_stage(models, to_tensor(content), stage, wct, 1.0)[0].permute(1, 2, 0).numpy()
     exact = getattr(planning, halo)
-    for module in (planning, engine):  # every module that looked the halo up
+    for module in (planning, passes):  # every module that looked the halo up
         if hasattr(module, halo):
             monkeypatch.setattr(module, halo, lambda k: exact(k) - 1)
-    short = tiling.stylize_tiled(models, content, wct, 1.0, (stage,), 100,
-                                 out=np.empty((H, W, 3), np.float32))
+    short = TiledEngine(models, 100).stylize(content, wct, 1.0, (stage,), out=np.empty((H, W, 3), np.float32))
     assert np.abs(short - whole).max() > 1e-4  # 10x the tolerance of the exact halos
 
 
@@ -117,7 +115,7 @@ def test_halos_are_the_smallest_exact_ones(models, content, wct, monkeypatch, st
 def test_tiled_cascade_matches_whole_image(models, content, method, tile_size, request):
     style = request.getfixturevalue(method)
     whole = to_uint8(stylize(models, to_tensor(content), style, 1.0))
-    tiled = tiling.stylize_tiled(models, content, style, 1.0, tile_size=tile_size)
+    tiled = TiledEngine(models, tile_size).stylize(content, style, 1.0)
     assert tiled.shape == (H, W, 3) and tiled.dtype == np.uint8
     assert psnr(tiled, whole) >= 45.0
 
@@ -125,7 +123,7 @@ def test_tiled_cascade_matches_whole_image(models, content, method, tile_size, r
 def test_tiled_style_statistics_match_whole_style(models, style_rgb):
     """The style is not padded: its odd-sized edge tiles must pool and reflect as the whole one."""
     whole = style_statistics(models, to_tensor(style_rgb), "wct")
-    tiled = tiling.style_statistics_tiled(models, style_rgb, "wct", tile_size=176)
+    tiled = TiledEngine(models, 176).style_statistics(style_rgb, "wct")
     assert tiled.model_id == whole.model_id and tiled.stages.keys() == whole.stages.keys()
     for k, stage in whole.stages.items():
         torch.testing.assert_close(tiled.stages[k].mean, stage.mean, rtol=1e-6, atol=1e-6)
@@ -133,16 +131,15 @@ def test_tiled_style_statistics_match_whole_style(models, style_rgb):
 
 
 def test_disk_and_memory_buffers_give_the_same_image(models, content, adain, tmp_path):
-    on_disk = tiling.stylize_tiled(models, content, adain, tile_size=128, disk_buffer=True,
-                                   temp_dir=str(tmp_path))
-    in_ram = tiling.stylize_tiled(models, content, adain, tile_size=128, disk_buffer=False)
+    on_disk = TiledEngine(models, 128, disk_buffer=True, temp_dir=str(tmp_path)).stylize(content, adain)
+    in_ram = TiledEngine(models, 128, disk_buffer=False).stylize(content, adain)
     np.testing.assert_array_equal(on_disk, in_ram)
     assert list(tmp_path.iterdir()) == []  # the temporary directory went with the run
 
 
 def test_progress_reports_every_tile_with_a_finite_eta(models, content, adain):
     reports = []
-    tiling.stylize_tiled(models, content, adain, tile_size=128, progress=reports.append)
+    TiledEngine(models, 128, progress=reports.append).stylize(content, adain)
     render = [p for p in reports if p.step == "render"]
     assert [p.tile for p in render] == list(range(1, render[0].tiles + 1))
     assert all(p.stage == 4 and p.mp_per_s > 0 and np.isfinite(p.eta_s) for p in reports)
@@ -164,7 +161,7 @@ MEMORY_CHILD = textwrap.dedent("""
     photo = read_image(sys.argv[2]).rgb
     style = style_statistics(models, to_tensor(photo), "wct", (1,))
     content = np.tile(photo, (6, 8, 1))
-    out = tiling.stylize_tiled(models, content, style, 1.0, (1,), 512, disk_buffer=True)
+    out = tiling.TiledEngine(models, 512, disk_buffer=True).stylize(content, style, 1.0, (1,))
     # VmHWM, not ru_maxrss: after a fork+exec from a big parent (pytest), ru_maxrss reports the
     # parent's peak, which Linux carries across exec.
     hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
@@ -172,6 +169,7 @@ MEMORY_CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration  # a subprocess
 def test_tiled_memory_stays_bounded_on_a_12_megapixel_image():
     done = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(MODELS), str(CONTENT / "bridge_512.jpg")],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -190,24 +188,24 @@ def test_stroke_scale_runs_coarse_levels_small_and_fine_levels_full_size(models,
     upsampled = F.interpolate(coarse, size=(H, W), mode="bilinear", align_corners=False)
     expected = to_uint8(stylize(models, upsampled, wct, 1.0, (2, 1)))
     for tile_size in (0, 112):
-        got = tiling.stylize_stroke_scaled(models, content, wct, 1.0, stroke_scale=2.5, tile_size=tile_size)
+        got = TiledEngine(models, tile_size).stylize(content, wct, 1.0, stroke_scale=2.5)
         assert psnr(got, expected) >= 45.0
 
 
 def test_stroke_scale_one_is_plain_tiling(models, content, adain):
-    scaled = tiling.stylize_stroke_scaled(models, content, adain, stroke_scale=1, tile_size=128)
-    np.testing.assert_array_equal(scaled, tiling.stylize_tiled(models, content, adain, tile_size=128))
+    scaled = TiledEngine(models, 128).stylize(content, adain, stroke_scale=1)
+    np.testing.assert_array_equal(scaled, TiledEngine(models, 128).stylize(content, adain))
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda m, c, s: tiling.stylize_tiled(m, c, s, tile_size=-1), "tile size"),
-    (lambda m, c, s: tiling.stylize_tiled(m, c, s, tile_size=64, out=np.empty((5, 5, 3))), "out must"),
-    (lambda m, c, s: tiling.stylize_tiled(m, c[..., :2], s, tile_size=64), "expected an"),
-    (lambda m, c, s: tiling.stylize_stroke_scaled(m, c, s, stroke_scale=0.5), "stroke scale"),
-    (lambda m, c, s: tiling.stylize_stroke_scaled(m, np.float32(c / 255), s), "needs uint8"),
-    (lambda m, c, s: tiling.stylize_stroke_scaled(m, c, s, levels=(5, 4), stroke_scale=2), "fine"),
-    (lambda m, c, s: tiling.stylize_stroke_scaled(m, c, s, levels=(1, 5), stroke_scale=2), "coarse"),
-    (lambda m, c, s: tiling.style_statistics_tiled(m, c, "nst"), "method"),
+    (lambda m, c, s: TiledEngine(m, -1).stylize(c, s), "tile size"),
+    (lambda m, c, s: TiledEngine(m, 64).stylize(c, s, out=np.empty((5, 5, 3))), "out must"),
+    (lambda m, c, s: TiledEngine(m, 64).stylize(c[..., :2], s), "expected an"),
+    (lambda m, c, s: TiledEngine(m).stylize(c, s, stroke_scale=0.5), "stroke scale"),
+    (lambda m, c, s: TiledEngine(m).stylize(np.float32(c / 255), s, stroke_scale=2), "needs uint8"),
+    (lambda m, c, s: TiledEngine(m).stylize(c, s, levels=(5, 4), stroke_scale=2), "fine"),
+    (lambda m, c, s: TiledEngine(m).stylize(c, s, levels=(1, 5), stroke_scale=2), "coarse"),
+    (lambda m, c, s: TiledEngine(m).style_statistics(c, "nst"), "method"),
     (lambda m, c, s: tiling.choose_tile_size(0, 10), "size"),
 ])
 def test_bad_arguments_raise_value_error(models, content, wct, call, match):

@@ -4,22 +4,25 @@ Every pixel a tile keeps equals the whole-image result up to float rounding, bec
 carries a halo as wide as the band its cut edges corrupt, starts on the stage's pooling grid, and
 reflect-pads where the whole image does at the image's own edges.
 
+    engine     `TiledEngine`: stylize an image, or compute a style's statistics, tile by tile
     planning   where the windows go (halos, `plan_tiles`), their work, and the tile size
+    passes     the statistics and render passes of a stage (`StageRun`), and the cascade of stages
     buffers    the image between stages, in RAM or in numpy.memmap files, read by window
-    engine     the statistics and render passes of a stage; `stylize_tiled`, `style_statistics_tiled`
-    strokes    `stylize_stroke_scaled`: coarse stages on a downscaled content
+    strokes    stroke scale: the coarse stages on a downscaled content
     progress   `TileProgress` reports and the heap guard
+
+    engine = TiledEngine(models, tile_size=1024, progress=print)
+    stats = engine.style_statistics(style_rgb, "wct")
+    result = engine.stylize(content_rgb, stats, alpha=0.8)      # (H, W, 3) uint8
 
 Peak memory is that of one window's network call, plus the caller's input and the 8-bit result
 (`choose_tile_size`).
 """
 from .buffers import ImageBuffer
-from .engine import style_statistics_tiled, stylize_tiled
+from .engine import TiledEngine
 from .planning import (MAX_CPU_TILE, MAX_CUDA_TILE, MIN_TILE, Tile, choose_tile_size, decoder_halo,
                        encoder_halo, plan_tiles, resolve_tile_size)
 from .progress import TileProgress
-from .strokes import COARSE_STAGES, stylize_stroke_scaled
 
-__all__ = ["COARSE_STAGES", "MAX_CPU_TILE", "MAX_CUDA_TILE", "MIN_TILE", "ImageBuffer", "Tile", "TileProgress",
-           "choose_tile_size", "decoder_halo", "encoder_halo", "plan_tiles", "resolve_tile_size",
-           "style_statistics_tiled", "stylize_stroke_scaled", "stylize_tiled"]
+__all__ = ["MAX_CPU_TILE", "MAX_CUDA_TILE", "MIN_TILE", "ImageBuffer", "Tile", "TiledEngine", "TileProgress",
+           "choose_tile_size", "decoder_halo", "encoder_halo", "plan_tiles", "resolve_tile_size"]

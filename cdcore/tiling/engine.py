@@ -1,15 +1,4 @@
-"""The two passes of a tiled stage, and the cascade and style statistics built from them.
-
-A stage k of the cascade (`stylize.run_stage`) runs here in two passes over tiles:
-
-1. statistics: encode each tile's window, keep the features of the part the tile owns, and
-   accumulate their `Moments` (float64); the sum is the whole image's, so the map A, b is exact;
-2. render: per tile, decode the window's features moved by A f + b, and write the part the tile
-   owns into the stage's output buffer.
-
-Where encoding is dear and the features small (stages 2 to 5), the statistics pass stores them
-and the render pass decodes from that store instead of encoding again.
-"""
+"""`TiledEngine`: the exact tiled engine's public face, for one model set and one way of tiling."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,198 +9,101 @@ import torch
 
 from .. import transforms
 from ..modelset import ModelSet
-from ..nets import Decoder, Encoder, stage_multiple
+from ..nets import stage_multiple
 from ..options import DEFAULT_LEVELS
-from ..stylize import StyleStats, check_content_size, check_style, check_style_size, style_statistics, stylize
-from .buffers import Buffers, ImageBuffer, PaddedImage, as_buffer, read_whole, to_numpy, to_tensor
-from .planning import (StagePlan, Tile, cascade_work, encoder_halo, expand, image_span, macs_per_pixel,
-                       pass_work, plan_stage, plan_tiles, resolve_tile_size, span_length)
+from ..options import stroke_scale as check_stroke_scale
+from ..stylize import StyleStats, check_style, check_style_size, style_statistics
+from .buffers import Buffers, ImageBuffer, PaddedImage, as_buffer, read_whole
+from .passes import Cascade, accumulate
+from .planning import cascade_work, encoder_halo, macs_per_pixel, pass_work, plan_tiles, resolve_tile_size
 from .progress import Meter, TileProgress
-
-
-def _device(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
-def _encode(encoder: Encoder, source: PaddedImage, rows: slice, cols: slice, grid: tuple[int, int]) -> torch.Tensor:
-    """Features (1, C, h, w) of the feature window [rows, cols], encoded from the image under it:
-    exact but within `encoder_halo` of the window's edges inside the grid."""
-    m = stage_multiple(encoder.stage)
-    y, x = image_span(rows, m, grid[0], source.height), image_span(cols, m, grid[1], source.width)
-    return encoder(source.window(y, x, _device(encoder)))
-
-
-def accumulate(encoder: Encoder, source: PaddedImage, grid: tuple[int, int], tiles: list[Tile], meter: Meter,
-               store: ImageBuffer | None = None) -> transforms.Moments:
-    """Moments of the features of the whole grid, summed tile by tile (and the features written to
-    `store` when given). The caller starts the meter's pass."""
-    m = stage_multiple(encoder.stage)
-    total = None
-    for i, tile in enumerate(tiles):
-        feature = tile.kept(_encode(encoder, source, tile.rows, tile.cols, grid))
-        part = transforms.moments(feature)
-        total = part if total is None else total + part
-        if store is not None:
-            store.write(tile.keep_rows, tile.keep_cols, to_numpy(feature))
-        meter.tile_done(i, span_length(tile.keep_rows) * span_length(tile.keep_cols) * m * m)
-    return total
+from .strokes import stylize_stroke_scaled
 
 
 @dataclass
-class StageRun:
-    """Stage k, tiled, over one image: `run` equals `stylize.run_stage` on the whole image."""
+class TiledEngine:
+    """Stylizes images of any size tile by tile; results equal the whole-image path's
+    (`stylize.stylize`, `stylize.style_statistics`) up to float rounding.
 
-    encoder: Encoder
-    decoder: Decoder
-    plan: StagePlan
-    source: PaddedImage
-    meter: Meter
-
-    @classmethod
-    def over(cls, models: ModelSet, k: int, image: ImageBuffer, tile_size: int, meter: Meter) -> "StageRun":
-        plan = plan_stage(models, k, *image.shape[:2], tile_size)
-        m = stage_multiple(k)
-        source = PaddedImage(image, plan.grid[0] * m, plan.grid[1] * m)
-        return cls(models.encoder(k), models.decoder(k), plan, source, meter)
-
-    def run(self, dest: ImageBuffer, style: StyleStats, alpha: float, buffers: Buffers) -> None:
-        """image -> dest (H, W, 3), through the content's exact statistics."""
-        k, plan = self.plan.k, self.plan
-        store = buffers.new((*plan.grid, self.encoder.out_channels)) if plan.stored else None
-        try:
-            self.meter.start_pass(k, "statistics", len(plan.statistics), plan.statistics_work)
-            content = accumulate(self.encoder, self.source, plan.grid, plan.statistics, self.meter, store)
-            a, b = transforms.affine_map(content, style.stages[k], alpha, style.method)
-            self.render(a, b, dest, store)
-        finally:
-            if store is not None:
-                store.close()
-
-    def render(self, a: torch.Tensor, b: torch.Tensor, dest: ImageBuffer, store: ImageBuffer | None) -> None:
-        """Decode every tile's window of features, moved by A f + b; keep the part the tile owns,
-        cropped to the unpadded image, in `dest`. Features come from `store`, or are encoded again."""
-        k, plan, m = self.plan.k, self.plan, stage_multiple(self.plan.k)
-        height, width = dest.shape[:2]
-        self.meter.start_pass(k, "render", len(plan.render), plan.render_work)
-        for i, tile in enumerate(plan.render):
-            if store is not None:
-                feature = to_tensor(store.read(tile.rows, tile.cols), _device(self.decoder))
-            else:
-                feature = self._exact_features(tile.rows, tile.cols)
-            image = self.decoder(feature, affine=(a, b))
-            y = slice(tile.keep_rows.start * m, min(tile.keep_rows.stop * m, height))
-            x = slice(tile.keep_cols.start * m, min(tile.keep_cols.stop * m, width))
-            y0, x0 = y.start - tile.rows.start * m, x.start - tile.cols.start * m
-            dest.store(y, x, image[..., y0: y0 + span_length(y), x0: x0 + span_length(x)])
-            self.meter.tile_done(i, span_length(y) * span_length(x))
-
-    def _exact_features(self, rows: slice, cols: slice) -> torch.Tensor:
-        """Features of [rows, cols] exact up to its edges: encoded with the encoder halo around it."""
-        halo, grid = encoder_halo(self.plan.k), self.plan.grid
-        window = Tile(expand(rows, halo, grid[0]), expand(cols, halo, grid[1]), rows, cols)
-        return window.kept(_encode(self.encoder, self.source, window.rows, window.cols, grid))
-
-
-@dataclass
-class Cascade:
-    """Runs levels of the cascade over images, with what every stage of a run shares."""
-
-    models: ModelSet
-    style: StyleStats
-    alpha: float
-    buffers: Buffers
-    meter: Meter
-
-    def run(self, image: ImageBuffer, dest: ImageBuffer, levels: tuple[int, ...], tile_size: int) -> None:
-        """Stages `levels` in order from `image` to `dest` (uint8 or float32, (H, W, 3)). Each
-        stage's float result, unclamped, is the next one's input, in a buffer freed once read."""
-        if tile_size == 0:
-            dest.store(slice(None), slice(None), stylize(self.models, read_whole(image), self.style,
-                                                         self.alpha, levels))
-            return
-        check_content_size(*image.shape[:2], levels)
-        self.meter.heap.start()
-        current = image
-        for i, k in enumerate(levels):
-            out = dest if i == len(levels) - 1 else self.buffers.new((*image.shape[:2], 3))
-            StageRun.over(self.models, k, current, tile_size, self.meter).run(out, self.style, self.alpha,
-                                                                                self.buffers)
-            if current is not image:
-                current.close()
-            current = out
-
-
-def new_output(out: np.ndarray | None, height: int, width: int) -> np.ndarray:
-    if out is None:
-        return np.empty((height, width, 3), np.uint8)
-    if out.shape != (height, width, 3) or out.dtype not in (np.uint8, np.float32):
-        raise ValueError(f"out must be ({height}, {width}, 3) uint8 or float32 (got {out.shape} {out.dtype})")
-    return out
-
-
-@torch.inference_mode()
-def stylize_tiled(models: ModelSet, content, style: StyleStats, alpha: float = 1.0, levels=None,
-                  tile_size: int | None = None, *, out: np.ndarray | None = None,
-                  disk_buffer: bool | None = None, temp_dir: str | None = None,
-                  progress: Callable[[TileProgress], None] | None = None) -> np.ndarray:
-    """Stylize an (H, W, 3) image tile by tile; the result equals `stylize.stylize`'s.
-
-    content: uint8 RGB, or float32 in [0, 1]; a numpy array, a numpy.memmap or an ImageBuffer.
     tile_size: bounds what one network call sees, and so the memory: every window of stage k
         holds at most tile_size^2 image pixels (side counted in its pooling multiple 2^(k-1),
         rounded down, and at least 4 halos), shaped by `plan_tiles`. 0 runs the whole image at
-        once (`stylize.stylize`); None picks a size with `choose_tile_size` from the memory free
-        on the models' device.
-    out: where the result goes: an (H, W, 3) uint8 array, rounded as `to_uint8` rounds (for
-        instance `images.Canvas.rgb`, which the image encoder then reads in place), or float32 for
-        the unclamped floats; a new uint8 array when None. It is also returned.
+        once; None picks a size per image with `choose_tile_size` from the memory free on the
+        models' device (the whole image when it fits).
     disk_buffer: keep the image between stages (and stored features) in numpy.memmap files in a
         temporary directory under `temp_dir` (True), in RAM (False), or decide by size (None: on
         disk above buffers.DISK_BUFFER_BYTES per image). Use a disk-backed `temp_dir` where /tmp
         is tmpfs.
     progress: called with a `TileProgress` after every tile (whole-image runs report nothing).
     """
-    levels = check_style(models, style, levels)
-    image = as_buffer(content)
-    height, width = image.shape[:2]
-    out = new_output(out, height, width)
-    tile_size = resolve_tile_size(models, levels, height, width, tile_size)
-    meter = Meter(progress, cascade_work(models, levels, height, width, tile_size))
-    with Buffers.open(height, width, disk_buffer, temp_dir) as buffers:
-        Cascade(models, style, alpha, buffers, meter).run(image, ImageBuffer(out), levels, tile_size)
+
+    models: ModelSet
+    tile_size: int | None = None
+    disk_buffer: bool | None = None
+    temp_dir: str | None = None
+    progress: Callable[[TileProgress], None] | None = None
+
+    @torch.inference_mode()
+    def stylize(self, content, style: StyleStats, alpha: float = 1.0, levels=None, stroke_scale: float = 1.0,
+                out: np.ndarray | None = None) -> np.ndarray:
+        """Stylize an (H, W, 3) image with `style`'s statistics at `levels` (default: all it has).
+
+        content: uint8 RGB, or float32 in [0, 1]; a numpy array, a numpy.memmap or an ImageBuffer.
+        stroke_scale: S > 1 runs the coarse levels on the content downscaled by S (uint8 content
+            only), so strokes come out S times larger (`strokes`).
+        out: where the result goes: an (H, W, 3) uint8 array, rounded as `stylize.to_uint8` rounds
+            (for instance `images.Canvas.rgb`, which the image encoder then reads in place), or
+            float32 for the unclamped floats; a new uint8 array when None. It is also returned.
+        """
+        levels = check_style(self.models, style, levels)
+        image = as_buffer(content)
+        height, width = image.shape[:2]
+        out = _output(out, height, width)
+        if check_stroke_scale(stroke_scale) > 1.0:
+            stylize_stroke_scaled(self, content, style, alpha, levels, stroke_scale, out)
+            return out
+        tile_size = resolve_tile_size(self.models, levels, height, width, self.tile_size)
+        meter = Meter(self.progress, cascade_work(self.models, levels, height, width, tile_size))
+        with Buffers.open(height, width, self.disk_buffer, self.temp_dir) as buffers:
+            Cascade(self.models, style, alpha, buffers, meter).run(image, ImageBuffer(out), levels, tile_size)
+        return out
+
+    @torch.inference_mode()
+    def style_statistics(self, style, method: str = "wct", levels=None) -> StyleStats:
+        """`stylize.style_statistics` of an (H, W, 3) uint8 or float32 style, tile by tile.
+
+        The style is not padded (pooling floors odd sizes, as in the whole-image path), so tiles at
+        its bottom and right reach its true edge.
+        """
+        if method not in DEFAULT_LEVELS:
+            raise ValueError(f"method must be one of {tuple(DEFAULT_LEVELS)} (got {method!r})")
+        levels = tuple(levels or DEFAULT_LEVELS[method])
+        image = as_buffer(style)
+        height, width = image.shape[:2]
+        tile_size = resolve_tile_size(self.models, levels, height, width, self.tile_size)
+        if tile_size == 0:
+            return style_statistics(self.models, read_whole(image), method, levels)
+        check_style_size(height, width, levels)
+        plans = {}
+        for k in levels:  # unpadded: pooling floors the style's size, as for the whole style
+            m = stage_multiple(k)
+            grid = (height // m, width // m)
+            tiles = plan_tiles(grid, encoder_halo(k), max(1, tile_size // m))
+            plans[k] = grid, tiles, pass_work(tiles, m, macs_per_pixel(self.models.encoder(k), k))
+        meter = Meter(self.progress, sum(work for _, _, work in plans.values()))
+        source = PaddedImage(image, height, width)
+        stages = {}
+        meter.heap.start()
+        for k, (grid, tiles, work) in plans.items():
+            meter.start_pass(k, "style", len(tiles), work)
+            moments = accumulate(self.models.encoder(k), source, grid, tiles, meter)
+            stages[k] = transforms.style_stage(moments, method)
+        return StyleStats(method, self.models.model_id, stages)
+
+
+def _output(out: np.ndarray | None, height: int, width: int) -> np.ndarray:
+    if out is None:
+        return np.empty((height, width, 3), np.uint8)
+    if out.shape != (height, width, 3) or out.dtype not in (np.uint8, np.float32):
+        raise ValueError(f"out must be ({height}, {width}, 3) uint8 or float32 (got {out.shape} {out.dtype})")
     return out
-
-
-@torch.inference_mode()
-def style_statistics_tiled(models: ModelSet, style, method: str = "wct", levels=None,
-                           tile_size: int | None = None,
-                           progress: Callable[[TileProgress], None] | None = None) -> StyleStats:
-    """`stylize.style_statistics` of an (H, W, 3) uint8 or float32 style, computed tile by tile.
-
-    The style is not padded (pooling floors odd sizes, as in the whole-image path), so tiles at
-    its bottom and right reach its true edge. `tile_size` None chooses one from free memory; 0
-    encodes the whole style at once.
-    """
-    if method not in DEFAULT_LEVELS:
-        raise ValueError(f"method must be one of {tuple(DEFAULT_LEVELS)} (got {method!r})")
-    levels = tuple(levels or DEFAULT_LEVELS[method])
-    image = as_buffer(style)
-    height, width = image.shape[:2]
-    tile_size = resolve_tile_size(models, levels, height, width, tile_size)
-    if tile_size == 0:
-        return style_statistics(models, read_whole(image), method, levels)
-    check_style_size(height, width, levels)
-    plans = {}
-    for k in levels:  # the style is not padded: pooling floors its size, as for the whole style
-        m = stage_multiple(k)
-        grid = (height // m, width // m)
-        tiles = plan_tiles(grid, encoder_halo(k), max(1, tile_size // m))
-        plans[k] = grid, tiles, pass_work(tiles, m, macs_per_pixel(models.encoder(k), k))
-    meter = Meter(progress, sum(work for _, _, work in plans.values()))
-    source = PaddedImage(image, height, width)
-    stages = {}
-    meter.heap.start()
-    for k, (grid, tiles, work) in plans.items():
-        meter.start_pass(k, "style", len(tiles), work)
-        stages[k] = transforms.style_stage(accumulate(models.encoder(k), source, grid, tiles, meter), method)
-    return StyleStats(method, models.model_id, stages)

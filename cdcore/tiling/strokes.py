@@ -8,20 +8,20 @@ size on the upsampled result, restoring sharp edges and fine texture.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
-from ..modelset import ModelSet
-from ..options import COARSE_STAGES, split_levels
-from ..options import stroke_scale as check_stroke_scale
-from ..stylize import StyleStats, check_style
-from .buffers import Buffers, ImageBuffer, as_buffer
-from .engine import Cascade, new_output, stylize_tiled
+from ..options import split_levels
+from ..stylize import StyleStats
+from .buffers import Buffers, ImageBuffer
+from .passes import Cascade
 from .planning import cascade_work, resolve_tile_size
-from .progress import Meter, TileProgress
+from .progress import Meter
+
+if TYPE_CHECKING:
+    from .engine import TiledEngine
 
 
 def _linear_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,39 +48,23 @@ def upsample_bilinear(small: ImageBuffer, dest: ImageBuffer, band: int = 128) ->
         dest.write(ys, slice(None), left + (right - left) * cw[None, :, None])
 
 
-@torch.inference_mode()
-def stylize_stroke_scaled(models: ModelSet, content: np.ndarray, style: StyleStats, alpha: float = 1.0,
-                          levels=None, stroke_scale: float = 2.0, tile_size: int | None = None, *,
-                          out: np.ndarray | None = None, disk_buffer: bool | None = None,
-                          temp_dir: str | None = None,
-                          progress: Callable[[TileProgress], None] | None = None) -> np.ndarray:
-    """Stylize with brush strokes `stroke_scale` (S) times larger than `stylize_tiled` paints them.
-
-    The coarse levels run on the content downscaled by S (Lanczos); their float result is
-    upsampled back to full size (bilinear) and the fine levels run on it at full size. S = 1 is
-    `stylize_tiled`. The levels must list the coarse stages first, and hold both kinds.
-
-    content: (H, W, 3) uint8. The other arguments, and the result, as in `stylize_tiled`.
-    """
-    stroke_scale = check_stroke_scale(stroke_scale)
-    if stroke_scale == 1.0:
-        return stylize_tiled(models, content, style, alpha, levels, tile_size, out=out,
-                             disk_buffer=disk_buffer, temp_dir=temp_dir, progress=progress)
-    levels = check_style(models, style, levels)
+def stylize_stroke_scaled(engine: "TiledEngine", content: np.ndarray, style: StyleStats, alpha: float,
+                          levels: tuple[int, ...], stroke_scale: float, out: np.ndarray) -> None:
+    """`engine.stylize` with a stroke scale S > 1, into `out`: the coarse levels on the content
+    downscaled by S (Lanczos); their float result upsampled back to full size (bilinear); the fine
+    levels on that, at full size. `content` is (H, W, 3) uint8."""
     coarse, fine = split_levels(levels)
-    dtype = as_buffer(content).dtype  # checks the shape
-    if not isinstance(content, np.ndarray) or dtype != np.uint8:
-        raise ValueError(f"a stroke scale needs uint8 content in a numpy array (got {type(content).__name__} "
-                         f"of {dtype})")
-    height, width = content.shape[:2]
-    out = new_output(out, height, width)
+    if not isinstance(content, np.ndarray) or content.dtype != np.uint8:
+        raise ValueError(f"a stroke scale needs uint8 content in a numpy array (got "
+                         f"{type(content).__name__} of {getattr(content, 'dtype', '?')})")
+    models, height, width = engine.models, *content.shape[:2]
     small_size = (max(1, round(width / stroke_scale)), max(1, round(height / stroke_scale)))
     small = np.asarray(Image.fromarray(content).resize(small_size, Image.Resampling.LANCZOS))
-    coarse_tile = resolve_tile_size(models, coarse, *small.shape[:2], tile_size)
-    fine_tile = resolve_tile_size(models, fine, height, width, tile_size)
-    meter = Meter(progress, cascade_work(models, coarse, *small.shape[:2], coarse_tile)
+    coarse_tile = resolve_tile_size(models, coarse, *small.shape[:2], engine.tile_size)
+    fine_tile = resolve_tile_size(models, fine, height, width, engine.tile_size)
+    meter = Meter(engine.progress, cascade_work(models, coarse, *small.shape[:2], coarse_tile)
                   + cascade_work(models, fine, height, width, fine_tile))
-    with Buffers.open(height, width, disk_buffer, temp_dir) as buffers:
+    with Buffers.open(height, width, engine.disk_buffer, engine.temp_dir) as buffers:
         cascade = Cascade(models, style, alpha, buffers, meter)
         coarse_result = buffers.new(small.shape)
         cascade.run(ImageBuffer(small), coarse_result, coarse, coarse_tile)
@@ -89,4 +73,3 @@ def stylize_stroke_scaled(models: ModelSet, content: np.ndarray, style: StyleSta
         coarse_result.close()
         cascade.run(upsampled, ImageBuffer(out), fine, fine_tile)
         upsampled.close()
-    return out

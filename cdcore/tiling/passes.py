@@ -1,0 +1,136 @@
+"""The two passes of a tiled stage, and the cascade of stages built from them.
+
+A stage k of the cascade (`stylize.run_stage`) runs here in two passes over tiles:
+
+1. statistics: encode each tile's window, keep the features of the part the tile owns, and
+   accumulate their `Moments` (float64); the sum is the whole image's, so the map A, b is exact;
+2. render: per tile, decode the window's features moved by A f + b, and write the part the tile
+   owns into the stage's output buffer.
+
+Where encoding is dear and the features small (stages 2 to 5), the statistics pass stores them
+and the render pass decodes from that store instead of encoding again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import torch
+
+from .. import transforms
+from ..modelset import ModelSet
+from ..nets import Decoder, Encoder, stage_multiple
+from ..stylize import StyleStats, check_content_size, stylize
+from .buffers import Buffers, ImageBuffer, PaddedImage, read_whole, to_numpy, to_tensor
+from .planning import StagePlan, Tile, encoder_halo, expand, image_span, plan_stage, span_length
+from .progress import Meter
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _encode(encoder: Encoder, source: PaddedImage, rows: slice, cols: slice, grid: tuple[int, int]) -> torch.Tensor:
+    """Features (1, C, h, w) of the feature window [rows, cols], encoded from the image under it:
+    exact but within `encoder_halo` of the window's edges inside the grid."""
+    m = stage_multiple(encoder.stage)
+    y, x = image_span(rows, m, grid[0], source.height), image_span(cols, m, grid[1], source.width)
+    return encoder(source.window(y, x, _device(encoder)))
+
+
+def accumulate(encoder: Encoder, source: PaddedImage, grid: tuple[int, int], tiles: list[Tile], meter: Meter,
+               store: ImageBuffer | None = None) -> transforms.Moments:
+    """Moments of the features of the whole grid, summed tile by tile (and the features written to
+    `store` when given). The caller starts the meter's pass."""
+    m = stage_multiple(encoder.stage)
+    total = None
+    for i, tile in enumerate(tiles):
+        feature = tile.kept(_encode(encoder, source, tile.rows, tile.cols, grid))
+        part = transforms.moments(feature)
+        total = part if total is None else total + part
+        if store is not None:
+            store.write(tile.keep_rows, tile.keep_cols, to_numpy(feature))
+        meter.tile_done(i, span_length(tile.keep_rows) * span_length(tile.keep_cols) * m * m)
+    return total
+
+
+@dataclass
+class StageRun:
+    """Stage k, tiled, over one image: `run` equals `stylize.run_stage` on the whole image."""
+
+    encoder: Encoder
+    decoder: Decoder
+    plan: StagePlan
+    source: PaddedImage
+    meter: Meter
+
+    @classmethod
+    def over(cls, models: ModelSet, k: int, image: ImageBuffer, tile_size: int, meter: Meter) -> "StageRun":
+        plan = plan_stage(models, k, *image.shape[:2], tile_size)
+        m = stage_multiple(k)
+        source = PaddedImage(image, plan.grid[0] * m, plan.grid[1] * m)
+        return cls(models.encoder(k), models.decoder(k), plan, source, meter)
+
+    def run(self, dest: ImageBuffer, style: StyleStats, alpha: float, buffers: Buffers) -> None:
+        """image -> dest (H, W, 3), through the content's exact statistics."""
+        k, plan = self.plan.k, self.plan
+        store = buffers.new((*plan.grid, self.encoder.out_channels)) if plan.stored else None
+        try:
+            self.meter.start_pass(k, "statistics", len(plan.statistics), plan.statistics_work)
+            content = accumulate(self.encoder, self.source, plan.grid, plan.statistics, self.meter, store)
+            a, b = transforms.affine_map(content, style.stages[k], alpha, style.method)
+            self.render(a, b, dest, store)
+        finally:
+            if store is not None:
+                store.close()
+
+    def render(self, a: torch.Tensor, b: torch.Tensor, dest: ImageBuffer, store: ImageBuffer | None) -> None:
+        """Decode every tile's window of features, moved by A f + b; keep the part the tile owns,
+        cropped to the unpadded image, in `dest`. Features come from `store`, or are encoded again."""
+        k, plan, m = self.plan.k, self.plan, stage_multiple(self.plan.k)
+        height, width = dest.shape[:2]
+        self.meter.start_pass(k, "render", len(plan.render), plan.render_work)
+        for i, tile in enumerate(plan.render):
+            if store is not None:
+                feature = to_tensor(store.read(tile.rows, tile.cols), _device(self.decoder))
+            else:
+                feature = self._exact_features(tile.rows, tile.cols)
+            image = self.decoder(feature, affine=(a, b))
+            y = slice(tile.keep_rows.start * m, min(tile.keep_rows.stop * m, height))
+            x = slice(tile.keep_cols.start * m, min(tile.keep_cols.stop * m, width))
+            y0, x0 = y.start - tile.rows.start * m, x.start - tile.cols.start * m
+            dest.store(y, x, image[..., y0: y0 + span_length(y), x0: x0 + span_length(x)])
+            self.meter.tile_done(i, span_length(y) * span_length(x))
+
+    def _exact_features(self, rows: slice, cols: slice) -> torch.Tensor:
+        """Features of [rows, cols] exact up to its edges: encoded with the encoder halo around it."""
+        halo, grid = encoder_halo(self.plan.k), self.plan.grid
+        window = Tile(expand(rows, halo, grid[0]), expand(cols, halo, grid[1]), rows, cols)
+        return window.kept(_encode(self.encoder, self.source, window.rows, window.cols, grid))
+
+
+@dataclass
+class Cascade:
+    """Runs levels of the cascade over images, with what every stage of a run shares."""
+
+    models: ModelSet
+    style: StyleStats
+    alpha: float
+    buffers: Buffers
+    meter: Meter
+
+    def run(self, image: ImageBuffer, dest: ImageBuffer, levels: tuple[int, ...], tile_size: int) -> None:
+        """Stages `levels` in order from `image` to `dest` (uint8 or float32, (H, W, 3)). Each
+        stage's float result, unclamped, is the next one's input, in a buffer freed once read."""
+        if tile_size == 0:
+            dest.store(slice(None), slice(None), stylize(self.models, read_whole(image), self.style,
+                                                         self.alpha, levels))
+            return
+        check_content_size(*image.shape[:2], levels)
+        self.meter.heap.start()
+        current = image
+        for i, k in enumerate(levels):
+            out = dest if i == len(levels) - 1 else self.buffers.new((*image.shape[:2], 3))
+            StageRun.over(self.models, k, current, tile_size, self.meter).run(out, self.style, self.alpha,
+                                                                                self.buffers)
+            if current is not image:
+                current.close()
+            current = out
