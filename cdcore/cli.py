@@ -73,7 +73,7 @@ def cmd_stylize(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    from .modelset import describe_model_set, fetch_published
+    from .modelfiles import describe_model_set, fetch_published
 
     if args.models_command == "fetch":
         dest = fetch_published(args.dest, args.source, log=lambda msg: _say(f"cdcore: {msg}"))
@@ -84,9 +84,7 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from . import images, memory, storage
-    from .modelset import ModelError
-    from .pipeline import StylizeError
+    from . import memory
 
     memory.reuse_freed_memory()
     try:
@@ -94,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd_stylize(args)
         else:
             cmd_models(args)
-    except (StylizeError, images.ImageError, ModelError, storage.StorageError, ValueError) as e:
+    except ValueError as e:  # StylizeError, ModelError, ImageError: each names the input at fault
         _say(f"cdcore: error: {e}")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from .modelset import ModelSet
-from .nets import stage_multiple
+from .architecture import stage_multiple
 
 CONTENT_LAYER = 4  # relu4_1
 STYLE_LAYERS = (1, 2, 3, 4, 5)

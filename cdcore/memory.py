@@ -2,8 +2,8 @@
 
 Activations of a full-resolution stage are hundreds of megabytes each. By default glibc serves
 every allocation above 32 MB with a fresh mmap and unmaps it when freed, so each new activation is
-page-faulted in again on first touch: on a 2-core CPU that was a third of the time of a 4 MP WCT
-cascade. `reuse_freed_memory` keeps freed blocks in the heap for the next tensor instead; peak
+page-faulted in again on first touch, a large share of a CPU cascade's time (benchmarks/RESULTS.md).
+`reuse_freed_memory` keeps freed blocks in the heap for the next tensor instead; peak
 memory is unchanged, since the same sizes recur stage after stage. The tiled engine bounds its
 resident set with a `HeapGuard`.
 """
@@ -32,8 +32,7 @@ def reuse_freed_memory() -> bool:
     if _LIBC is None:
         return False
     # One arena: torch's worker threads otherwise allocate from arenas of their own, whose free
-    # blocks cannot serve the main thread's tensors. A tiled 16 MP run (1024 px) peaked at 1.45
-    # to 1.49 GB in three runs with the default arenas, at 1.10 to 1.27 GB in four with one.
+    # blocks cannot serve the main thread's tensors, and tiled runs peak higher (RESULTS.md).
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, _KEEP), (_M_TRIM_THRESHOLD, _KEEP))
     return all([bool(_LIBC.mallopt(param, value)) for param, value in settings])
 

@@ -26,7 +26,6 @@ from PIL import Image
 from . import images, tiling
 from .gatys import gatys
 from .modelset import ModelSet, load_model_set
-from .nets import STAGES
 from .options import DEFAULT_MAX_PIXELS, Recipe
 from .options import tile_size as check_tile_size
 from .stylize import StyleStats, pick_device, stylize, to_tensor, to_uint8
@@ -34,8 +33,9 @@ from .stylize import StyleStats, pick_device, stylize, to_tensor, to_uint8
 Progress = Callable[[object], None]  # called with a tiling.TileProgress or gatys.IterationProgress
 
 
-class StylizeError(Exception):
-    """A content/style pair could not be stylized; the message names the input at fault."""
+class StylizeError(ValueError):
+    """A content/style pair could not be stylized; the message names the input at fault (the
+    cause may still be no fault of the input, such as storage that did not answer)."""
 
 
 @contextlib.contextmanager
@@ -104,7 +104,7 @@ class Stylist:
     """A model set on a device, and everything needed to stylize with it.
 
     models: a ModelSet, or a model directory or URI to load (None: `cdcore models fetch`'s).
-    stages: the stages to load from a directory (all by default; fewer loads faster).
+    stages: the stages to load from a directory (all it has by default; fewer load faster).
     tile_size: None chooses per image from free memory (whole image when it fits), 0 always runs
         the whole image, N bounds the exact tiled engine's windows to N x N pixels.
     max_pixels: inputs with more pixels are refused before they are decoded.
@@ -112,7 +112,7 @@ class Stylist:
     """
 
     def __init__(self, models: ModelSet | str | None = None, device: str | torch.device = "auto", *,
-                 stages=STAGES, tile_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 stages=None, tile_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  style_cache: int = 16):
         if isinstance(models, ModelSet):
             self.models = models

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from . import transforms
 from .modelset import ModelSet
-from .nets import stage_multiple
+from .architecture import stage_multiple
 from .options import DEFAULT_LEVELS
 
 

@@ -9,7 +9,7 @@ import torch
 
 from .. import transforms
 from ..modelset import ModelSet
-from ..nets import stage_multiple
+from ..architecture import stage_multiple
 from ..options import DEFAULT_LEVELS
 from ..options import stroke_scale as check_stroke_scale
 from ..stylize import StyleStats, check_style, check_style_size, style_statistics

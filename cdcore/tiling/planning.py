@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..modelset import ModelSet
-from ..nets import stage_layers, stage_multiple
+from ..architecture import stage_layers, stage_multiple
 
 # Time per window pixel that does not grow with the networks (copies, pooling, upsampling, the
 # float64 moments), in MACs of about the same time on a CPU; it only weighs the ETA.

@@ -20,7 +20,8 @@ from typing import Callable
 import ray
 
 from cdcore import options, storage
-from cdcore.modelset import ModelError, default_models_dir, load_model_set
+from cdcore.modelfiles import ModelError, default_models_dir
+from cdcore.modelset import load_model_set
 
 from .manifest import ManifestError, Options, Row, plan_rows, read_manifest, resolve
 from .progress import Progress
