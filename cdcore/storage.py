@@ -16,11 +16,10 @@ import dataclasses
 import io
 import os
 import shutil
-import tempfile
 import threading
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
 import boto3
@@ -266,37 +265,6 @@ def write_bytes(uri: str, data: bytes) -> None:
                 tmp.write_bytes(data)
         else:
             _client().upload_fileobj(io.BytesIO(data), *_split_s3(uri), Config=_transfer())
-
-
-def open_read(uri: str) -> BinaryIO:
-    """A seekable binary file to read `uri` from; close it (or use `with`).
-
-    S3 objects are downloaded into a temporary file that stays in memory up to 64 MiB, so readers
-    that seek (PIL, pyarrow) work and huge images do not fill memory.
-    """
-    uri = str(uri)
-    with _errors(uri):
-        if is_local(uri):
-            return open(local_path(uri), "rb")
-        spool = tempfile.SpooledTemporaryFile(max_size=64 * MiB)
-        try:
-            _client().download_fileobj(*_split_s3(uri), spool, Config=_transfer())
-        except BaseException:
-            spool.close()
-            raise
-        spool.seek(0)
-        return spool
-
-
-def download(uri: str, path: str | os.PathLike) -> Path:
-    """Copy `uri` to the local file `path` atomically; large S3 objects stream in parallel ranges."""
-    uri, dest = str(uri), Path(path)
-    with _errors(f"{uri} -> {dest}"), atomic_local(dest) as tmp:
-        if is_local(uri):
-            shutil.copyfile(local_path(uri), tmp)
-        else:
-            _client().download_file(*_split_s3(uri), str(tmp), Config=_transfer())
-    return dest
 
 
 def upload(path: str | os.PathLike, uri: str) -> None:

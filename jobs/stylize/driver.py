@@ -24,7 +24,7 @@ from cdcore.modelfiles import ModelError, default_models_dir
 from cdcore.modelset import load_model_set
 
 from .manifest import ManifestError, Options, Row, plan_rows, read_manifest, resolve
-from .progress import Progress
+from .progress import JobProgress
 from .results import Report, failed, results_uri, summary, write_results
 from .scheduler import Dispatcher, PoolError
 from .worker import Stylizer, WorkerConfig
@@ -160,7 +160,7 @@ def _dispatch(job: Job, records: list[dict], on_result: Callable[[dict], None] |
               say: Callable[[str], None]) -> Dispatcher:
     """Run the rows that can run, appending a results record per row to `records`."""
     runnable = [row for row in job.rows if not row.error]
-    progress = Progress(len(job.rows))
+    progress = JobProgress(len(job.rows))
     for record in records:
         progress.add(record)
 

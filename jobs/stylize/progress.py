@@ -16,7 +16,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-class Progress:
+class JobProgress:
     """Counts results as they arrive and prints a line at most every `every` seconds.
 
     Rates count only rows that reached an actor, so rows refused while planning do not inflate
