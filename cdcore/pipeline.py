@@ -15,6 +15,7 @@ Every error is a `StylizeError` whose message names the file (or "content"/"styl
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterator
@@ -88,18 +89,6 @@ class Stylized:
     height: int
 
 
-def _as_picture(image, name: str) -> images.Picture:
-    if isinstance(image, images.Picture):
-        return image
-    if isinstance(image, Image.Image):
-        return images.from_pil(image, name)
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"{name}: expected a PIL image or an (H, W, 3) uint8 array "
-                         f"(got {array.shape} {array.dtype})")
-    return images.Picture(np.require(array, requirements=["C_CONTIGUOUS", "WRITEABLE"]))
-
-
 class Stylist:
     """A model set on a device, and everything needed to stylize with it.
 
@@ -127,6 +116,20 @@ class Stylist:
         self.styles = StyleCache(style_cache)
         self.styles_prepared = 0
 
+    def _picture(self, image, name: str) -> images.Picture:
+        """A Picture of a PIL image, an (H, W, 3) uint8 array, or a path or URI to read."""
+        if isinstance(image, images.Picture):
+            return image
+        if isinstance(image, (str, os.PathLike)):
+            return images.read_image(str(image), self.max_pixels)
+        if isinstance(image, Image.Image):
+            return images.from_pil(image, name)
+        array = np.asarray(image)
+        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+            raise ValueError(f"{name}: expected a PIL image, an (H, W, 3) uint8 array or a path "
+                             f"(got {array.shape} {array.dtype})")
+        return images.Picture(np.require(array, requirements=["C_CONTIGUOUS", "WRITEABLE"]))
+
     # ------------------------------------------------------------------ files
 
     def stylize_file(self, content: str, style: str, output: str, recipe: Recipe = Recipe(),
@@ -153,20 +156,21 @@ class Stylist:
     # ------------------------------------------------------------------ images in memory
 
     def prepare_style(self, style, recipe: Recipe = Recipe(), **options) -> PreparedStyle:
-        """Prepare a PIL image or (H, W, 3) uint8 array as a style for `recipe` (with `options`
-        changed), to pass to `stylize` for any number of contents."""
+        """Prepare a style (a PIL image, an (H, W, 3) uint8 array, a path or URI) for `recipe` (with
+        `options` changed), to pass to `stylize` for any number of contents."""
         recipe = recipe.replace(**options)
-        with _naming("style"):
-            return self._prepare(_as_picture(style, "style"), recipe, None)
+        with _naming(style if isinstance(style, str) else "style"):
+            return self._prepare(self._picture(style, "style"), recipe, None)
 
     def stylize(self, content, style, recipe: Recipe = Recipe(), *, progress: Progress | None = None,
                 **options) -> Image.Image:
-        """Stylize a PIL image or (H, W, 3) uint8 array with a style given the same way (or
-        prepared by `prepare_style`); `options` change fields of `recipe`. Returns a PIL image
-        (RGBA when the content has alpha) of the content's size, or `content_size`."""
+        """Stylize a content (a PIL image, an (H, W, 3) uint8 array, a path or URI) with a style
+        given the same way or prepared by `prepare_style`; `options` change fields of `recipe`.
+        Returns a PIL image (RGBA when the content has alpha) of the content's size, or of
+        `content_size`."""
         recipe = recipe.replace(**options)
         with _naming("content"):
-            picture = images.resize_to(_as_picture(content, "content"), recipe.content_size)
+            picture = images.resize_to(self._picture(content, "content"), recipe.content_size)
         if not isinstance(style, PreparedStyle):
             style = self.prepare_style(style, recipe)
         canvas = images.Canvas(*picture.rgb.shape[:2], picture.alpha)
@@ -178,12 +182,14 @@ class Stylist:
 
     def _prepare(self, picture: images.Picture, recipe: Recipe, progress: Progress | None) -> PreparedStyle:
         rgb = images.resize_to(picture, recipe.style_size).rgb
-        self.styles_prepared += 1
         if recipe.method == "gatys":  # it matches Gram matrices of the style image itself
-            return PreparedStyle(recipe.style_key, image=to_tensor(rgb, self.device))
-        engine = tiling.TiledEngine(self.models, self.tile_size, progress=progress)
-        stats = engine.style_statistics(rgb, recipe.method, recipe.stages)
-        return PreparedStyle(recipe.style_key, stats=stats)
+            prepared = PreparedStyle(recipe.style_key, image=to_tensor(rgb, self.device))
+        else:
+            engine = tiling.TiledEngine(self.models, self.tile_size, progress=progress)
+            prepared = PreparedStyle(recipe.style_key, stats=engine.style_statistics(rgb, recipe.method,
+                                                                                    recipe.stages))
+        self.styles_prepared += 1
+        return prepared
 
     def _paint(self, rgb: np.ndarray, style: PreparedStyle, recipe: Recipe, out: np.ndarray,
                progress: Progress | None) -> None:

@@ -44,6 +44,8 @@ def test_file_and_image_front_ends_give_the_same_pixels(stylist, content_path, s
     written = read_image(str(out))
     np.testing.assert_array_equal(np.asarray(image)[..., :3], written.rgb)
     np.testing.assert_array_equal(np.asarray(image)[..., 3], written.alpha)
+    from_paths = stylist.stylize(str(content_path), str(style_path), recipe)
+    np.testing.assert_array_equal(np.asarray(from_paths), np.asarray(image))
 
 
 def test_a_prepared_style_is_reused_and_must_fit_the_recipe(stylist, content_path, small_style):
@@ -99,5 +101,5 @@ def test_errors_name_the_input_at_fault(stylist, content_path, tmp_path):
         stylist.stylize(Image.open(content_path), np.zeros((20, 20, 3), np.uint8))
     with pytest.raises(StylizeError, match="o.bmp: unsupported output format"):
         stylist.stylize_file(str(content_path), STYLE_IMG, str(tmp_path / "o.bmp"))
-    with pytest.raises(StylizeError, match="content: expected a PIL image"):
+    with pytest.raises(StylizeError, match=r"content: expected a PIL image, an \(H, W, 3\) uint8 array or a path"):
         stylist.stylize(np.zeros((20, 20)), STYLE_IMG)
