@@ -30,7 +30,8 @@ from cdcore import storage
 from cdcore.cli import main as cdcore_main
 from cdcore.images import read_image
 from cdcore.options import Recipe
-from jobs.stylize.manifest import Options, Row, derived_output, plan_rows, read_manifest
+from jobs.stylize.manifest import Options, Row, derived_output, read_manifest
+from jobs.stylize.plan import plan_rows, plan_table
 from jobs.stylize.scheduler import StyleQueue
 from jobs.stylize.driver import build_parser, main, prepare, run
 from shared import CONTENT, MODELS, STYLE
@@ -127,7 +128,7 @@ def test_manifest_formats_read_alike(tmp_path, fmt):
     else:
         path.write_text("".join(json.dumps(r) + "\n" for r in records))
     expected = [{k: v for k, v in r.items() if k != "extra"} for r in records]
-    assert read_manifest(str(path)) == expected  # "NA" stays a name, unknown columns are dropped
+    assert read_manifest(str(path)).to_pylist() == expected  # "NA" stays a name, unknown columns are dropped
 
 
 def test_planning_defaults_overrides_and_row_problems():
@@ -164,14 +165,32 @@ def test_planning_defaults_overrides_and_row_problems():
 
 
 def test_queue_keeps_styles_on_actors_and_shares_the_last_one():
-    rows = [Row(i, f"c{i}", style, "o", "wct", Recipe()) for i, style in enumerate("aaaabbc")]
-    queue = StyleQueue(rows)
-    taken = {actor: [queue.take(actor).style for _ in range(2)] for actor in ("x", "y")}
-    assert taken == {"x": ["a", "a"], "y": ["b", "b"]}  # the largest free group first
-    assert queue.take("y").style == "c"  # b is used up: the free group before a shared one
-    assert queue.take("y").style == "a" and queue.take("x").style == "a"  # then help with a
-    queue.put_back(rows[0])
-    assert queue.take("x") is rows[0] and queue.take("x") is None and len(queue) == 0
+    a, b, c = np.array([0, 1, 2, 3]), np.array([4, 5]), np.array([6])
+    queue = StyleQueue([c, a, b])
+    assert len(queue) == 7
+    assert queue.take("x", 2) == [0, 1] and queue.take("y", 1) == [4]  # the largest free groups first
+    assert queue.take("y", 5) == [5] and queue.take("y", 5) == [6]  # b used up: the free group c first
+    assert queue.take("y", 1) == [2] and queue.take("x", 1) == [3]  # then help with a
+    queue.put_back([0, 1])  # sent back unstarted: served first, as a batch
+    queue.put_back([3], suspect=True)  # its actor died: served alone, before the others
+    assert queue.take("x", 5) == [3] and queue.take("x", 5) == [0, 1]
+    assert queue.take("x", 5) == [] and len(queue) == 0
+
+
+def test_plan_groups_rows_by_style_and_recipe_and_refuses_duplicate_outputs():
+    records = [{"content": f"c{i}.jpg", "style": style, "alpha": alpha}
+               for i, (style, alpha) in enumerate([("s1.jpg", 1), ("s2.jpg", 1), ("s1.jpg", 0.5), ("s1.jpg", 1)])]
+    records.append({"content": "c9.jpg", "style": "s1.jpg", "output": "/o/c0+s1_wct_a1.jpg"})
+    records.append({"content": "c8.jpg", "style": "s3.jpg", "levels": "2,1"})
+    columns = ("content", "style", "alpha", "output", "levels")
+    table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in records])
+    plan = plan_table(table, Options("/o"), "m.csv")
+    assert plan.refused().tolist() == [4]
+    assert plan.rows([4])[0].error == "m.csv row 4: output /o/c0+s1_wct_a1.jpg is also the output of row 0"
+    groups = [g.tolist() for g in plan.style_groups(plan.runnable())]
+    assert sorted(groups) == [[0, 2, 3], [1], [5]]  # alpha does not change a style's preparation
+    assert plan.stages() == (5, 4, 3, 2, 1)
+    assert len(plan.recipes) == 3  # alpha 1, alpha 0.5, levels 2,1
 
 
 def test_stylizer_encodes_a_style_once_and_keeps_going_after_bad_rows(inputs, tmp_path):
@@ -291,7 +310,7 @@ def test_local_files_ok_failed_skipped_overwritten(local_ray, inputs, tmp_path, 
     assert sorted(p.name for p in out.iterdir()) == sorted(Path(o).name for o in written)  # no temp files
 
 
-def test_s3_manifest_images_models_outputs_and_results(local_ray, s3_bucket, inputs):
+def test_s3_manifest_images_models_outputs_and_results(local_ray, s3_bucket, inputs, capsys):
     """Everything on moto's HTTP S3; actors reach it only through the env vars the driver forwards."""
     base = f"{s3_bucket}/in"
     for path in inputs.iterdir():
@@ -308,10 +327,13 @@ def test_s3_manifest_images_models_outputs_and_results(local_ray, s3_bucket, inp
     assert part.rsplit("/", 1)[1].startswith("part-")
     check_first_run(read_results(f"{s3_bucket}/results/"), base)  # pyarrow's own S3
 
+    # A rerun takes the rows done from the earlier parts, without asking storage about them, and
+    # runs the failed ones again.
     assert main(args) == 0
     later = [p for p in storage.list_files(f"{s3_bucket}/results") if p != part]
-    assert [r["status"] for r in read_results(later[0])] == ["skipped"] * len(GOOD) + ["failed"] * len(BAD)
-    assert len(read_results(f"{s3_bucket}/results")) == 2 * (len(GOOD) + len(BAD))  # the history of runs
+    assert [r["status"] for r in read_results(later[0])] == ["failed"] * len(BAD)
+    assert len(read_results(f"{s3_bucket}/results")) == len(GOOD) + 2 * len(BAD)  # the history of runs
+    assert f"{len(GOOD)} done by earlier runs" in capsys.readouterr().out
 
     assert main([*args, "--overwrite"]) == 0
     newest = max(storage.list_files(f"{s3_bucket}/results"))
@@ -343,7 +365,7 @@ def test_killed_actor_is_replaced_and_every_row_accounted_for(local_ray, inputs,
         # Its first row is back: its next row is already in flight, so this kill loses work.
         if not killed and record["status"] == "ok":
             killed.append(record["actor"])
-            os.kill(record["pid"], signal.SIGKILL)
+            os.kill(int(record["actor"].rsplit(":", 1)[1]), signal.SIGKILL)  # "<name>@<host>:<pid>"
 
     report = run_in_process(job_args(manifest, tmp_path / "out", tmp_path / "r.parquet", MODELS,
                                      "--actors", 2), on_result=kill_first_actor)

@@ -1,32 +1,38 @@
-"""`python -m jobs.stylize`: stylize every content/style pair of a manifest on a pool of Ray actors.
+"""`python -m jobs.stylize`: stylize a manifest, or a dataset of folders, on a pool of Ray actors.
 
 Runs on whatever Ray it finds: the cluster named by RAY_ADDRESS (which `ray job submit` sets),
-else a new local one. Inputs, outputs, the manifest, the models and the results table are URIs:
-local paths, file:// or s3://.
+else a new local one. Inputs, outputs, the manifest, the models and the results are URIs: local
+paths, file:// or s3://.
 
-Exit status 0 when the job ran, even if some rows failed (the results table says which and why);
-2, with one line on stderr, when the job cannot run: an unreadable manifest or missing columns,
-missing or broken models, unreachable storage, bad options, actors that cannot start.
+Exit status 0 when the job ran, even if some rows failed (the results say which and why); 2, with
+one line on stderr, when the job cannot run: an unreadable manifest or missing columns, a dataset
+folder without images, missing or broken models, unreachable storage, bad options, actors that
+cannot start.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+import pyarrow.parquet as pq
 import ray
 
 from cdcore import options, storage
 from cdcore.modelfiles import ModelError, default_models_dir
 from cdcore.modelset import load_model_set
 
-from .manifest import ManifestError, Options, Row, plan_rows, read_manifest, resolve
+from .dataset import DEFAULT_EXTENSIONS, DEFAULT_NAME, Dataset, DatasetError, expand
+from .manifest import ManifestError, Options, read_manifest, resolve
+from .plan import Plan, plan_table
 from .progress import JobProgress
-from .results import Report, failed, results_uri, summary, write_results
-from .scheduler import Dispatcher, PoolError
+from .results import Report, ResultsWriter, done_outputs, failed, new_run_id, summary
+from .scheduler import Dispatcher, PoolError, StyleQueue
 from .worker import Stylizer, WorkerConfig
 
 EXIT_CANNOT_RUN = 2
@@ -52,14 +58,32 @@ def _count(minimum: float, kind=int):
     return parse
 
 
+def _extensions(text: str) -> tuple[str, ...]:
+    names = tuple(e.strip().lower().lstrip(".") for e in text.split(",") if e.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"no extensions in {text!r}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.stylize", description=__doc__.splitlines()[0])
-    p.add_argument("--manifest", required=True, help="CSV, Parquet or JSON Lines table with columns "
-                   f"content, style and optionally output, {', '.join(options.ROW_FIELDS)} (per-row options)")
-    p.add_argument("--output-prefix", required=True, help="where rows without an output go, as "
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", help="CSV, Parquet or JSON Lines table with columns content, style and "
+                        f"optionally output, {', '.join(options.ROW_FIELDS)} (per-row options)")
+    source.add_argument("--contents", help="dataset mode: a folder or prefix of content images, read recursively; "
+                        "outputs mirror its tree under --output-prefix")
+    p.add_argument("--styles", help="dataset mode: a folder or prefix of style images")
+    p.add_argument("--num-styles", type=_count(1), default=1, help="dataset mode: styles per content (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="dataset mode: which styles each content gets (default 0)")
+    p.add_argument("--extensions", type=_extensions, default=DEFAULT_EXTENSIONS,
+                   help=f"dataset mode: file extensions to take, any case (default {','.join(DEFAULT_EXTENSIONS)})")
+    p.add_argument("--output-name", default=DEFAULT_NAME,
+                   help="dataset mode: output file name from {stem}, {style}, {ext}, {k} (default "
+                        f"{DEFAULT_NAME}; {{stem}}{{ext}} keeps the content's own name)")
+    p.add_argument("--output-prefix", required=True, help="where outputs go: manifest rows without an output as "
                    "<prefix>/<content>+<style>_<method>_a<alpha>.<content's format, else png>")
-    p.add_argument("--results", required=True, help="results table: a .parquet file, or a directory "
-                   "or prefix that gets a new part-<time>.parquet per run")
+    p.add_argument("--results", required=True, help="results prefix (a directory or s3:// prefix): every run adds "
+                   "Parquet parts there as it goes; a rerun reads them and skips rows already done")
     p.add_argument("--models", default=None, help="model set directory or URI "
                    "(default: $CDCORE_MODELS, else where `cdcore models fetch` writes)")
     p.add_argument("--actors", type=_count(1), default=None,
@@ -70,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU slots per actor, also its torch threads (default 1)")
     p.add_argument("--overwrite", action="store_true", help="redo rows whose output exists")
     p.add_argument("--style-cache", type=_count(1), default=16, help="styles each actor keeps (default 16)")
+    p.add_argument("--flush-rows", type=_count(1), default=50_000,
+                   help="write a results part every N rows (default 50000) ...")
+    p.add_argument("--flush-seconds", type=_count(0.1, float), default=60.0,
+                   help="... or every S seconds, whichever comes first (default 60)")
     options.add_image_options(p)
     return p
 
@@ -80,29 +108,59 @@ def build_parser() -> argparse.ArgumentParser:
 class Job:
     """Everything decided on the driver before any actor starts."""
 
-    rows: list[Row]
+    plan: Plan
     worker: WorkerConfig
     results: str
     model_id: str | None
     actors: int | None
     num_gpus: float
     num_cpus: float
+    flush_rows: int = 50_000
+    flush_seconds: float = 60.0
+
+
+def manifest_next_to(results: str) -> str:
+    """Where dataset mode writes the manifest it expanded: beside the results prefix, not in it
+    (read_table(prefix) reads every part there)."""
+    base = results.rstrip("/")
+    return (base[: -len(".parquet")] if base.endswith(".parquet") else base) + "-manifest.parquet"
+
+
+def _read_source(args: argparse.Namespace, output_prefix: str, results: str):
+    """(manifest table, its URI): read from --manifest, or expanded from --contents/--styles and
+    written next to the results so the run can be inspected and reproduced."""
+    if args.manifest:
+        uri = resolve(args.manifest)
+        return read_manifest(uri), uri
+    if not args.styles:
+        raise DatasetError("--contents needs --styles")
+    dataset = Dataset(resolve(args.contents), resolve(args.styles), output_prefix, args.num_styles, args.seed,
+                      args.extensions, args.output_name)
+    table = expand(dataset)
+    uri = manifest_next_to(results)
+    data = io.BytesIO()
+    pq.write_table(table, data)
+    storage.write_bytes(uri, data.getvalue())
+    return table, uri
 
 
 def prepare(args: argparse.Namespace) -> Job:
-    """Read and plan the manifest and check the models, so a job that cannot run stops here, on
-    the driver, before a cluster starts actors for it."""
+    """Read or expand and plan the rows, and check the models, so a job that cannot run stops
+    here, on the driver, before a cluster starts actors for it."""
+    if args.styles and not args.contents:
+        raise DatasetError("--styles belongs to dataset mode: give --contents too, or use --manifest")
     job_options = Options(resolve(args.output_prefix), options.recipe_from_args(args))
-    manifest = resolve(args.manifest)
-    rows = plan_rows(read_manifest(manifest), job_options, source=manifest)
-    stages = tuple(sorted({k for row in rows if not row.error for k in row.recipe.stages}, reverse=True))
+    results = resolve(args.results)
+    table, source = _read_source(args, job_options.output_prefix, results)
+    plan = plan_table(table, job_options, source)
+    stages = plan.stages()
     models = resolve(args.models or default_models_dir())
     model_id = load_model_set(models, stages).model_id if stages else None
     worker = WorkerConfig(models=models, stages=stages, device="cuda" if args.num_gpus_per_actor else "cpu",
                           overwrite=args.overwrite, max_pixels=args.max_pixels, style_cache=args.style_cache,
                           tile_size=args.tile_size)
-    return Job(rows, worker, resolve(args.results), model_id, args.actors, args.num_gpus_per_actor,
-               args.cpus_per_actor)
+    return Job(plan, worker, results, model_id, args.actors, args.num_gpus_per_actor, args.cpus_per_actor,
+               args.flush_rows, args.flush_seconds)
 
 
 # ----------------------------------------------------------------------------------------- running
@@ -137,64 +195,84 @@ def pool_size(job: Job, runnable: int) -> int:
 
 def run(job: Job, on_result: Callable[[dict], None] | None = None,
         say: Callable[[str], None] = lambda msg: None) -> Report:
-    """Run the job's rows on a pool of actors and write the results table.
+    """Run the job's rows on a pool of actors, streaming results parts under `job.results`.
 
-    Uses the Ray connection this process already has, or makes one (RAY_ADDRESS or a new local
-    Ray) and closes it again. `on_result(record)` sees each results record as it arrives.
+    Rows that earlier runs recorded as done there are not run again (unless --overwrite). Uses
+    the Ray connection this process already has, or makes one (RAY_ADDRESS or a new local Ray)
+    and closes it again. `on_result(record)` sees each results record as it arrives.
     """
     started = time.monotonic()
-    records = [failed(row, row.error) for row in job.rows if row.error]
-    connected_here = not ray.is_initialized()
-    if connected_here:
-        ray.init()
-    try:
-        pool = _dispatch(job, records, on_result, say)
-    finally:
-        if connected_here:
-            ray.shutdown()
-    uri = _write(job.results, records)
-    return Report(records, pool.counters, pool.started, pool.replaced, time.monotonic() - started, uri)
-
-
-def _dispatch(job: Job, records: list[dict], on_result: Callable[[dict], None] | None,
-              say: Callable[[str], None]) -> Dispatcher:
-    """Run the rows that can run, appending a results record per row to `records`."""
-    runnable = [row for row in job.rows if not row.error]
-    progress = JobProgress(len(job.rows))
-    for record in records:
-        progress.add(record)
+    writer = ResultsWriter(job.results, new_run_id(), job.flush_rows, job.flush_seconds)
+    progress = JobProgress(len(job.plan))
 
     def collect(record: dict) -> None:
-        records.append(record)
+        writer.add(record)
         progress.add(record)
         if on_result:
             on_result(record)
 
-    size = pool_size(job, len(runnable))
-    say(f"{len(runnable)} rows to run on {size} actor{'s' * (size != 1)} ({job.num_gpus:g} GPU, "
-        f"{job.num_cpus:g} CPU each); {len(records)} refused while planning")
-    if runnable and job.num_gpus and not ray.cluster_resources().get("GPU"):
-        say("no GPU in the cluster yet: the actors wait until an autoscaler adds GPU nodes")
-    pool = Dispatcher(runnable, actor_factory(job, say), size, collect,
-                      on_wait=lambda d: progress.maybe_print(f"{d.ready_actors}/{len(d.actors)} ready"))
     try:
-        pool.run()
-    except PoolError as e:
-        done = {r["row"] for r in records}
-        records += [failed(row, f"{row.content}: not run: {e}") for row in runnable if row.index not in done]
-        _write(job.results, records)
-        raise JobError(str(e)) from None
-    progress.maybe_print(force=True)
-    return pool
-
-
-def _write(target: str, records: list[dict]) -> str:
-    uri = results_uri(target)
-    try:
-        write_results(uri, records)
+        runnable, earlier = _still_to_run(job)
+        progress.total -= earlier
+        refused = job.plan.refused()
+        for chunk in np.array_split(refused, max(1, len(refused) // 10_000)):
+            for row in job.plan.rows(chunk):
+                collect(failed(row, row.error))
+        pool = _dispatch(job, runnable, collect, progress, writer, say) if len(runnable) else None
     except storage.StorageError as e:
-        raise JobError(f"cannot write the results table: {e}") from None
-    return uri
+        raise JobError(f"cannot write or read the results: {e}") from None
+    finally:
+        _close(writer)
+    return Report(progress.tally, earlier, pool.counters if pool else {}, pool.started if pool else 0,
+                  pool.replaced if pool else 0, time.monotonic() - started, job.results, writer.parts)
+
+
+def _still_to_run(job: Job) -> tuple[np.ndarray, int]:
+    """Plan positions to run, and how many runnable rows earlier runs did already."""
+    runnable = job.plan.runnable()
+    if job.worker.overwrite:
+        return runnable, 0
+    done = done_outputs(job.results)
+    if not len(done):
+        return runnable, 0
+    mask = np.isin(job.plan.output_hashes()[runnable], done)
+    return runnable[~mask], int(mask.sum())
+
+
+def _close(writer: ResultsWriter) -> None:
+    try:
+        writer.close()
+    except storage.StorageError as e:
+        raise JobError(f"cannot write the results: {e}") from None
+
+
+def _dispatch(job: Job, runnable: np.ndarray, collect: Callable[[dict], None], progress: JobProgress,
+              writer: ResultsWriter, say: Callable[[str], None]) -> Dispatcher:
+    connected_here = not ray.is_initialized()
+    if connected_here:
+        ray.init()
+    try:
+        size = pool_size(job, len(runnable))
+        say(f"{len(runnable)} rows to run on {size} actor{'s' * (size != 1)} ({job.num_gpus:g} GPU, "
+            f"{job.num_cpus:g} CPU each)")
+        if job.num_gpus and not ray.cluster_resources().get("GPU"):
+            say("no GPU in the cluster yet: the actors wait until an autoscaler adds GPU nodes")
+
+        def waited(d: Dispatcher) -> None:
+            writer.tick()
+            progress.maybe_print(f"{d.ready_actors}/{len(d.actors)} ready")
+
+        queue = StyleQueue(job.plan.style_groups(runnable))
+        pool = Dispatcher(queue, job.plan.rows, actor_factory(job, say), size, collect, waited)
+        try:
+            pool.run()
+        except PoolError as e:
+            raise JobError(f"{e}; {len(queue)} rows not run (a rerun runs them)") from None
+        progress.maybe_print(force=True)
+        return pool
+    finally:
+        if connected_here:
+            ray.shutdown()
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -208,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job = prepare(args)
         report = run(job, say=_say)
-    except (ManifestError, ModelError, storage.StorageError, JobError, ValueError) as e:
+    except (ManifestError, DatasetError, ModelError, storage.StorageError, JobError, ValueError) as e:
         _say(f"error: {e}")
         return EXIT_CANNOT_RUN
     except KeyboardInterrupt:

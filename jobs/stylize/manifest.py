@@ -9,7 +9,6 @@ paths and turns a row that cannot run (bad alpha, duplicate output, ...) into a 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -81,8 +80,8 @@ def _parse(data: bytes, fmt: str) -> pa.Table:
     return pc.read_csv(source, convert_options=options)
 
 
-def read_manifest(uri: str) -> list[dict]:
-    """The manifest's rows as dicts of the known columns (others are ignored); missing cells are None."""
+def read_manifest(uri: str) -> pa.Table:
+    """The manifest's known columns (others are ignored); missing cells are null."""
     fmt = manifest_format(uri)
     try:
         data = storage.read_bytes(uri)
@@ -100,7 +99,7 @@ def read_manifest(uri: str) -> list[dict]:
         raise ManifestError(f"{uri}: missing column(s) {', '.join(missing)} "
                             f"(found: {', '.join(table.column_names) or 'none'})")
     known = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in table.column_names]
-    return table.select(known).to_pylist()
+    return table.select(known)
 
 
 # --------------------------------------------------------------------------------------- planning
@@ -141,22 +140,26 @@ def _text(value, column: str) -> str | None:
     return value.strip()
 
 
-def _recipe(record: dict, base: Recipe) -> Recipe:
-    """The job's recipe with the row's own values (blank cells keep the job's)."""
-    given = {name: record.get(name) for name in ROW_FIELDS}
-    given = {name: value.strip() if isinstance(value, str) else value for name, value in given.items()}
-    given = {name: value for name, value in given.items() if value != ""}
-    try:
-        return base.replace(**given)
-    except ValueError as e:
-        raise _RowProblem(str(e)) from None
+def _recipe(record: dict, base: Recipe, cache: dict) -> Recipe:
+    """The job's recipe with the row's own values (blank cells keep the job's). Rows mostly share
+    a few combinations of values, so each combination is checked once (`cache`)."""
+    given = tuple(record.get(name) for name in ROW_FIELDS)
+    if given not in cache:
+        values = {name: value.strip() if isinstance(value, str) else value for name, value in zip(ROW_FIELDS, given)}
+        try:
+            cache[given] = base.replace(**{name: value for name, value in values.items() if value != ""})
+        except ValueError as e:
+            cache[given] = _RowProblem(str(e))
+    if isinstance(cache[given], _RowProblem):
+        raise cache[given]
+    return cache[given]
 
 
-def _plan(index: int, record: dict, options: Options) -> Row:
+def _plan(index: int, record: dict, options: Options, cache: dict) -> Row:
     content, style = _text(record.get("content"), "content"), _text(record.get("style"), "style")
     if content is None or style is None:
         raise _RowProblem(f"no {'content' if content is None else 'style'} URI")
-    recipe = _recipe(record, options.recipe)
+    recipe = _recipe(record, options.recipe, cache)
     content, style = resolve(content), resolve(style)
     given = _text(record.get("output"), "output")
     output = resolve(given) if given else derived_output(options.output_prefix, content, style, recipe.method,
@@ -165,30 +168,14 @@ def _plan(index: int, record: dict, options: Options) -> Row:
     return Row(index, content, style, output, recipe.method, recipe)
 
 
-def plan_row(index: int, record: dict, options: Options, source: str = "manifest") -> Row:
+def plan_row(index: int, record: dict, options: Options, source: str = "manifest",
+             cache: dict | None = None) -> Row:
     """Resolve one manifest record against the job's options; a problem becomes `Row.error`
     (naming the manifest `source` and the row), and the row keeps its values as given so the
-    results table shows what was asked for."""
+    results table shows what was asked for. `cache` keeps checked recipes between calls."""
     try:
-        return _plan(index, record, options)
+        return _plan(index, record, options, {} if cache is None else cache)
     except (_RowProblem, images.ImageError) as e:
         given = {c: None if record.get(c) is None else str(record[c])
                  for c in ("content", "style", "output", "method")}
         return Row(index, **given, error=f"{source} row {index}: {e}")
-
-
-def plan_rows(records: list[dict], options: Options, source: str = "manifest") -> list[Row]:
-    """Plan every record; a row whose output an earlier row already writes gets an error, so no
-    output is written twice by one job (whichever row ran last would silently win)."""
-    rows = [plan_row(i, record, options, source) for i, record in enumerate(records)]
-    first_writer: dict[str, int] = {}
-    for i, row in enumerate(rows):
-        if row.error:
-            continue
-        if row.output in first_writer:
-            rows[i] = dataclasses.replace(row, recipe=None, error=(
-                f"{source} row {row.index}: output {row.output} is also the output of row "
-                f"{first_writer[row.output]}"))
-        else:
-            first_writer[row.output] = row.index
-    return rows

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import Counter
 from typing import TextIO
+
+from .results import Tally
 
 
 def _duration(seconds: float) -> str:
@@ -27,31 +28,29 @@ class JobProgress:
         self.total = total
         self.every = every
         self.out = out or sys.stderr
-        self.counts: Counter[str] = Counter()
-        self.megapixels = 0.0
+        self.tally = Tally()
         self._ran = 0
         self._started = time.monotonic()
         self._last_print = self._started
 
     @property
     def done(self) -> int:
-        return sum(self.counts.values())
+        return sum(self.tally.counts.values())
 
     def add(self, record: dict) -> None:
-        self.counts[record["status"]] += 1
+        self.tally.add(record)
         if record.get("actor"):
             self._ran += 1
-        if record["status"] == "ok":
-            self.megapixels += record["width"] * record["height"] / 1e6
 
     def line(self, actors: str = "") -> str:
         elapsed = max(time.monotonic() - self._started, 1e-9)
         rate = self._ran / elapsed
         left = self.total - self.done
         eta = _duration(left / rate) if rate else "?"
-        return (f"jobs.stylize: {self.done}/{self.total} rows ({self.counts['ok']} ok, "
-                f"{self.counts['skipped']} skipped, {self.counts['failed']} failed)  "
-                f"{self.megapixels / elapsed:.2f} MP/s  ETA {eta}" + (f"  actors {actors}" if actors else ""))
+        counts = self.tally.counts
+        return (f"jobs.stylize: {self.done}/{self.total} rows ({counts['ok']} ok, {counts['skipped']} skipped, "
+                f"{counts['failed']} failed)  {rate:.0f} rows/s  {self.tally.megapixels / elapsed:.2f} MP/s  "
+                f"ETA {eta}" + (f"  actors {actors}" if actors else ""))
 
     def maybe_print(self, actors: str = "", force: bool = False) -> None:
         now = time.monotonic()

@@ -1,10 +1,19 @@
-"""The job's output table: one row per manifest row, written as Parquet, and its text summary."""
+"""The job's record: results streamed as Parquet parts under one prefix, and the run's summary.
+
+Every run adds parts `part-<run>-<n>.parquet` under the results prefix while it runs (every
+`every_rows` rows or `every_s` seconds, and at the end), so a driver that is killed loses at most
+the records of the last interval (never outputs), and `pyarrow.parquet.read_table(prefix)` reads
+the union of every run. A row appears once per run that ran it; the `run` column orders them.
+"""
 from __future__ import annotations
 
 import datetime as dt
 import io
-from dataclasses import dataclass
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -13,6 +22,7 @@ from cdcore import storage
 from .manifest import Row
 
 STATUSES = ("ok", "skipped", "failed")
+DONE = ("ok", "skipped")  # the output exists: a rerun need not ask again
 SCHEMA = pa.schema([
     ("row", pa.int64()),          # position in the manifest, from 0
     ("content", pa.string()),
@@ -25,28 +35,14 @@ SCHEMA = pa.schema([
     ("content_size", pa.int32()),  # 0: the content as it is
     ("status", pa.string()),      # ok | skipped | failed
     ("error", pa.string()),       # why it failed, naming the URI at fault
-    ("width", pa.int32()),        # of the content and output; null unless ok
+    ("width", pa.int32()),        # of the output; null unless ok
     ("height", pa.int32()),
     ("seconds", pa.float64()),    # in the actor: download, stylize, upload
     ("model_id", pa.string()),
     ("actor", pa.string()),       # "<name>@<host>:<pid>" of the actor that ran it
     ("attempts", pa.int32()),     # 2 when an actor died with the row in flight and it ran again
+    ("run", pa.string()),         # the run that wrote the record: its start time, UTC
 ])
-
-
-@dataclass
-class Report:
-    """What a run did."""
-
-    records: list[dict]  # one per manifest row, as in SCHEMA (plus "pid", "counters" from actors)
-    actors: dict[str, dict]  # actor label -> the counters it last reported (rows, styles_encoded, busy_seconds)
-    started: int  # actors started, replacements included
-    replaced: int
-    seconds: float
-    results: str  # URI of the table written
-
-    def count(self, status: str) -> int:
-        return sum(r["status"] == status for r in self.records)
 
 
 def failed(row: Row, error: str, attempts: int = 0, actor: str | None = None) -> dict:
@@ -65,43 +61,117 @@ def row_fields(row: Row) -> dict:
             "content_size": r.content_size}
 
 
-def results_uri(target: str, now: dt.datetime | None = None) -> str:
-    """`target` itself when it names a .parquet file; otherwise a new part file inside it, so every
-    run adds one file and `pq.read_table(target)` reads the history of runs."""
-    if target.endswith(".parquet"):
-        return target
-    now = now or dt.datetime.now(dt.timezone.utc)
-    return storage.join(target, f"part-{now:%Y%m%dT%H%M%S.%f}Z.parquet")
+def new_run_id(now: dt.datetime | None = None) -> str:
+    return f"{now or dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%f}Z"
 
 
-def write_results(uri: str, records: list[dict]) -> None:
-    """Write the records, in manifest order, as one Parquet file; atomically, through storage
-    (a local temp file + rename, or one S3 PUT), so a reader never sees half a table."""
-    table = pa.Table.from_pylist(sorted(records, key=lambda r: r["row"]), schema=SCHEMA)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    storage.write_bytes(uri, buffer.getvalue())
+class ResultsWriter:
+    """Buffers records and writes them as a new part every `every_rows` rows or `every_s` seconds
+    (checked as records arrive and on `tick`), and on `close`."""
+
+    def __init__(self, prefix: str, run: str, every_rows: int = 50_000, every_s: float = 60.0):
+        self.prefix, self.run = prefix, run
+        self.every_rows, self.every_s = every_rows, every_s
+        self.parts: list[str] = []
+        self._buffer: list[dict] = []
+        self._flushed = time.monotonic()
+
+    def add(self, record: dict) -> None:
+        self._buffer.append({**record, "run": self.run})
+        if len(self._buffer) >= self.every_rows:
+            self.flush()
+
+    def tick(self) -> None:
+        if self._buffer and time.monotonic() - self._flushed >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered records as one part, atomically (a reader never sees half a part)."""
+        self._flushed = time.monotonic()
+        if not self._buffer:
+            return
+        table = pa.Table.from_pylist(self._buffer, schema=SCHEMA)
+        data = io.BytesIO()
+        pq.write_table(table, data)
+        uri = storage.join(self.prefix, f"part-{self.run}-{len(self.parts):05d}.parquet")
+        storage.write_bytes(uri, data.getvalue())
+        self.parts.append(uri)
+        self._buffer.clear()
+
+    def close(self) -> None:
+        self.flush()
+
+
+def read_results(prefix: str, columns: list[str] | None = None) -> pa.Table:
+    """Every part under `prefix` (empty when there is none), `columns` only when given."""
+    tables = [pq.read_table(pa.BufferReader(storage.read_bytes(part)), columns=columns)
+              for part in storage.list_files(prefix, [".parquet"])]
+    if not tables:
+        return SCHEMA.empty_table().select(columns) if columns else SCHEMA.empty_table()
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def done_outputs(prefix: str) -> np.ndarray:
+    """hash() of the outputs that earlier runs recorded as ok or skipped (sorted int64)."""
+    table = read_results(prefix, ["output", "status"])
+    done = [o for o, s in zip(table["output"].to_pylist(), table["status"].to_pylist()) if s in DONE]
+    return np.unique(np.array([hash(o) for o in done], dtype=np.int64))
 
 
 # ---------------------------------------------------------------------------------------- summary
 
-def summary(report: Report, model_id: str | None, max_errors: int = 10) -> str:
+@dataclass
+class Tally:
+    """What a run did, counted as the records pass (a million rows are not kept)."""
+
+    counts: Counter = field(default_factory=Counter)
+    megapixels: float = 0.0
+    failures: list[dict] = field(default_factory=list)  # the first few, for the summary
+    keep_failures: int = 10
+
+    def add(self, record: dict) -> None:
+        self.counts[record["status"]] += 1
+        if record["status"] == "ok":
+            self.megapixels += record["width"] * record["height"] / 1e6
+        elif record["status"] == "failed" and len(self.failures) < self.keep_failures:
+            self.failures.append(record)
+
+
+@dataclass
+class Report:
+    """What a run did."""
+
+    tally: Tally
+    earlier: int  # rows done by earlier runs, not run again
+    actors: dict[str, dict]  # actor label -> the counters it last reported (rows, styles_encoded, busy_seconds)
+    started: int  # actors started, replacements included
+    replaced: int
+    seconds: float
+    results: str  # the results prefix
+    parts: list[str]  # the parts this run wrote
+
+    def count(self, status: str) -> int:
+        return self.tally.counts[status]
+
+
+def summary(report: Report, model_id: str | None) -> str:
     """A plain-text table: rows by status, throughput, what each actor did, the first failures."""
-    records = sorted(report.records, key=lambda r: r["row"])
-    megapixels = sum(r["width"] * r["height"] for r in records if r["status"] == "ok") / 1e6
+    tally = report.tally
+    rows = sum(tally.counts.values())
     lines = [
-        f"jobs.stylize: {len(records)} rows in {report.seconds:.1f} s: "
-        + ", ".join(f"{report.count(s)} {s}" for s in STATUSES),
-        f"  {megapixels:.2f} MP stylized, {megapixels / max(report.seconds, 1e-9):.3f} MP/s; "
+        f"jobs.stylize: {rows} rows in {report.seconds:.1f} s: "
+        + ", ".join(f"{tally.counts[s]} {s}" for s in STATUSES)
+        + f"; {report.earlier} done by earlier runs",
+        f"  {tally.megapixels:.2f} MP stylized, {tally.megapixels / max(report.seconds, 1e-9):.3f} MP/s; "
         f"models {model_id or '-'}; {report.started} actors started, {report.replaced} replaced",
     ]
     if report.actors:
-        lines.append(f"  {'actor':<40} {'rows':>6} {'styles encoded':>15} {'busy s':>8}")
+        lines.append(f"  {'actor':<40} {'rows':>8} {'styles encoded':>15} {'busy s':>8}")
         for name, c in sorted(report.actors.items()):
-            lines.append(f"  {name:<40} {c['rows']:>6} {c['styles_encoded']:>15} {c['busy_seconds']:>8.1f}")
-    errors = [r for r in records if r["status"] == "failed"]
-    if errors:
-        lines.append(f"  failed rows ({min(len(errors), max_errors)} of {len(errors)} shown):")
-        lines += [f"    row {r['row']}: {r['error']}" for r in errors[:max_errors]]
-    lines.append(f"  results: {report.results}")
+            lines.append(f"  {name:<40} {c['rows']:>8} {c['styles_encoded']:>15} {c['busy_seconds']:>8.1f}")
+    failed_rows = tally.counts["failed"]
+    if failed_rows:
+        lines.append(f"  failed rows ({len(tally.failures)} of {failed_rows} shown):")
+        lines += [f"    row {r['row']}: {r['error']}" for r in tally.failures]
+    lines.append(f"  results: {report.results} ({len(report.parts)} parts this run)")
     return "\n".join(lines)

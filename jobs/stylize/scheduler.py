@@ -1,78 +1,131 @@
-"""The driver's side of the pool: rows handed to actors by style, results as they come, actors
-that die replaced.
+"""The driver's side of the pool: rows handed to actors in batches, by style; results as they
+come; actors that die replaced.
 
 Why a driver-side queue over plain actors rather than Ray Data's `map_batches` with an actor pool:
 each promise of the job is one line here and would be a workaround there. Rows of one style go to
 the actor that already holds the style's statistics (Ray Data hands blocks to whichever actor is
-free); a dead actor's in-flight rows are known by name and retried exactly once (Ray Data retries
-whole blocks, or tasks forever, and cannot say which rows ran twice); and every finished row comes
-back at once for progress and the results table (Ray Data yields a batch when it is done). The
-rows are small dicts of URIs and the images move through object storage, so Ray Data's streaming
-of large blocks through the object store, its main strength, would carry nothing here.
+free); a dead actor's rows are known by name and retried exactly once (Ray Data retries whole
+blocks, or tasks forever, and cannot say which rows ran twice); and every finished batch comes
+back at once for progress and the results table. The rows are small dicts of URIs and the images
+move through object storage, so Ray Data's streaming of large blocks through the object store,
+its main strength, would carry nothing here.
+
+Rows travel in batches so that the driver's cost per row stays tiny (a Ray call costs about as
+much as skipping a row whose output exists). A batch holds as many rows as its actor got through
+in about BATCH_SECONDS lately, and the actor stops early when a batch takes longer than that and
+sends the rest back, so a batch of cheap rows never hides an expensive one for long.
 """
 from __future__ import annotations
 
-from collections import Counter, deque
+import heapq
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Hashable
+from typing import Callable
 
+import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from .manifest import Row
 from .results import failed, row_fields
 
-IN_FLIGHT_PER_ACTOR = 2  # one running and one waiting, so an actor never idles on the driver
-MAX_ATTEMPTS = 2  # a row whose actor dies is retried once; a second death fails the row
+IN_FLIGHT_PER_ACTOR = 2  # one batch running and one waiting, so an actor never idles on the driver
+MAX_ATTEMPTS = 2  # a row whose actor dies is retried once, alone; a second death fails the row
 MAX_START_FAILURES = 3  # actors failing to start this many times in a row end the job
+BATCH_SECONDS = 1.0  # of an actor's work per batch
+MAX_BATCH = 512
 
 
 class PoolError(RuntimeError):
     """The pool cannot run at all (its actors keep failing to start)."""
 
 
+@dataclass
+class _Group:
+    """The rows of one style group still to run: `pending[cursor:]`, rows sent back unstarted
+    (`again`, served first) and rows whose actor died (`suspects`, served one at a time)."""
+
+    pending: np.ndarray
+    cursor: int = 0
+    again: deque = field(default_factory=deque)
+    suspects: deque = field(default_factory=deque)
+
+    def __len__(self) -> int:
+        return len(self.pending) - self.cursor + len(self.again) + len(self.suspects)
+
+    def take(self, n: int) -> list[int]:
+        if self.suspects:
+            return [self.suspects.popleft()]
+        taken = [self.again.popleft() for _ in range(min(n, len(self.again)))]
+        more = min(n - len(taken), len(self.pending) - self.cursor)
+        taken += self.pending[self.cursor: self.cursor + more].tolist()
+        self.cursor += more
+        return taken
+
+
 class StyleQueue:
-    """Rows waiting to run, grouped by style; an actor keeps taking rows of the style it holds.
+    """Rows waiting to run (plan positions), grouped by style; an actor keeps taking rows of the
+    style it holds.
 
     When its style runs out, an actor takes the largest group that no other actor holds, and when
     every group is held, it joins the largest one: keeping every actor busy costs one more encoding
-    of that style, which is cheap next to an idle actor.
+    of that style, which is cheap next to an idle actor. Free groups sit in a heap by size, so a
+    million rows over tens of thousands of styles are handed out without scanning the groups.
     """
 
-    def __init__(self, rows: list[Row]):
-        self._groups: dict[Hashable, deque[Row]] = {}
-        for row in rows:
-            self._groups.setdefault(row.style_key, deque()).append(row)
-        self._held: dict[str, Hashable] = {}  # actor name -> style key it holds
+    def __init__(self, groups: list[np.ndarray]):
+        self._groups = [_Group(g) for g in groups]
+        self._group_of = np.zeros(max((int(g.max()) + 1 for g in groups if len(g)), default=0), np.int32)
+        for gid, g in enumerate(groups):
+            self._group_of[g] = gid
+        self._free = [(-len(g), i) for i, g in enumerate(self._groups)]
+        heapq.heapify(self._free)
+        self._held: dict[str, int] = {}  # actor name -> group it holds
+        self._size = sum(len(g) for g in groups)
 
     def __len__(self) -> int:
-        return sum(len(g) for g in self._groups.values())
+        return self._size
 
-    def take(self, actor: str) -> Row | None:
-        """The next row for `actor`, or None when no row is waiting."""
-        key = self._held.get(actor)
-        if key not in self._groups:
-            key = self._pick()
-            if key is None:
-                return None
-            self._held[actor] = key
-        group = self._groups[key]
-        row = group.popleft()
-        if not group:
-            del self._groups[key]
-        return row
+    def take(self, actor: str, n: int = 1) -> list[int]:
+        """Up to `n` positions for `actor` (one when it is a retried row), [] when none is waiting."""
+        gid = self._held.get(actor)
+        if gid is None or not len(self._groups[gid]):
+            gid = self._pick(actor)
+            if gid is None:
+                return []
+        taken = self._groups[gid].take(n)
+        self._size -= len(taken)
+        return taken
 
-    def _pick(self) -> Hashable | None:
+    def _pick(self, actor: str) -> int | None:
+        self.release(actor)
         held = set(self._held.values())
-        candidates = [k for k in self._groups if k not in held] or list(self._groups)
-        return max(candidates, key=lambda k: len(self._groups[k]), default=None)
+        while self._free:
+            size, gid = heapq.heappop(self._free)
+            if gid not in held and -size == len(self._groups[gid]) and size:
+                self._held[actor] = gid
+                return gid
+        busy = [gid for gid in held if len(self._groups[gid])]
+        if not busy:
+            return None
+        gid = max(busy, key=lambda g: len(self._groups[g]))
+        self._held[actor] = gid
+        return gid
 
-    def put_back(self, row: Row) -> None:
-        """Return a row that must run again; it goes first in its group."""
-        self._groups.setdefault(row.style_key, deque()).appendleft(row)
+    def put_back(self, positions: list[int], suspect: bool = False) -> None:
+        """Rows to run again: unstarted ones first in their group, suspects one at a time."""
+        for position in reversed(positions):
+            group = self._groups[self._group_of[position]]
+            (group.suspects.append if suspect else group.again.appendleft)(position)
+            self._size += 1
+        for gid in {int(self._group_of[p]) for p in positions}:
+            if gid not in self._held.values():
+                heapq.heappush(self._free, (-len(self._groups[gid]), gid))
 
     def release(self, actor: str) -> None:
-        self._held.pop(actor, None)
+        gid = self._held.pop(actor, None)
+        if gid is not None and len(self._groups[gid]) and gid not in self._held.values():
+            heapq.heappush(self._free, (-len(self._groups[gid]), gid))
 
 
 @dataclass(eq=False)
@@ -80,7 +133,8 @@ class _Actor:
     name: str
     handle: ray.actor.ActorHandle
     label: str | None = None  # "<name>@<host>:<pid>", known once the actor answers `ready`
-    rows: dict[ray.ObjectRef, Row] = field(default_factory=dict)  # in flight
+    batches: dict[ray.ObjectRef, list[Row]] = field(default_factory=dict)  # in flight, oldest first
+    batch: int = 1  # rows per batch, from its recent pace
 
 
 def _one_line(error: BaseException, limit: int = 400) -> str:
@@ -89,19 +143,17 @@ def _one_line(error: BaseException, limit: int = 400) -> str:
 
 
 class Dispatcher:
-    """Run rows on a pool of `size` actors made by `new_actor(name)` (an ActorHandle of a
-    `jobs.worker.Stylizer`), calling `on_result(record)` with the results record of every row."""
+    """Run the queued rows on a pool of `size` actors made by `new_actor(name)` (an ActorHandle of a
+    `jobs.stylize.worker.Stylizer`), calling `on_result(record)` with the results record of every
+    row. `rows(positions)` makes the Row objects of plan positions."""
 
-    def __init__(self, rows: list[Row], new_actor: Callable[[str], ray.actor.ActorHandle], size: int,
-                 on_result: Callable[[dict], None], on_wait: Callable[["Dispatcher"], None] = lambda d: None,
-                 wait_seconds: float = 5.0):
-        self.queue = StyleQueue(rows)
-        self.new_actor = new_actor
-        self.size = size
-        self.on_result = on_result
-        self.on_wait = on_wait  # called after each wait: progress reporting
-        self.wait_seconds = wait_seconds
-        self.attempts: Counter[int] = Counter()  # row index -> times dispatched
+    def __init__(self, queue: StyleQueue, rows: Callable[[list[int]], list[Row]],
+                 new_actor: Callable[[str], ray.actor.ActorHandle], size: int,
+                 on_result: Callable[[dict], None], on_wait: Callable[["Dispatcher"], None] = lambda d: None):
+        self.queue, self.rows, self.new_actor, self.size = queue, rows, new_actor, size
+        self.on_result, self.on_wait = on_result, on_wait  # on_wait: after each wait, for progress
+        self.wait_seconds = 5.0
+        self.attempts: dict[int, int] = {}  # position -> times started, for rows started twice only
         self.counters: dict[str, dict] = {}  # actor label -> the counters it last reported
         self.actors: list[_Actor] = []  # alive
         self.started = 0
@@ -118,9 +170,9 @@ class Dispatcher:
         try:
             for _ in range(min(self.size, len(self.queue))):
                 self._start()
-            while self._probes or any(a.rows for a in self.actors):
-                done, _ = ray.wait([*self._probes, *self._row_refs()], num_returns=1,
-                                   timeout=self.wait_seconds)
+            while self._probes or any(a.batches for a in self.actors):
+                refs = [*self._probes, *(ref for a in self.actors for ref in a.batches)]
+                done, _ = ray.wait(refs, num_returns=1, timeout=self.wait_seconds)
                 for ref in done:
                     self._collect(ref)
                 self.on_wait(self)
@@ -128,9 +180,6 @@ class Dispatcher:
             for actor in self.actors:
                 ray.kill(actor.handle)
             self.actors.clear()
-
-    def _row_refs(self) -> list[ray.ObjectRef]:
-        return [ref for a in self.actors for ref in a.rows]
 
     def _start(self) -> None:
         name = f"w{self.started}"
@@ -143,41 +192,52 @@ class Dispatcher:
 
     def _collect(self, ref: ray.ObjectRef) -> None:
         if ref in self._probes:
-            actor, row = self._probes.pop(ref), None
+            actor, batch = self._probes.pop(ref), None
         else:
-            actor = next((a for a in self.actors if ref in a.rows), None)
+            actor = next((a for a in self.actors if ref in a.batches), None)
             if actor is None:  # its actor died and its rows were dealt with already
                 return
-            row = actor.rows.pop(ref)
+            batch = actor.batches[ref]
         try:
             value = ray.get(ref)
         except RayActorError as e:
-            self._replace(actor, e, row)
+            self._replace(actor, e)
             return
         except RayTaskError as e:
-            if row is None:  # `ready` itself failed: as good as dead
-                self._replace(actor, e, None)
+            if batch is None:  # `ready` itself failed: as good as dead
+                self._replace(actor, e)
                 return
-            # `process` turns every row error into a status, so this is a bug in the job: the
-            # row fails, the actor carries on.
-            value = {"status": "failed", "error": f"{row.content}: {_one_line(e)}", "actor": actor.label}
-        if row is None:
+            # `process_batch` turns every row error into a status, so this is a bug in the job:
+            # the batch's rows fail, the actor carries on.
+            value = {"results": [{"status": "failed", "error": f"{row.content}: {_one_line(e)}",
+                                  "actor": actor.label} for row in batch]}
+        if batch is None:
             actor.label = value["actor"]
             self._start_failures = 0
         else:
-            if "counters" in value:
-                self.counters[value["actor"]] = value["counters"]
-            self.on_result({**row_fields(row), **value, "attempts": self.attempts[row.index]})
+            del actor.batches[ref]
+            self._batch_done(actor, batch, value)
         self._feed(actor)
 
+    def _batch_done(self, actor: _Actor, batch: list[Row], value: dict) -> None:
+        results = value["results"]
+        if value.get("counters"):
+            self.counters[value["actor"]] = value["counters"]
+        for row, result in zip(batch, results):
+            self.on_result({**row_fields(row), **result, "attempts": self.attempts.pop(row.index, 1)})
+        self.queue.put_back([row.index for row in batch[len(results):]])  # sent back unstarted
+        seconds = sum(r.get("seconds") or 0.0 for r in results)
+        per_row = seconds / max(len(results), 1)
+        actor.batch = int(np.clip(BATCH_SECONDS / max(per_row, 1e-4), 1, MAX_BATCH))
+
     def _feed(self, actor: _Actor) -> None:
-        while len(actor.rows) < IN_FLIGHT_PER_ACTOR:
-            row = self.queue.take(actor.name)
-            if row is None:
+        while len(actor.batches) < IN_FLIGHT_PER_ACTOR:
+            positions = self.queue.take(actor.name, actor.batch)
+            if not positions:
                 break
-            self.attempts[row.index] += 1
-            actor.rows[actor.handle.process.remote(row)] = row
-        if not actor.rows:  # nothing left for it: give its CPU or GPU back to the cluster now
+            batch = self.rows(positions)
+            actor.batches[actor.handle.process_batch.remote(batch, BATCH_SECONDS)] = batch
+        if not actor.batches:  # nothing left for it: give its CPU or GPU back to the cluster now
             self._retire(actor)
 
     def _retire(self, actor: _Actor) -> None:
@@ -185,24 +245,30 @@ class Dispatcher:
         self.actors.remove(actor)
         self.queue.release(actor.name)
 
-    def _replace(self, actor: _Actor, error: RayActorError, row: Row | None) -> None:
-        """An actor died: retry its in-flight rows once, on a new actor."""
+    def _replace(self, actor: _Actor, error: BaseException) -> None:
+        """An actor died: the batch it was running (the oldest in flight: an actor runs its calls
+        in order) is retried row by row, each charged an attempt; the others go back as they were."""
         reason = _one_line(error)
-        lost = [r for r in (row, *actor.rows.values()) if r is not None]
+        in_flight = list(actor.batches.values())
         self._probes = {ref: a for ref, a in self._probes.items() if a is not actor}
-        actor.rows.clear()
+        actor.batches.clear()
         self._retire(actor)  # dead already, or unreachable: kill it so it cannot come back
         if actor.label is None:
             self._start_failures += 1
             if self._start_failures >= MAX_START_FAILURES:
                 raise PoolError(f"actors fail to start ({self._start_failures} in a row); last: {reason}")
-        for r in lost:
-            if self.attempts[r.index] >= MAX_ATTEMPTS:
-                self.on_result(failed(r, f"{r.content}: not done: the actors running it died "
-                                         f"{self.attempts[r.index]} times (last: {reason})",
-                                      self.attempts[r.index], actor.label))
-            else:
-                self.queue.put_back(r)
+        if in_flight:
+            running, waiting = in_flight[0], [row for b in in_flight[1:] for row in b]
+            self.queue.put_back([row.index for row in waiting])
+            for row in running:
+                tries = self.attempts.get(row.index, 1)
+                if tries >= MAX_ATTEMPTS:
+                    self.attempts.pop(row.index, None)
+                    self.on_result(failed(row, f"{row.content}: not done: the actors running it died "
+                                               f"{tries} times (last: {reason})", tries, actor.label))
+                else:
+                    self.attempts[row.index] = tries + 1
+                    self.queue.put_back([row.index], suspect=True)
         if len(self.queue):
             self.replaced += 1
             self._start()

@@ -47,6 +47,16 @@ class Stylizer:
         return {"actor": self.label, "pid": os.getpid(), "device": str(self.stylist.device),
                 "model_id": self.stylist.models.model_id}
 
+    def process_batch(self, rows: list[Row], budget_s: float) -> dict:
+        """Run rows in order until they are done or have taken `budget_s` (one at least); the
+        driver sends the rest again. Returns the status dicts of the rows run and the counters."""
+        started, results = time.monotonic(), []
+        for row in rows:
+            results.append(self.process(row))
+            if time.monotonic() - started >= budget_s:
+                break
+        return {"results": results, "actor": self.label, "counters": dict(self.counters)}
+
     def process(self, row: Row) -> dict:
         """Run one row; every outcome, including failure, is a status dict (see jobs.stylize.results)."""
         started = time.monotonic()
@@ -64,7 +74,7 @@ class Stylizer:
         self.counters["busy_seconds"] += seconds
         self.counters["styles_encoded"] = self.stylist.styles_prepared
         return {**outcome, "row": row.index, "seconds": seconds, "model_id": self.stylist.models.model_id,
-                "actor": self.label, "pid": os.getpid(), "counters": dict(self.counters)}
+                "actor": self.label}
 
     @staticmethod
     def _exists(uri: str) -> bool:
