@@ -1,7 +1,8 @@
 """jobs.distill on a real local Ray: 2-worker gloo training, checkpoints, resume, export, S3.
 
 Kept small for 2 CPU cores: stage 2 of the 16x models as teacher, a half-width student, 64 px crops,
-four steps per phase.
+four steps per phase. The training images are the shared ones plus one file that is not an image,
+which every run must pass over the same way.
 """
 from __future__ import annotations
 
@@ -30,6 +31,17 @@ from jobs.distill.train import load_weights
 TEACHER = "../shared/models/cd16x"
 TRAIN = "../shared/images/train"
 STEPS = 4
+CORRUPT = "broken.jpg"
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory) -> Path:
+    """The shared training images and one corrupt file, in a folder of their own."""
+    folder = tmp_path_factory.mktemp("train")
+    for path in trainset.list_images(TRAIN):
+        (folder / Path(path).name).symlink_to(Path(path).resolve())
+    (folder / CORRUPT).write_bytes(b"\xff\xd8 not really a JPEG")
+    return folder
 
 
 def config(tmp, **overrides) -> DistillConfig:
@@ -50,23 +62,24 @@ def ray_local(s3_endpoint):
 
 
 @pytest.fixture(scope="module")
-def two_workers(ray_local, tmp_path_factory):
-    """A finished 2-worker run (encoder then decoder phase) and its settings."""
-    cfg = config(tmp_path_factory.mktemp("two"))
+def two_workers(ray_local, train_data, tmp_path_factory):
+    """A finished 2-worker run (encoder then decoder phase), each worker with two loader
+    processes, and its settings."""
+    cfg = config(tmp_path_factory.mktemp("two"), data=str(train_data), loader_workers=2)
     return cfg, job.run(cfg)
 
 
 @pytest.fixture(scope="module")
-def one_worker_s3(ray_local, s3_endpoint, tmp_path_factory):
-    """The same encoder phase on 1 worker with the same global batch, data, checkpoints and
-    export on S3."""
+def one_worker_s3(ray_local, s3_endpoint, train_data, tmp_path_factory):
+    """The same encoder phase on 1 worker reading in its training loop (no loader processes),
+    with the same global batch, and data, checkpoints and export on S3."""
     import boto3
 
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket="distill")
-    for path in trainset.list_images(TRAIN):
+    for path in trainset.list_images(str(train_data)):
         storage.upload(path, storage.join("s3://distill/train", storage.local_path(path).name))
     cfg = config(tmp_path_factory.mktemp("one"), workers=1, mode="encoder", steps=3, data="s3://distill/train",
-                 storage="s3://distill/runs", export="s3://distill/export")
+                 storage="s3://distill/runs", export="s3://distill/export", loader_workers=0)
     return cfg, job.run(cfg)
 
 
@@ -76,7 +89,7 @@ def checkpoint_dir(cfg: DistillConfig, name: str):
 
 def held_out_batch() -> torch.Tensor:
     stream = trainset.CropStream(trainset.list_images("../shared/images/content"), crop=64, seed=11)
-    return trainset.to_batch([stream.sample(p) for p in range(8)])
+    return trainset.to_batch([stream.sample(p).crop for p in range(8)])
 
 
 @pytest.mark.integration
@@ -90,6 +103,31 @@ def test_two_worker_run_reports_every_step_and_leaves_checkpoints_and_figures(tw
     for figure in ("loss_curve.png", "samples.png"):
         image = Image.open(io.BytesIO(storage.read_bytes(storage.join(summary.run_dir, figure))))
         assert image.width > 100 and image.height > 100
+
+
+@pytest.mark.integration
+def test_step_timing_is_reported_and_kept_in_the_run_folder(two_workers):
+    _, summary = two_workers
+    assert all(r["data_s"] >= 0 and r["compute_s"] > 0 for r in summary.history)
+    lines = storage.read_bytes(storage.join(summary.run_dir, job.TIMING_FILE)).decode().splitlines()
+    assert lines[0] == "phase,step,data_s,compute_s,data_share"
+    assert [line.split(",")[:2] for line in lines[1:]] == [[r["phase"], str(r["step"])] for r in summary.history]
+
+
+@pytest.mark.integration
+def test_the_corrupt_image_is_skipped_named_and_listed_in_the_run_folder(two_workers, train_data):
+    _, summary = two_workers
+    broken = str(train_data / CORRUPT)
+    assert list(summary.skipped) == [broken] and "not a readable image" in summary.skipped[broken]
+    kept = storage.read_bytes(storage.join(summary.run_dir, job.SKIPPED_FILE)).decode()
+    assert kept.startswith(broken + "\t")
+
+
+@pytest.mark.integration
+def test_the_data_is_listed_once_into_the_run_folder(two_workers, train_data):
+    cfg, summary = two_workers
+    listed = trainset.load_listing(storage.join(summary.run_dir, "images.txt"))
+    assert listed == trainset.list_images(str(train_data)) and len(listed) == 14
 
 
 @pytest.mark.integration
@@ -128,10 +166,12 @@ def test_export_loads_and_stylizes(two_workers):
 
 @pytest.mark.integration
 def test_one_worker_matches_two_workers_with_the_same_global_batch(two_workers, one_worker_s3):
+    """Also: reading in the loop and in two loader processes per worker give the same batches,
+    with the same image skipped."""
     _, two = two_workers
     _, one = one_worker_s3
     steps = len(one.history)
-    assert steps == 3
+    assert steps == 3 and len(one.skipped) == 1
     for a, b in zip(one.history, two.history[:steps]):
         assert (a["phase"], a["step"]) == (b["phase"], b["step"])
         for term in ("embed", "pixel", "perceptual", "total"):
@@ -150,7 +190,8 @@ def test_s3_run_checkpoints_and_exports_to_s3(one_worker_s3):
 @pytest.mark.integration
 def test_resume_continues_from_the_last_checkpoint(two_workers):
     cfg, first = two_workers
-    summary = job.run(dataclasses.replace(cfg, steps=STEPS + 2, resume=True))
+    # Other loader settings: they change how batches are read, never which.
+    summary = job.run(dataclasses.replace(cfg, steps=STEPS + 2, resume=True, loader_workers=1, prefetch=3))
     assert summary.history[: len(first.history)] == first.history
     assert [(r["phase"], r["step"]) for r in summary.history[len(first.history):]] == [
         ("decoder", STEPS + 1), ("decoder", STEPS + 2)]
@@ -218,6 +259,32 @@ def test_a_run_is_only_continued_with_resume_and_the_same_settings(tmp_path):
         job.run(cfg)
     with pytest.raises(ValueError, match="width_divisor"):
         job.run(dataclasses.replace(cfg, resume=True, width_divisor=4))
+
+
+def test_a_resumed_run_reads_the_images_its_first_run_listed(tmp_path, train_data):
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in sorted(train_data.iterdir())[:3]:
+        (data / path.name).symlink_to(path.resolve())
+    cfg = config(tmp_path, data=str(data))
+    job.start_or_resume(cfg)
+    job.keep_listings(cfg, job.list_data(cfg))
+    (data / "added_later.png").symlink_to(next(train_data.glob("*.png")).resolve())
+    resumed = dataclasses.replace(cfg, resume=True)
+    assert len(job.list_data(resumed)["data"]) == 3
+    assert len(job.list_data(cfg)["data"]) == 4  # a new run lists afresh
+
+
+def test_loader_options_reach_the_config():
+    args = ["--teacher", TEACHER, "--stage", "2", "--data", TRAIN, "--storage", "runs"]
+    cfg = job.parse_args(args)
+    assert (cfg.cpus_per_worker, cfg.loader_workers, cfg.prefetch, cfg.loader_processes) == (1, None, 2, 1)
+    cfg = job.parse_args(args + ["--cpus-per-worker", "6", "--prefetch", "4"])
+    assert (cfg.loader_processes, cfg.prefetch) == (5, 4)  # one CPU left for the training loop
+    assert job.parse_args(args + ["--loader-workers", "0", "--cpus-per-worker", "6"]).loader_processes == 0
+    for bad in (["--loader-workers", "-1"], ["--prefetch", "0"], ["--cpus-per-worker", "0"]):
+        with pytest.raises(ValueError, match=bad[0].lstrip("-")):
+            job.parse_args(args + bad)
 
 
 def test_command_line_builds_the_config():

@@ -4,8 +4,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from cdcore.training.losses import LossWeights
+from cdcore.storage import join
 from cdcore.nets import check_stage
+from cdcore.training.losses import LossWeights
 
 # --mode -> the phases it runs, in order. "joint" is the plain baseline: the pruned encoder and
 # decoder trained together on reconstruction alone, without teacher features or collaborator.
@@ -16,6 +17,8 @@ PHASES = {
     "joint": ("joint",),
 }
 OBJECTIVES = ("wct", "adain")
+# The image list each data option is listed into, once per run, in the run folder.
+LISTINGS = {"data": "images.txt", "style_data": "style_images.txt"}
 # Settings a resumed run must share with the run that wrote its checkpoints.
 FIXED_ON_RESUME = ("teacher", "teacher_vgg19", "student", "stage", "width_divisor", "mode", "objective")
 
@@ -40,6 +43,9 @@ class DistillConfig:
     crop: int = 256
     short_side: int = 300
     workers: int = 1
+    cpus_per_worker: int = 1
+    loader_workers: int | None = None  # None: cpus_per_worker - 1, at least 1
+    prefetch: int = 2
     use_gpu: bool = False
     name: str | None = None
     export: str | None = None
@@ -65,7 +71,8 @@ class DistillConfig:
                              "then distil with --teacher DIR")
         if self.objective == "adain" and not self.style_data:
             raise ValueError("--objective adain needs --style-data (a folder or prefix of style images)")
-        for name in ("width_divisor", "steps", "batch_size", "workers", "checkpoint_every", "log_every"):
+        for name in ("width_divisor", "steps", "batch_size", "workers", "cpus_per_worker", "prefetch",
+                     "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if self.batch_size % self.workers:
@@ -74,6 +81,8 @@ class DistillConfig:
             raise ValueError(f"learning rate must be positive (got {self.lr})")
         if not 1 <= self.crop <= self.short_side:
             raise ValueError(f"crop {self.crop} must be between 1 and the shorter side {self.short_side}")
+        if self.loader_workers is not None and self.loader_workers < 0:
+            raise ValueError(f"loader-workers must be >= 0 (got {self.loader_workers})")
         if self.max_failures < 0:
             raise ValueError(f"max-failures must be >= 0 (got {self.max_failures})")
         if self.name is None:
@@ -82,6 +91,21 @@ class DistillConfig:
     @property
     def phases(self) -> tuple[str, ...]:
         return PHASES[self.mode]
+
+    @property
+    def loader_processes(self) -> int:
+        """Loader processes per training worker: as asked, else one per CPU the worker holds
+        beyond the one its training loop runs on (and at least one, so reading overlaps compute)."""
+        return self.loader_workers if self.loader_workers is not None else max(1, self.cpus_per_worker - 1)
+
+    @property
+    def run_dir(self) -> str:
+        """URI of the run folder: run.json, the image lists, checkpoints, figures, timing."""
+        return join(self.storage, self.name)
+
+    def listing_uri(self, role: str) -> str:
+        """Where the run keeps the image list of `role` ("data" or "style_data")."""
+        return join(self.run_dir, LISTINGS[role])
 
     def to_dict(self) -> dict:
         """Plain values only (JSON and Ray-serialisable)."""

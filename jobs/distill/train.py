@@ -3,7 +3,8 @@
 A checkpoint is a directory:
     encoder.safetensors, decoder.safetensors   the student (the encoder with its aux layers)
     optimizer.pt                               Adam's state for the current phase
-    progress.json                              phase, steps done in it, loss history, settings
+    progress.json                              phase, steps done in it, loss and timing history,
+                                               the unreadable images skipped so far, settings
 Workers restore from `ray.train.get_checkpoint()`, which Ray Train fills after a worker failure
 (FailureConfig) and on a rerun under the same run name, so both continue where training stopped.
 """
@@ -100,11 +101,13 @@ def phase_loss(phase: str, cfg: DistillConfig, student: Encoder, decoder: Decode
 
 @dataclass
 class StepProgress:
-    """Where training stands: steps done in `phase`, and the loss history of the whole run."""
+    """Where training stands: steps done in `phase`, the loss history of the whole run, and the
+    images found unreadable so far (uri -> reason)."""
 
     phase: str
     step: int = 0
     history: list[dict] = field(default_factory=list)  # {"phase", "step", term: mean, ...}
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def save_checkpoint(directory: str, student: Encoder, decoder: Decoder, optimizer: torch.optim.Optimizer,
@@ -115,13 +118,14 @@ def save_checkpoint(directory: str, student: Encoder, decoder: Decoder, optimize
     save_file({k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()},
               os.path.join(directory, DECODER_FILE))
     torch.save(optimizer.state_dict(), os.path.join(directory, OPTIMIZER_FILE))
-    state = {"phase": progress.phase, "step": progress.step, "history": progress.history, "config": cfg.to_dict()}
+    state = {"phase": progress.phase, "step": progress.step, "history": progress.history,
+             "skipped": progress.skipped, "config": cfg.to_dict()}
     Path(directory, PROGRESS_FILE).write_text(json.dumps(state))
 
 
 def read_progress(directory: str) -> StepProgress:
     state = json.loads(Path(directory, PROGRESS_FILE).read_text())
-    return StepProgress(state["phase"], state["step"], state["history"])
+    return StepProgress(state["phase"], state["step"], state["history"], state.get("skipped", {}))
 
 
 def load_weights(directory: str, student: Encoder, decoder: Decoder) -> None:
@@ -138,30 +142,42 @@ def read_optimizer(directory: str) -> dict:
 # -------------------------------------------------------------------------------------- the loop
 
 
-class LossWindow:
-    """Running sums of loss terms between two reports, averaged over steps and workers.
+# Seconds per step, beside the loss terms in reports and the history: waiting for the batch (the
+# loader, and the copy to the device), and the training step itself (on a GPU this includes the
+# wait for queued kernels whenever the host runs ahead of the device).
+TIMING_TERMS = ("data_s", "compute_s")
 
-    Sums stay on the device (a float() per step would wait for the GPU every step); the
+
+class LossWindow:
+    """Running sums of loss terms and step times between two reports, averaged over steps and
+    workers.
+
+    Loss sums stay on the device (a float() per step would wait for the GPU every step); the
     all-reduce runs on that device too, as NCCL needs.
     """
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor] = {}
+        self.seconds = [0.0, 0.0]  # data wait, compute
         self.steps = 0
 
-    def add(self, terms: dict[str, torch.Tensor]) -> None:
+    def add(self, terms: dict[str, torch.Tensor], data_s: float, compute_s: float) -> None:
         for name, value in terms.items():
             self.sums[name] = self.sums.get(name, 0.0) + value.detach().double()
+        self.seconds[0] += data_s
+        self.seconds[1] += compute_s
         self.steps += 1
 
     def mean(self, world: int) -> dict[str, float]:
         names = sorted(self.sums)
-        values = torch.stack([self.sums[n] for n in names]) / self.steps
+        device = self.sums[names[0]].device
+        seconds = torch.tensor(self.seconds, dtype=torch.float64, device=device)
+        values = torch.cat([torch.stack([self.sums[n] for n in names]), seconds]) / self.steps
         if world > 1:
             # Each worker saw its own share of the batch; the mean of equal shares is the global mean.
             dist.all_reduce(values)
             values /= world
-        return dict(zip(names, values.tolist()))
+        return dict(zip([*names, *TIMING_TERMS], values.tolist()))
 
 
 def _duration(seconds: float) -> str:
@@ -169,14 +185,61 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
+def data_share(row: dict) -> float:
+    """The share of step time spent waiting for data, from a history row or report."""
+    total = row["data_s"] + row["compute_s"]
+    return row["data_s"] / total if total > 0 else 0.0
+
+
 def _progress_line(phase: str, step: int, cfg: DistillConfig, means: dict, rate: float, phases_left: int) -> str:
     remaining = cfg.steps - step + phases_left * cfg.steps
-    terms = "  ".join(f"{n} {v:.4g}" for n, v in means.items() if n != "total")
+    terms = "  ".join(f"{n} {v:.4g}" for n, v in means.items() if n not in ("total", *TIMING_TERMS))
     return (f"[{phase}] step {step}/{cfg.steps}  loss {means['total']:.4g} ({terms})  "
-            f"{rate:.2f} step/s  {rate * cfg.batch_size:.1f} img/s  ETA {_duration(remaining / rate)}")
+            f"{rate:.2f} step/s  {rate * cfg.batch_size:.1f} img/s  "
+            f"data {means['data_s']:.3f} s + compute {means['compute_s']:.3f} s per step "
+            f"({data_share(means):.0%} waiting for data)  ETA {_duration(remaining / rate)}")
 
 
-def train_phase(phase: str, cfg: DistillConfig, models: Models, progress: StepProgress,
+class SkipLog:
+    """The unreadable images a worker's batches passed over: a warning for each the first time,
+    and the union over all workers (and earlier runs of this one) at checkpoints."""
+
+    def __init__(self, earlier: dict[str, str]):
+        self.seen = dict(earlier)
+
+    def note(self, skipped: tuple[trainset.Unreadable, ...]) -> None:
+        for uri, reason in skipped:
+            if uri not in self.seen:
+                self.seen[uri] = reason
+                # The reason names the image.
+                log.warning("skipping an unreadable image, %s; the next image of its epoch takes its place", reason)
+
+    def union(self, world: int) -> dict[str, str]:
+        """Every worker's skips (a collective: every worker must call it)."""
+        if world == 1:
+            return dict(sorted(self.seen.items()))
+        gathered: list[dict] = [{} for _ in range(world)]
+        dist.all_gather_object(gathered, self.seen)
+        return dict(sorted((k, v) for d in gathered for k, v in d.items()))
+
+
+class Streams(NamedTuple):
+    """The run's crop streams: content, and style for the AdaIN objective."""
+
+    content: trainset.CropStream
+    style: trainset.CropStream | None
+
+
+def build_streams(cfg: DistillConfig) -> Streams:
+    """The crop streams over the image lists the driver wrote into the run folder."""
+    content = trainset.CropStream(trainset.load_listing(cfg.listing_uri("data")), cfg.crop, cfg.short_side, cfg.seed)
+    # The style stream draws from its own seed so that content and style crops are independent.
+    style = (trainset.CropStream(trainset.load_listing(cfg.listing_uri("style_data")), cfg.crop, cfg.short_side,
+                                 cfg.seed + 1) if cfg.style_data else None)
+    return Streams(content, style)
+
+
+def train_phase(phase: str, cfg: DistillConfig, models: Models, progress: StepProgress, streams: Streams,
                 optimizer_state: dict | None = None) -> None:
     """Train one phase from `progress.step` to `cfg.steps`, reporting every `log_every` steps and
     checkpointing every `checkpoint_every` steps and at the end of the phase."""
@@ -188,35 +251,37 @@ def train_phase(phase: str, cfg: DistillConfig, models: Models, progress: StepPr
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
-    content = trainset.CropStream(trainset.list_images(cfg.data), cfg.crop, cfg.short_side, cfg.seed)
-    # The style stream draws from its own seed so that content and style crops are independent.
-    style = (trainset.CropStream(trainset.list_images(cfg.style_data), cfg.crop, cfg.short_side, cfg.seed + 1)
-             if phase == "encoder" and cfg.objective == "adain" else None)
-    window, started, first = LossWindow(), time.monotonic(), progress.step
+    wanted = [streams.content] + ([streams.style] if phase == "encoder" and cfg.objective == "adain" else [])
+    batches = iter(trainset.loader(wanted, range(progress.step, cfg.steps), cfg.batch_size, rank, world,
+                                   cfg.loader_processes, cfg.prefetch, pin_memory=device.type == "cuda"))
+    window, skips, started, first = LossWindow(), SkipLog(progress.skipped), time.monotonic(), progress.step
     phases_left = len(cfg.phases) - cfg.phases.index(phase) - 1
+    clock = time.perf_counter()
     for step in range(progress.step, cfg.steps):
-        x = content.batch(step, cfg.batch_size, rank, world).to(device)
-        inputs = (x, style.batch(step, cfg.batch_size, rank, world).to(device)) if style else (x,)
+        batch = next(batches)
+        inputs = tuple(trainset.to_input(crops, device) for crops in batch.crops)
+        fetched = time.perf_counter()
         terms = model(*inputs)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         optimizer.step()
-        window.add(terms)
+        window.add(terms, fetched - clock, time.perf_counter() - fetched)
+        skips.note(batch.skipped)
         done = step + 1
         save = done % cfg.checkpoint_every == 0 or done == cfg.steps
-        if not (save or done % cfg.log_every == 0):
-            continue
-        means = window.mean(world)
-        window = LossWindow()
-        progress.step = done
-        progress.history.append({"phase": phase, "step": done, **means})
-        rate = (done - first) / (time.monotonic() - started)
-        if rank == 0:
-            log.info(_progress_line(phase, done, cfg, means, rate, phases_left))
-        state = (models.student, models.decoder, optimizer, progress) if save and rank == 0 else None
-        _report(means, phase, done, cfg, state)
-
-
+        if save or done % cfg.log_every == 0:
+            means = window.mean(world)
+            window = LossWindow()
+            progress.step = done
+            progress.history.append({"phase": phase, "step": done, **means})
+            rate = (done - first) / (time.monotonic() - started)
+            if rank == 0:
+                log.info(_progress_line(phase, done, cfg, means, rate, phases_left))
+            if save:
+                progress.skipped = skips.union(world)
+            state = (models.student, models.decoder, optimizer, progress) if save and rank == 0 else None
+            _report(means, phase, done, cfg, state)
+        clock = time.perf_counter()  # reports and checkpoints count as neither data nor compute
 def _report(means: dict, phase: str, step: int, cfg: DistillConfig, state: tuple | None) -> None:
     """Report metrics from every worker (Ray Train's report is a barrier); rank 0 adds the
     checkpoint when `state` is given."""
@@ -245,7 +310,8 @@ def train_worker(config: dict) -> None:
             optimizer_state = read_optimizer(directory)
     models = Models(student.to(device), decoder.to(device), teacher.to(device),
                     collaborator.to(device) if collaborator is not None else None)
+    streams = build_streams(cfg)  # the run's image lists, read once for all phases
     for phase in cfg.phases[cfg.phases.index(progress.phase):]:
         if phase != progress.phase:  # the checkpoint's phase is finished: the next starts afresh
             progress.phase, progress.step, optimizer_state = phase, 0, None
-        train_phase(phase, cfg, models, progress, optimizer_state)
+        train_phase(phase, cfg, models, progress, streams, optimizer_state)
