@@ -412,17 +412,17 @@ def ray_head():
     token.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), PATH=f"{VENV_BIN}:{env['PATH']}")
-    dashboard = free_port()
+    dashboard, gcs = free_port(), free_port()
     head = subprocess.Popen(
         [str(VENV_BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--disable-usage-stats",
-         "--node-ip-address", "127.0.0.1", "--port", str(free_port()), "--temp-dir", str(home / "ray"),
+         "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--temp-dir", str(home / "ray"),
          "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
          "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port())],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"
     try:
         wait_for_dashboard(url, head)
-        yield url, env
+        yield url, env, f"127.0.0.1:{gcs}"
     finally:
         head.send_signal(signal.SIGTERM)
         try:
@@ -449,7 +449,7 @@ def wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float = 120) -
 
 
 def test_ray_job_submit_with_token_auth(ray_head, inputs, tmp_path):
-    url, env = ray_head
+    url, env, _ = ray_head
     with pytest.raises(urllib.error.HTTPError) as refused:  # the head really enforces the token
         urllib.request.urlopen(f"{url}/api/jobs/", timeout=10)
     assert refused.value.code == 401
@@ -464,3 +464,96 @@ def test_ray_job_submit_with_token_auth(ray_head, inputs, tmp_path):
     log = submit.stdout + submit.stderr
     assert submit.returncode == 0 and "succeeded" in log, log[-3000:]
     check_first_run(read_results(str(tmp_path / "results")), str(inputs))
+
+
+# ------------------------------------------------------------------------------------ dataset mode
+
+def dataset_tree(root: Path, inputs: Path) -> tuple[Path, Path]:
+    """contents/{a/one.jpg, a/two.PNG, b/c/three.jpeg} and styles/{s0,s1,s2}.jpg, small."""
+    photo = Image.open(inputs / "bridge.jpg").resize((64, 48))
+    for rel in ("a/one.jpg", "a/two.PNG", "b/c/three.jpeg"):
+        path = root / "contents" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        photo.save(path, "PNG" if rel.endswith("PNG") else "JPEG")
+    (root / "styles").mkdir()
+    for i, name in enumerate(("style_a.jpg", "style_b.jpg", "style_a.jpg")):
+        Image.open(inputs / name).rotate(90 * i).save(root / "styles" / f"s{i}.jpg")
+    return root / "contents", root / "styles"
+
+
+def dataset_args(contents, styles, out, results, seed=7) -> list[str]:
+    return ["--contents", str(contents), "--styles", str(styles), "--num-styles", "2", "--seed", str(seed),
+            "--output-prefix", str(out), "--results", str(results), "--models", str(MODELS), "--actors", "1",
+            "--levels", "2,1"]
+
+
+def expected_outputs(manifest: list[dict], contents: str, out: str) -> list[str]:
+    """The content's path below --contents, with the style's stem added, under --output-prefix."""
+    names = []
+    for row in manifest:
+        rel, ext = os.path.splitext(row["content"][len(contents.rstrip("/")) + 1:])
+        style = os.path.splitext(row["style"].rsplit("/", 1)[1])[0]
+        names.append(f"{out.rstrip('/')}/{rel}+{style}{ext}")
+    return names
+
+
+def test_dataset_mode_mirrors_the_tree_and_a_rerun_runs_nothing(local_ray, inputs, tmp_path, capsys):
+    contents, styles = dataset_tree(tmp_path, inputs)
+    out, results = tmp_path / "out", tmp_path / "results"
+    assert main(dataset_args(contents, styles, out, results)) == 0
+    manifest = pq.read_table(str(tmp_path / "results-manifest.parquet")).to_pylist()
+    assert len(manifest) == 6 and len({(r["content"], r["style"]) for r in manifest}) == 6
+    outputs = expected_outputs(manifest, str(contents), str(out))
+    assert [r["output"] for r in manifest] == outputs
+    assert all(Path(o).is_file() for o in outputs) and (out / "b" / "c").is_dir()
+    assert {r["status"] for r in pq.read_table(str(results)).to_pylist()} == {"ok"}
+    capsys.readouterr()
+
+    parts = sorted(results.iterdir())
+    assert main(dataset_args(contents, styles, out, results)) == 0  # the same seed: every row done already
+    said = capsys.readouterr().out
+    assert "0 rows in" in said and "6 done by earlier runs" in said and sorted(results.iterdir()) == parts
+
+    other = tmp_path / "other"
+    assert main([*dataset_args(contents, styles, other, tmp_path / "r8", seed=8), "--levels", "1"]) == 0
+    pairs = {(r["content"], r["style"]) for r in pq.read_table(str(tmp_path / "r8-manifest.parquet")).to_pylist()}
+    assert pairs != {(r["content"], r["style"]) for r in manifest}
+
+
+def test_dataset_mode_on_s3(local_ray, s3_bucket, inputs, tmp_path):
+    contents, styles = dataset_tree(tmp_path, inputs)
+    for path in [*contents.rglob("*.*"), *styles.iterdir()]:
+        storage.upload(path, f"{s3_bucket}/{path.relative_to(tmp_path)}")
+    out, results = f"{s3_bucket}/stylized/", f"{s3_bucket}/runs/r1"
+    assert main(dataset_args(f"{s3_bucket}/contents", f"{s3_bucket}/styles", out, results)) == 0
+    manifest = pq.read_table(f"{s3_bucket}/runs/r1-manifest.parquet").to_pylist()
+    outputs = expected_outputs(manifest, f"{s3_bucket}/contents", out)
+    assert storage.list_files(f"{s3_bucket}/stylized") == sorted(outputs)
+    assert [r["status"] for r in read_results(results)] == ["ok"] * 6
+
+
+def test_a_killed_driver_leaves_parts_that_a_rerun_uses(ray_head, inputs, tmp_path):
+    _, env, address = ray_head
+    contents, styles = dataset_tree(tmp_path, inputs)
+    for i in range(9):  # 12 contents, 24 rows of the full cascade: long enough to kill in the middle
+        shutil.copy(contents / "a" / "one.jpg", contents / "a" / f"more{i}.jpg")
+    out, results = tmp_path / "out", tmp_path / "results"
+    args = [*dataset_args(contents, styles, out, results)[:-2], "--flush-seconds", "0.2"]
+    driver = subprocess.Popen([sys.executable, "-m", "jobs.stylize", *args], cwd=REPO,
+                              env={**env, "RAY_ADDRESS": address}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (results.is_dir() and any(results.iterdir())) and time.monotonic() < deadline:
+            assert driver.poll() is None, "the job ended before a part was written"
+            time.sleep(0.1)
+    finally:
+        driver.kill()
+        driver.wait()
+    recorded = [r for r in pq.read_table(str(results)).to_pylist() if r["status"] == "ok"]
+    assert 0 < len(recorded) < 24
+    rerun = run_in_process(["--contents", str(contents), *args[2:]])
+    assert rerun.earlier == len(recorded)
+    assert rerun.count("ok") + rerun.count("skipped") == 24 - len(recorded) and rerun.count("failed") == 0
+    final = pq.read_table(str(results)).to_pylist()
+    assert {r["output"] for r in final if r["status"] in ("ok", "skipped")} == {str(p) for p in out.rglob("*.*")}

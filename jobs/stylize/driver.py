@@ -127,8 +127,8 @@ def manifest_next_to(results: str) -> str:
 
 
 def _read_source(args: argparse.Namespace, output_prefix: str, results: str):
-    """(manifest table, its URI): read from --manifest, or expanded from --contents/--styles and
-    written next to the results so the run can be inspected and reproduced."""
+    """(manifest table, its URI): read from --manifest, or expanded from --contents/--styles (its
+    URI then says where `prepare` writes it)."""
     if args.manifest:
         uri = resolve(args.manifest)
         return read_manifest(uri), uri
@@ -136,12 +136,13 @@ def _read_source(args: argparse.Namespace, output_prefix: str, results: str):
         raise DatasetError("--contents needs --styles")
     dataset = Dataset(resolve(args.contents), resolve(args.styles), output_prefix, args.num_styles, args.seed,
                       args.extensions, args.output_name)
-    table = expand(dataset)
-    uri = manifest_next_to(results)
+    return expand(dataset), manifest_next_to(results)
+
+
+def _write_table(table, uri: str) -> None:
     data = io.BytesIO()
     pq.write_table(table, data)
     storage.write_bytes(uri, data.getvalue())
-    return table, uri
 
 
 def prepare(args: argparse.Namespace) -> Job:
@@ -156,6 +157,8 @@ def prepare(args: argparse.Namespace) -> Job:
     stages = plan.stages()
     models = resolve(args.models or default_models_dir())
     model_id = load_model_set(models, stages).model_id if stages else None
+    if not args.manifest:  # the expanded manifest, so the run can be inspected and reproduced
+        _write_table(table, source)
     worker = WorkerConfig(models=models, stages=stages, device="cuda" if args.num_gpus_per_actor else "cpu",
                           overwrite=args.overwrite, max_pixels=args.max_pixels, style_cache=args.style_cache,
                           tile_size=args.tile_size)
