@@ -1,0 +1,150 @@
+"""`python -m jobs.report RESULTS -o report.html`: one self-contained HTML page about a job's results.
+
+The page holds the summary numbers, the failures grouped by reason with the URIs that hit each,
+and a contact sheet (content | style | output) for a sample of the rows that succeeded. Thumbnails
+are made here, small, and embedded as data URIs, so the file can be mailed or opened anywhere.
+Where several runs recorded one output (a failure, then a success on a rerun), the latest counts.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import sys
+from collections import Counter, defaultdict
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from PIL import Image
+
+from cdcore import images, storage
+
+from .stylize.results import STATUSES, read_results
+
+URIS_PER_REASON = 20
+
+
+def latest(table: pa.Table) -> pa.Table:
+    """One record per output (per row where there is no output), the latest run's, in row order.
+    Done in Arrow: a million records as Python dicts would take gigabytes."""
+    table = table.sort_by([("run", "ascending")])
+    key = pc.coalesce(table["output"], pc.cast(table["row"], pa.string()))
+    positions = pa.table({"key": key, "at": pa.array(range(table.num_rows), pa.int64())})
+    newest = positions.group_by("key").aggregate([("at", "max")])["at_max"]
+    return table.take(newest).sort_by([("row", "ascending")])
+
+
+def reason(record: dict) -> str:
+    """The error without the URI it names, so rows that failed alike group together."""
+    text = record["error"] or "unknown"
+    for uri in (record["content"], record["style"], record["output"]):
+        if uri and text.startswith(f"{uri}: "):
+            return text[len(uri) + 2:]
+    return text
+
+
+def thumbnail(uri: str, side: int) -> str:
+    """A data URI of a JPEG at most side x side, or "" when the image cannot be read."""
+    try:
+        img = Image.open(io.BytesIO(storage.read_bytes(uri)))
+        img.draft("RGB", (side, side))  # JPEG decodes at a fraction of its size: fast on big images
+        img = img.convert("RGB")
+        img.thumbnail((side, side))
+    except Exception:  # a report shows what it can; the row's status says the rest
+        return ""
+    data = io.BytesIO()
+    img.save(data, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(data.getvalue()).decode()
+
+
+def sample(table: pa.Table, count: int) -> list[dict]:
+    """`count` ok rows spread evenly over the table (the same ones every time)."""
+    ok = table.filter(pc.equal(table["status"], "ok"))
+    step = max(1, ok.num_rows // max(count, 1))
+    return ok.take(pa.array(range(0, ok.num_rows, step))[:count]).to_pylist()
+
+
+CSS = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }
+h1 { font-size: 20px; } h2 { font-size: 16px; margin-top: 28px; }
+table { border-collapse: collapse; } td, th { padding: 3px 10px; text-align: left; vertical-align: top; }
+th { border-bottom: 1px solid #aaa; } .num { text-align: right; font-variant-numeric: tabular-nums; }
+.failed { color: #a00; } .uris { font: 12px monospace; color: #555; }
+.sheet td { padding: 4px; } .sheet img { display: block; max-width: 100%; }
+.caption { font: 11px monospace; color: #555; max-width: 520px; overflow-wrap: anywhere; }
+"""
+
+
+def _sum(array) -> float:
+    return pc.sum(array).as_py() or 0.0
+
+
+def summary_rows(table: pa.Table, runs: int) -> list[tuple[str, str]]:
+    counts = Counter(table["status"].to_pylist())
+    ok = table.filter(pc.equal(table["status"], "ok"))
+    megapixels = _sum(pc.multiply(pc.cast(ok["width"], pa.int64()), pc.cast(ok["height"], pa.int64()))) / 1e6
+    rows = [("rows", f"{table.num_rows:,}")] + [(s, f"{counts[s]:,}") for s in STATUSES]
+    rows += [("runs", str(runs)), ("megapixels stylized", f"{megapixels:,.1f}"),
+             ("actor seconds", f"{_sum(table['seconds']):,.1f}"),
+             ("seconds per ok row", f"{_sum(ok['seconds']) / max(ok.num_rows, 1):.2f}")]
+    return rows
+
+
+def render(table: pa.Table, runs: int, source: str, count: int, side: int) -> str:
+    e = html.escape
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>jobs.stylize report</title>"
+           f"<style>{CSS}</style></head><body><h1>jobs.stylize results: {e(source)}</h1>", "<table>"]
+    out += [f"<tr><th>{e(k)}</th><td class='num'>{e(v)}</td></tr>" for k, v in summary_rows(table, runs)]
+    out.append("</table>")
+    failures = defaultdict(list)
+    for r in table.filter(pc.equal(table["status"], "failed")).to_pylist():
+        failures[reason(r)].append(r["content"] or f"row {r['row']}")
+    if failures:
+        out.append("<h2>Failures by reason</h2><table><tr><th class='num'>rows</th><th>reason</th></tr>")
+        for why, uris in sorted(failures.items(), key=lambda kv: -len(kv[1])):
+            shown = "<br>".join(e(u) for u in uris[:URIS_PER_REASON])
+            more = f"<br>and {len(uris) - URIS_PER_REASON:,} more" if len(uris) > URIS_PER_REASON else ""
+            out.append(f"<tr><td class='num failed'>{len(uris):,}</td><td>{e(why)}"
+                       f"<div class='uris'>{shown}{more}</div></td></tr>")
+        out.append("</table>")
+    picked = sample(table, count)
+    if picked:
+        out.append(f"<h2>Contact sheet: {len(picked)} of the ok rows</h2><table class='sheet'>"
+                   "<tr><th>content</th><th>style</th><th>output</th></tr>")
+        for r in picked:
+            cells = "".join(f"<td><img src='{thumbnail(uri, side)}' alt=''></td>"
+                            for uri in (r["content"], r["style"], r["output"]))
+            out.append(f"<tr>{cells}</tr><tr><td colspan='3' class='caption'>{e(r['output'])}</td></tr>")
+        out.append("</table>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs.report", description=__doc__.splitlines()[0])
+    p.add_argument("results", help="the results prefix of jobs.stylize (local, file:// or s3://)")
+    p.add_argument("-o", "--output", required=True, help="the HTML file to write (local, file:// or s3://)")
+    p.add_argument("--sample", type=int, default=12, help="rows on the contact sheet (default 12)")
+    p.add_argument("--thumbnail", type=int, default=200, help="thumbnail side in pixels (default 200)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        table = read_results(args.results)
+        if not table.num_rows:
+            raise ValueError(f"{args.results}: no results parts there")
+        runs = len(pc.unique(table["run"])) if "run" in table.column_names else 1
+        page = render(latest(table), runs, args.results, args.sample, args.thumbnail)
+        storage.write_bytes(args.output, page.encode())
+    except (storage.StorageError, images.ImageError, ValueError) as e:
+        print(f"jobs.report: error: {e}", file=sys.stderr)
+        return 2
+    print(f"jobs.report: wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
