@@ -35,7 +35,8 @@ from PIL import Image
 
 from cdcore import images
 from cdcore.modelset import load_model_set
-from cdcore.stylize import parse_levels, style_statistics, stylize, to_tensor, to_uint8
+from cdcore.options import levels as parse_levels
+from cdcore.stylize import style_statistics, stylize, to_tensor, to_uint8
 from jobs.stylize.driver import build_parser, prepare, run
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -92,8 +93,9 @@ def run_job(manifest: Path, out: Path, actors: int, levels: str) -> dict:
     started = time.perf_counter()
     report = run(prepare(args))
     seconds = time.perf_counter() - started
-    if report.count("ok") != len(report.records):
-        raise RuntimeError(f"{manifest}: {len(report.records) - report.count('ok')} rows not ok")
+    rows = sum(report.tally.counts.values())
+    if report.count("ok") != rows:
+        raise RuntimeError(f"{manifest}: {rows - report.count('ok')} rows not ok")
     busy = sum(c["busy_seconds"] for c in report.actors.values())
     encoded = sum(c["styles_encoded"] for c in report.actors.values())
     return {"seconds": seconds, "overhead": 1 - busy / (actors * seconds), "styles_encoded": encoded}
@@ -112,7 +114,7 @@ def main() -> None:
                    help="comma-separated torch thread counts for the loop (default: 1 and --actors)")
     args = p.parse_args()
     loop_threads = sorted({int(t) for t in (args.loop_threads or f"1,{args.actors}").split(",")} | {1})
-    levels = parse_levels(args.levels, "wct")
+    levels = parse_levels(args.levels)
     content_sources = sorted((SHARED / "images" / "content").glob("*.jpg")) + \
         sorted((SHARED / "images" / "train").glob("*.png"))
     style_sources = sorted((SHARED / "images" / "style").glob("*.jpg"))

@@ -81,7 +81,7 @@ def run_job(root: Path, manifest: Path, actors: int) -> dict:
 
 
 def dispatch_table(counts: list[int], actors: int, styles: int) -> None:
-    print(f"| rows | planning s | dispatch s | rows/s | driver peak RSS GB | parts |")
+    print("| rows | planning s | dispatch s | rows/s | driver peak RSS GB | parts |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for rows in counts:
         with tempfile.TemporaryDirectory(prefix="job-scale-") as tmp:

@@ -103,8 +103,10 @@ def render(table: pa.Table, runs: int, source: str, count: int, side: int) -> st
     if failures:
         out.append("<h2>Failures by reason</h2><table><tr><th class='num'>rows</th><th>reason</th></tr>")
         for why, uris in sorted(failures.items(), key=lambda kv: -len(kv[1])):
-            shown = "<br>".join(e(u) for u in uris[:URIS_PER_REASON])
-            more = f"<br>and {len(uris) - URIS_PER_REASON:,} more" if len(uris) > URIS_PER_REASON else ""
+            each = Counter(uris)  # a content paired with several styles fails once per pair
+            shown = "<br>".join(e(u) + (f" ({n} rows)" if n > 1 else "")
+                                for u, n in each.most_common(URIS_PER_REASON))
+            more = f"<br>and {len(each) - URIS_PER_REASON:,} more" if len(each) > URIS_PER_REASON else ""
             out.append(f"<tr><td class='num failed'>{len(uris):,}</td><td>{e(why)}"
                        f"<div class='uris'>{shown}{more}</div></td></tr>")
         out.append("</table>")
