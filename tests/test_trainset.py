@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cdcore import images, storage
+from cdcore import storage
 from cdcore.training import trainset
 
 TRAIN = "../shared/images/train"
@@ -156,16 +156,28 @@ def test_a_stream_without_a_readable_image_is_refused(tmp_path):
 
 
 def test_storage_failures_are_raised_not_skipped(stream, monkeypatch):
-    def outage(uri, max_pixels=None):
-        try:
-            raise storage.StorageError(f"{uri}: SlowDown: please reduce your request rate")
-        except storage.StorageError as e:
-            raise images.ImageError(str(e)) from e
+    def outage(uri):
+        raise storage.StorageError(f"{uri}: SlowDown: please reduce your request rate")
 
-    monkeypatch.setattr(images, "read_image", outage)
+    monkeypatch.setattr(storage, "read_small", outage)
     fresh = dataclasses.replace(stream, short_side=97)  # not in the decoded-image cache
-    with pytest.raises(images.ImageError, match="SlowDown"):
+    with pytest.raises(storage.StorageError, match="SlowDown"):
         fresh.sample(0)
+
+
+def test_images_on_s3_are_read_and_a_vanished_one_is_skipped(s3_bucket, tmp_path):
+    names = []
+    for i in range(3):
+        names.append(f"{s3_bucket}/train/{i}.png")
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(buffer, "PNG")
+        storage.write_bytes(names[-1], buffer.getvalue())
+    assert storage.read_small(names[0]) == storage.read_bytes(names[0])
+    stream = trainset.CropStream(trainset.list_images(f"{s3_bucket}/train") + (f"{s3_bucket}/train/gone.png",),
+                                 crop=16, short_side=20)
+    samples = [stream.sample(p) for p in range(4)]
+    assert [u.uri for s in samples for u in s.skipped] == [f"{s3_bucket}/train/gone.png"]
+    assert "no such file or object" in next(u.reason for s in samples for u in s.skipped)
 
 
 # ------------------------------------------------------------------------------------ listings

@@ -86,25 +86,21 @@ _unreadable: dict[str, str] = {}
 def _load(uri: str, short_side: int) -> np.ndarray:
     # Small data sets are re-read every epoch; a bounded cache keeps them in memory without
     # letting a large one grow the process without limit.
-    return resize_shorter_side(images.read_image(uri).rgb, short_side)
-
-
-def _is_skippable(error: images.ImageError) -> bool:
-    """Bad bytes or a vanished object: not a storage failure (those carry their cause)."""
-    return not isinstance(error.__cause__, storage.StorageError)
+    return resize_shorter_side(images.decode(storage.read_small(uri), uri).rgb, short_side)
 
 
 def _load_or_none(uri: str, short_side: int) -> np.ndarray | None:
-    """The resized image, or None when it is unreadable (remembered in `_unreadable`)."""
+    """The resized image, or None when it is unreadable (remembered in `_unreadable`): bytes
+    that do not decode, or an object gone since the listing. Other storage errors propagate."""
     if uri in _unreadable:
         return None
     try:
         return _load(uri, short_side)
+    except storage.NotFound:
+        _unreadable[uri] = f"{uri}: no such file or object"
     except images.ImageError as e:
-        if not _is_skippable(e):
-            raise
         _unreadable[uri] = str(e)
-        return None
+    return None
 
 
 def to_batch(crops: list[np.ndarray]) -> torch.Tensor:
