@@ -29,7 +29,7 @@ from PIL import Image
 from cdcore import storage
 from cdcore.cli import main as cdcore_main
 from cdcore.images import read_image
-from cdcore.options import Recipe
+from cdcore.options import DEFAULT_LEVELS, Recipe
 from jobs.stylize.manifest import Options, Row, derived_output, read_manifest
 from jobs.stylize.plan import plan_rows, plan_table
 from jobs.stylize.scheduler import StyleQueue
@@ -150,7 +150,7 @@ def test_planning_defaults_overrides_and_row_problems():
     rows = plan_rows(records, options, source="m.csv")
     assert rows[0] == Row(0, "s3://b/in/cat.jpg", "s3://b/st/ink.png", "s3://b/out/cat+ink_wct_a0.8.jpg",
                           "wct", Recipe(alpha=0.8))
-    assert (rows[1].output, rows[1].recipe.stages) == ("s3://b/out/cat+ink_adain_a0.25.tif", (4,))
+    assert (rows[1].output, rows[1].recipe.stages) == ("s3://b/out/cat+ink_adain_a0.25.tif", DEFAULT_LEVELS["adain"])
     assert (rows[2].output, rows[2].recipe.stages) == ("s3://b/out/dog+ink_gatys.png", (5,))  # bmp: we write png
     assert rows[3].error == "m.csv row 3: alpha must be a number in [0, 1] (got 'strong')"
     assert rows[4].error.startswith("m.csv row 4: method must be one of wct, adain, gatys")
