@@ -94,10 +94,14 @@ def dispatch_table(counts: list[int], actors: int, styles: int) -> None:
 
 
 def listing_table(objects: int) -> None:
+    import logging
+
     import boto3
     from moto.server import ThreadedMotoServer
 
     from cdcore import storage
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

@@ -32,7 +32,15 @@ MiB = 1024 * 1024
 
 
 class StorageError(OSError):
-    """An object could not be read or written; the message names the URI and the reason."""
+    """An object could not be read or written; the message names the URI and the reason.
+    `transient`: trying again later may succeed (the connection failed or timed out, the server
+    answered 5xx or asked to slow down), as opposed to a missing object or a refused access."""
+
+    transient = False
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 class NotFound(StorageError):
@@ -44,8 +52,11 @@ class NotFound(StorageError):
 @dataclasses.dataclass(frozen=True)
 class _Settings:
     endpoint_url: str | None = None
-    max_attempts: int = 6
+    max_attempts: int | None = None  # None: $AWS_MAX_ATTEMPTS, else DEFAULT_MAX_ATTEMPTS
     part_size: int = 16 * MiB
+
+
+DEFAULT_MAX_ATTEMPTS = 6
 
 
 _settings = _Settings()
@@ -54,18 +65,19 @@ _settings = _Settings()
 def configure(
     *,
     endpoint_url: str | None = None,
-    max_attempts: int = _Settings.max_attempts,
+    max_attempts: int | None = None,
     part_size: int = _Settings.part_size,
 ) -> None:
     """Set this process's S3 options; each call replaces all of them (`configure()` resets).
 
     endpoint_url: an S3-compatible server such as "http://minio:9000", overriding the environment.
     max_attempts: tries per request; throttling, 5xx and dropped connections are retried with
-        exponential backoff (botocore "standard" retry mode).
+        exponential backoff (botocore "standard" retry mode). None: `$AWS_MAX_ATTEMPTS` (the AWS
+        tools' own variable, which reaches Ray workers through the runtime env), else 6.
     part_size: objects larger than this move in parts of this size, in parallel (S3 minimum 5 MiB).
     """
     global _settings
-    if max_attempts < 1:
+    if max_attempts is not None and max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
     if part_size < 5 * MiB:
         raise ValueError(f"part_size must be at least 5 MiB (S3's minimum part), got {part_size}")
@@ -106,7 +118,8 @@ def _client():
     multiprocessing child builds its own. Once built, boto3 clients are safe to share by threads.
     """
     global _cached_client
-    key = (os.getpid(), _endpoint(), _settings.max_attempts)
+    attempts = _settings.max_attempts or int(os.environ.get("AWS_MAX_ATTEMPTS") or DEFAULT_MAX_ATTEMPTS)
+    key = (os.getpid(), _endpoint(), attempts)
     with _client_lock:
         if _cached_client is None or _cached_client[0] != key:
             _cached_client = (key, _new_client(key[1], key[2]))
@@ -131,6 +144,13 @@ def _transfer() -> TransferConfig:
 # ---------------------------------------------------------------------------------------- errors
 
 _NOT_FOUND_REASONS = {"NoSuchBucket": "no such bucket", "NoSuchKey": "no such key"}
+# Error codes of S3 and its look-alikes that mean "not now" rather than "no".
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded",
+                    "RequestTimeout", "ServiceUnavailable", "InternalError", "OperationAborted"}
+# botocore's failures to get an answer at all: refused, reset or closed connections, timeouts.
+_TRANSIENT_BOTOCORE = (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
+                       botocore.exceptions.ReadTimeoutError, botocore.exceptions.ResponseStreamingError,
+                       botocore.exceptions.IncompleteReadError)
 
 
 def _one_line(text: object) -> str:
@@ -144,7 +164,24 @@ def _from_client_error(label: str, e: botocore.exceptions.ClientError) -> Storag
     if code in _NOT_FOUND_REASONS or code in ("404", "NotFound") or status == 404:
         # A HEAD answer has no body, so a 404 there cannot tell a missing key from a missing bucket.
         return NotFound(f"{label}: {_NOT_FOUND_REASONS.get(code, 'not found (404)')}")
-    return StorageError(f"{label}: {code or status}: {_one_line(error.get('Message') or e)}")
+    transient = code in _TRANSIENT_CODES or status == 429 or (status or 0) >= 500
+    return StorageError(f"{label}: {code or status}: {_one_line(error.get('Message') or e)}", transient)
+
+
+def _from_botocore_error(label: str, e: Exception) -> StorageError:
+    transient = isinstance(e, _TRANSIENT_BOTOCORE) or isinstance(e, boto3.exceptions.RetriesExceededError)
+    return StorageError(f"{label}: {_one_line(e)}", transient)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether `error`, or an error it was raised from, is a transient StorageError."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, StorageError):
+            return error.transient
+        error = error.__cause__ or error.__context__
+    return False
 
 
 @contextlib.contextmanager
@@ -159,11 +196,13 @@ def _errors(label: str) -> Iterator[None]:
         cause = e.__context__
         if isinstance(cause, botocore.exceptions.ClientError):
             raise _from_client_error(label, cause) from e
+        if isinstance(cause, botocore.exceptions.BotoCoreError):
+            raise _from_botocore_error(label, cause) from e
         raise StorageError(f"{label}: {_one_line(e)}") from e
     except botocore.exceptions.ClientError as e:
         raise _from_client_error(label, e) from e
     except (botocore.exceptions.BotoCoreError, boto3.exceptions.Boto3Error) as e:
-        raise StorageError(f"{label}: {_one_line(e)}") from e
+        raise _from_botocore_error(label, e) from e
     except FileNotFoundError as e:
         raise NotFound(f"{label}: no such file") from e
     except OSError as e:
@@ -298,6 +337,17 @@ def upload(path: str | os.PathLike, uri: str) -> None:
                 shutil.copyfile(path, tmp)
         else:
             _client().upload_file(str(path), *_split_s3(uri), Config=_transfer())
+
+
+def ping(prefix: str) -> None:
+    """One cheap request to the storage of `prefix` (a listing of at most one key under it);
+    raises StorageError when storage does not answer. Local paths always answer."""
+    prefix = str(prefix)
+    if is_local(prefix):
+        return
+    bucket, key = _split_s3(prefix)
+    with _errors(prefix):
+        _client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
 
 
 def list_files(prefix: str, suffixes: Iterable[str] | None = None) -> list[str]:

@@ -2,7 +2,7 @@
 import pytest
 from PIL import Image
 
-from jobs.stylize.dataset import Dataset, DatasetError, StyleRing, expand, output_name
+from jobs.stylize.dataset import Dataset, StyleRing, expand, output_name
 from jobs.stylize.driver import main
 
 CONTENTS = [f"train/n{c:02d}/img{i}.JPEG" for c in range(5) for i in range(40)]

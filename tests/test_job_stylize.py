@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 from PIL import Image
 
@@ -268,16 +267,6 @@ def test_a_job_that_cannot_run_exits_2_with_one_line(tmp_path, capsys, inputs, c
 
 
 # ------------------------------------------------------------------------------- on a local Ray
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray for the module (address="local": never someone else's cluster on this host)."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
 
 def test_local_files_ok_failed_skipped_overwritten(local_ray, inputs, tmp_path, monkeypatch):
     monkeypatch.chdir(inputs.parent)  # relative manifest paths resolve against the working directory

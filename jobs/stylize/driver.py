@@ -32,6 +32,7 @@ from .manifest import ManifestError, Options, read_manifest, resolve
 from .plan import Plan, plan_table
 from .progress import JobProgress
 from .results import Report, ResultsWriter, done_outputs, failed, new_run_id, summary
+from .retries import DEFAULT_DEADLINE_S, Retries
 from .scheduler import Dispatcher, PoolError, StyleQueue
 from .worker import Stylizer, WorkerConfig
 
@@ -40,7 +41,7 @@ EXIT_CANNOT_RUN = 2
 # reach the same object store as the driver. Passed only when set here, and never printed.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "CDCORE_S3_ENDPOINT", "AWS_ACCESS_KEY_ID",
                  "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
-                 "AWS_PROFILE")
+                 "AWS_PROFILE", "AWS_MAX_ATTEMPTS")
 
 
 class JobError(RuntimeError):
@@ -94,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU slots per actor, also its torch threads (default 1)")
     p.add_argument("--overwrite", action="store_true", help="redo rows whose output exists")
     p.add_argument("--style-cache", type=_count(1), default=16, help="styles each actor keeps (default 16)")
+    p.add_argument("--retry-deadline", type=_count(0, float), default=DEFAULT_DEADLINE_S,
+                   help="seconds a row that fails transiently (storage unreachable, 5xx, throttled) is retried "
+                        f"for, from its first such failure, before it fails (default {DEFAULT_DEADLINE_S:g})")
     p.add_argument("--flush-rows", type=_count(1), default=50_000,
                    help="write a results part every N rows (default 50000) ...")
     p.add_argument("--flush-seconds", type=_count(0.1, float), default=60.0,
@@ -117,6 +121,8 @@ class Job:
     num_cpus: float
     flush_rows: int = 50_000
     flush_seconds: float = 60.0
+    retry_deadline: float = DEFAULT_DEADLINE_S
+    output_prefix: str | None = None  # what the dispatcher probes while storage is down
 
 
 def manifest_next_to(results: str) -> str:
@@ -163,7 +169,7 @@ def prepare(args: argparse.Namespace) -> Job:
                           overwrite=args.overwrite, max_pixels=args.max_pixels, style_cache=args.style_cache,
                           tile_size=args.tile_size)
     return Job(plan, worker, results, model_id, args.actors, args.num_gpus_per_actor, args.cpus_per_actor,
-               args.flush_rows, args.flush_seconds)
+               args.flush_rows, args.flush_seconds, args.retry_deadline, job_options.output_prefix)
 
 
 # ----------------------------------------------------------------------------------------- running
@@ -227,7 +233,8 @@ def run(job: Job, on_result: Callable[[dict], None] | None = None,
     finally:
         _close(writer)
     return Report(progress.tally, earlier, pool.counters if pool else {}, pool.started if pool else 0,
-                  pool.replaced if pool else 0, time.monotonic() - started, job.results, writer.parts)
+                  pool.replaced if pool else 0, time.monotonic() - started, job.results, writer.parts,
+                  pool.transient_failures if pool else 0)
 
 
 def _still_to_run(job: Job) -> tuple[np.ndarray, int]:
@@ -240,6 +247,15 @@ def _still_to_run(job: Job) -> tuple[np.ndarray, int]:
         return runnable, 0
     mask = np.isin(job.plan.output_hashes()[runnable], done)
     return runnable[~mask], int(mask.sum())
+
+
+def _answers(prefix: str) -> bool:
+    """Whether storage answers a request under `prefix` (a refusal, unlike silence, is an answer)."""
+    try:
+        storage.ping(prefix)
+    except storage.StorageError as e:
+        return not e.transient
+    return True
 
 
 def _close(writer: ResultsWriter) -> None:
@@ -267,6 +283,8 @@ def _dispatch(job: Job, runnable: np.ndarray, collect: Callable[[dict], None], p
 
         queue = StyleQueue(job.plan.style_groups(runnable))
         pool = Dispatcher(queue, job.plan.rows, actor_factory(job, say), size, collect, waited)
+        pool.retries, pool.say = Retries(job.retry_deadline), say
+        pool.probe = lambda: _answers(job.output_prefix or job.results)
         try:
             pool.run()
         except PoolError as e:

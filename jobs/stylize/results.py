@@ -35,19 +35,22 @@ SCHEMA = pa.schema([
     ("content_size", pa.int32()),  # 0: the content as it is
     ("status", pa.string()),      # ok | skipped | failed
     ("error", pa.string()),       # why it failed, naming the URI at fault
+    ("failure", pa.string()),     # transient (storage did not answer in time) | permanent | null
     ("width", pa.int32()),        # of the output; null unless ok
     ("height", pa.int32()),
     ("seconds", pa.float64()),    # in the actor: download, stylize, upload
     ("model_id", pa.string()),
     ("actor", pa.string()),       # "<name>@<host>:<pid>" of the actor that ran it
     ("attempts", pa.int32()),     # 2 when an actor died with the row in flight and it ran again
+    ("retries", pa.int32()),      # runs again after transient failures
     ("run", pa.string()),         # the run that wrote the record: its start time, UTC
 ])
 
 
 def failed(row: Row, error: str, attempts: int = 0, actor: str | None = None) -> dict:
     """A results record for a row that did not run to the end, with the reason."""
-    return {**row_fields(row), "status": "failed", "error": error, "attempts": attempts, "actor": actor}
+    return {**row_fields(row), "status": "failed", "error": error, "failure": "permanent", "attempts": attempts,
+            "actor": actor}
 
 
 def row_fields(row: Row) -> dict:
@@ -67,11 +70,14 @@ def new_run_id(now: dt.datetime | None = None) -> str:
 
 class ResultsWriter:
     """Buffers records and writes them as a new part every `every_rows` rows or `every_s` seconds
-    (checked as records arrive and on `tick`), and on `close`."""
+    (checked as records arrive and on `tick`), and on `close`. While storage does not answer,
+    the records stay buffered and the part is tried again later; only `close` gives up, after
+    `close_tries` tries spread over a few minutes."""
 
-    def __init__(self, prefix: str, run: str, every_rows: int = 50_000, every_s: float = 60.0):
+    def __init__(self, prefix: str, run: str, every_rows: int = 50_000, every_s: float = 60.0,
+                 close_tries: int = 8):
         self.prefix, self.run = prefix, run
-        self.every_rows, self.every_s = every_rows, every_s
+        self.every_rows, self.every_s, self.close_tries = every_rows, every_s, close_tries
         self.parts: list[str] = []
         self._buffer: list[dict] = []
         self._flushed = time.monotonic()
@@ -79,11 +85,19 @@ class ResultsWriter:
     def add(self, record: dict) -> None:
         self._buffer.append({**record, "run": self.run})
         if len(self._buffer) >= self.every_rows:
-            self.flush()
+            self._try_flush()
 
     def tick(self) -> None:
         if self._buffer and time.monotonic() - self._flushed >= self.every_s:
+            self._try_flush()
+
+    def _try_flush(self) -> None:
+        try:
             self.flush()
+        except storage.StorageError as e:
+            if not e.transient:
+                raise
+            self._flushed = time.monotonic() - self.every_s + min(self.every_s, 5.0)  # again in 5 s
 
     def flush(self) -> None:
         """Write the buffered records as one part, atomically (a reader never sees half a part)."""
@@ -99,7 +113,14 @@ class ResultsWriter:
         self._buffer.clear()
 
     def close(self) -> None:
-        self.flush()
+        for attempt in range(self.close_tries):
+            try:
+                self.flush()
+                return
+            except storage.StorageError as e:
+                if not e.transient or attempt == self.close_tries - 1:
+                    raise
+                time.sleep(min(2.0 ** attempt, 60.0))
 
 
 def read_results(prefix: str, columns: list[str] | None = None) -> pa.Table:
@@ -125,12 +146,17 @@ class Tally:
     """What a run did, counted as the records pass (a million rows are not kept)."""
 
     counts: Counter = field(default_factory=Counter)
+    failures_by_class: Counter = field(default_factory=Counter)  # transient | permanent
+    retried_rows: int = 0  # rows that needed transient retries, however they ended
     megapixels: float = 0.0
     failures: list[dict] = field(default_factory=list)  # the first few, for the summary
     keep_failures: int = 10
 
     def add(self, record: dict) -> None:
         self.counts[record["status"]] += 1
+        self.retried_rows += bool(record.get("retries"))
+        if record["status"] == "failed":
+            self.failures_by_class[record.get("failure") or "permanent"] += 1
         if record["status"] == "ok":
             self.megapixels += record["width"] * record["height"] / 1e6
         elif record["status"] == "failed" and len(self.failures) < self.keep_failures:
@@ -149,6 +175,7 @@ class Report:
     seconds: float
     results: str  # the results prefix
     parts: list[str]  # the parts this run wrote
+    transient_failures: int = 0  # transient failures met on the way, retried or not
 
     def count(self, status: str) -> int:
         return self.tally.counts[status]
@@ -169,6 +196,9 @@ def summary(report: Report, model_id: str | None) -> str:
         lines.append(f"  {'actor':<40} {'rows':>8} {'styles encoded':>15} {'busy s':>8}")
         for name, c in sorted(report.actors.items()):
             lines.append(f"  {name:<40} {c['rows']:>8} {c['styles_encoded']:>15} {c['busy_seconds']:>8.1f}")
+    by_class = tally.failures_by_class
+    lines.append(f"  failed: {by_class['permanent']} permanent, {by_class['transient']} transient past their deadline; "
+                 f"{report.transient_failures} transient failures retried over {tally.retried_rows} rows")
     failed_rows = tally.counts["failed"]
     if failed_rows:
         lines.append(f"  failed rows ({len(tally.failures)} of {failed_rows} shown):")

@@ -18,6 +18,7 @@ sends the rest back, so a batch of cheap rows never hides an expensive one for l
 from __future__ import annotations
 
 import heapq
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -28,6 +29,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from .manifest import Row
 from .results import failed, row_fields
+from .retries import Breaker, Retries, death_cause
 
 IN_FLIGHT_PER_ACTOR = 2  # one batch running and one waiting, so an actor never idles on the driver
 MAX_ATTEMPTS = 2  # a row whose actor dies is retried once, alone; a second death fails the row
@@ -133,6 +135,7 @@ class _Actor:
     name: str
     handle: ray.actor.ActorHandle
     label: str | None = None  # "<name>@<host>:<pid>", known once the actor answers `ready`
+    node: str | None = None  # its Ray node id, from `ready`
     batches: dict[ray.ObjectRef, list[Row]] = field(default_factory=dict)  # in flight, oldest first
     batch: int = 1  # rows per batch, from its recent pace
 
@@ -145,7 +148,8 @@ def _one_line(error: BaseException, limit: int = 400) -> str:
 class Dispatcher:
     """Run the queued rows on a pool of `size` actors made by `new_actor(name)` (an ActorHandle of a
     `jobs.stylize.worker.Stylizer`), calling `on_result(record)` with the results record of every
-    row. `rows(positions)` makes the Row objects of plan positions."""
+    row. `rows(positions)` makes the Row objects of plan positions. Rows that fail transiently run
+    again later (`retries`); `probe()` says whether storage answers while the breaker is open."""
 
     def __init__(self, queue: StyleQueue, rows: Callable[[list[int]], list[Row]],
                  new_actor: Callable[[str], ray.actor.ActorHandle], size: int,
@@ -153,6 +157,10 @@ class Dispatcher:
         self.queue, self.rows, self.new_actor, self.size = queue, rows, new_actor, size
         self.on_result, self.on_wait = on_result, on_wait  # on_wait: after each wait, for progress
         self.wait_seconds = 5.0
+        self.retries, self.breaker = Retries(), Breaker()
+        self.probe: Callable[[], bool] = lambda: True
+        self.say: Callable[[str], None] = lambda message: None
+        self.transient_failures = 0  # every transient failure, retried or not
         self.attempts: dict[int, int] = {}  # position -> times started, for rows started twice only
         self.counters: dict[str, dict] = {}  # actor label -> the counters it last reported
         self.actors: list[_Actor] = []  # alive
@@ -170,9 +178,14 @@ class Dispatcher:
         try:
             for _ in range(min(self.size, len(self.queue))):
                 self._start()
-            while self._probes or any(a.batches for a in self.actors):
+            while len(self.queue) or len(self.retries) or any(a.batches for a in self.actors):
+                self._tick()
                 refs = [*self._probes, *(ref for a in self.actors for ref in a.batches)]
-                done, _ = ray.wait(refs, num_returns=1, timeout=self.wait_seconds)
+                if refs:
+                    done, _ = ray.wait(refs, num_returns=1, timeout=self._timeout())
+                else:  # paused, or every row waiting for its retry
+                    time.sleep(self._timeout())
+                    done = []
                 for ref in done:
                     self._collect(ref)
                 self.on_wait(self)
@@ -180,6 +193,39 @@ class Dispatcher:
             for actor in self.actors:
                 ray.kill(actor.handle)
             self.actors.clear()
+
+    def _timeout(self) -> float:
+        now, until = time.monotonic(), [self.wait_seconds]
+        if self.retries.next_due() is not None:
+            until.append(self.retries.next_due() - now)
+        if self.breaker.open:
+            until.append(self.breaker.next_probe - now)
+        return max(0.05, min(until))
+
+    def _tick(self) -> None:
+        """Probe storage while the breaker is open; requeue rows whose retry is due; keep actors fed."""
+        if self.breaker.open and time.monotonic() >= self.breaker.next_probe:
+            if self.probe():
+                self.say(f"storage answers again after {time.time() - self.breaker.since:.0f} s: resuming")
+                self.breaker.answered()
+            else:
+                self.breaker.probe_failed()
+                self._say_paused()
+        due = self.retries.due()
+        if due:
+            self.queue.put_back(due)
+        if self.breaker.open:
+            return
+        for actor in list(self.actors):
+            if actor.label is not None:
+                self._feed(actor)
+        if len(self.queue) and not self.actors:  # all retired while rows waited for their retry
+            for _ in range(min(self.size, len(self.queue))):
+                self._start()
+
+    def _say_paused(self) -> None:
+        since = time.strftime("%H:%M:%S", time.localtime(self.breaker.since))
+        self.say(f"storage unreachable since {since}, paused, next probe in {self.breaker.delay:.0f} s")
 
     def _start(self) -> None:
         name = f"w{self.started}"
@@ -212,7 +258,7 @@ class Dispatcher:
             value = {"results": [{"status": "failed", "error": f"{row.content}: {_one_line(e)}",
                                   "actor": actor.label} for row in batch]}
         if batch is None:
-            actor.label = value["actor"]
+            actor.label, actor.node = value["actor"], value.get("node")
             self._start_failures = 0
         else:
             del actor.batches[ref]
@@ -224,20 +270,38 @@ class Dispatcher:
         if value.get("counters"):
             self.counters[value["actor"]] = value["counters"]
         for row, result in zip(batch, results):
-            self.on_result({**row_fields(row), **result, "attempts": self.attempts.pop(row.index, 1)})
+            if result.get("failure") == "transient":
+                self._transient(row, result)
+                continue
+            self.breaker.answered()
+            self.on_result({**row_fields(row), **result, "attempts": self.attempts.pop(row.index, 1),
+                            "retries": self.retries.done(row.index)})
         self.queue.put_back([row.index for row in batch[len(results):]])  # sent back unstarted
         seconds = sum(r.get("seconds") or 0.0 for r in results)
         per_row = seconds / max(len(results), 1)
         actor.batch = int(np.clip(BATCH_SECONDS / max(per_row, 1e-4), 1, MAX_BATCH))
 
+    def _transient(self, row: Row, result: dict) -> None:
+        """Retry later, or, past the row's deadline, fail it with how long it was retried."""
+        self.transient_failures += 1
+        if self.breaker.failed():
+            self._say_paused()
+        given_up = self.retries.failed(row.index)
+        if given_up is not None:
+            seconds, retries = given_up
+            self.on_result({**row_fields(row), **result, "error": f"{result['error']} (retried for {seconds:.0f} s)",
+                            "attempts": self.attempts.pop(row.index, 1), "retries": retries})
+
     def _feed(self, actor: _Actor) -> None:
+        if self.breaker.open:
+            return  # storage is down: hand out nothing, keep the actor
         while len(actor.batches) < IN_FLIGHT_PER_ACTOR:
             positions = self.queue.take(actor.name, actor.batch)
             if not positions:
                 break
             batch = self.rows(positions)
             actor.batches[actor.handle.process_batch.remote(batch, BATCH_SECONDS)] = batch
-        if not actor.batches:  # nothing left for it: give its CPU or GPU back to the cluster now
+        if not actor.batches and not len(self.retries):  # nothing left: give its CPU or GPU back now
             self._retire(actor)
 
     def _retire(self, actor: _Actor) -> None:
@@ -246,29 +310,52 @@ class Dispatcher:
         self.queue.release(actor.name)
 
     def _replace(self, actor: _Actor, error: BaseException) -> None:
-        """An actor died: the batch it was running (the oldest in flight: an actor runs its calls
-        in order) is retried row by row, each charged an attempt; the others go back as they were."""
-        reason = _one_line(error)
+        """An actor died. If its node went away, its rows are not to blame: they all go back as
+        they were. Otherwise the batch it was running (the oldest in flight: an actor runs its calls
+        in order) is retried row by row, each charged an attempt; the others go back as they were.
+        A replacement is started; where the cluster has no room for it, it waits for the
+        autoscaler, and the other actors take the rows meanwhile."""
+        cause = death_cause(error, self._node_alive(actor.node))
+        reason = _one_line(error) if cause != "memory" else \
+            f"killed by Ray's memory monitor: the node ran low on memory ({_one_line(error, 200)})"
         in_flight = list(actor.batches.values())
         self._probes = {ref: a for ref, a in self._probes.items() if a is not actor}
         actor.batches.clear()
         self._retire(actor)  # dead already, or unreachable: kill it so it cannot come back
-        if actor.label is None:
+        if actor.label is None and cause != "node":
             self._start_failures += 1
             if self._start_failures >= MAX_START_FAILURES:
                 raise PoolError(f"actors fail to start ({self._start_failures} in a row); last: {reason}")
+        if cause == "node":
+            self.say(f"{actor.label or actor.name}: its node is gone; {sum(map(len, in_flight))} rows go back "
+                     "to the queue")
+            in_flight = [[]] + in_flight  # nothing was running that is to blame
         if in_flight:
             running, waiting = in_flight[0], [row for b in in_flight[1:] for row in b]
             self.queue.put_back([row.index for row in waiting])
             for row in running:
-                tries = self.attempts.get(row.index, 1)
-                if tries >= MAX_ATTEMPTS:
-                    self.attempts.pop(row.index, None)
-                    self.on_result(failed(row, f"{row.content}: not done: the actors running it died "
-                                               f"{tries} times (last: {reason})", tries, actor.label))
-                else:
-                    self.attempts[row.index] = tries + 1
-                    self.queue.put_back([row.index], suspect=True)
-        if len(self.queue):
+                self._charge(row, reason, actor.label)
+        if len(self.queue) or len(self.retries):
             self.replaced += 1
             self._start()
+
+    def _charge(self, row: Row, reason: str, label: str | None) -> None:
+        """A row was running when its actor died: run it again, alone, or fail it the second time."""
+        tries = self.attempts.get(row.index, 1)
+        if tries >= MAX_ATTEMPTS:
+            self.attempts.pop(row.index, None)
+            self.on_result(failed(row, f"{row.content}: not done: the actors running it died {tries} times "
+                                       f"(last: {reason})", tries, label))
+        else:
+            self.attempts[row.index] = tries + 1
+            self.queue.put_back([row.index], suspect=True)
+
+    @staticmethod
+    def _node_alive(node: str | None) -> bool | None:
+        """Whether Ray still counts the node alive (None: unknown)."""
+        if node is None:
+            return None
+        try:
+            return next((n["Alive"] for n in ray.nodes() if n["NodeID"] == node), None)
+        except Exception:  # the GCS itself not answering is no verdict on the node
+            return None

@@ -45,7 +45,7 @@ class Stylizer:
     def ready(self) -> dict:
         """Who this actor is; answering at all means the models loaded."""
         return {"actor": self.label, "pid": os.getpid(), "device": str(self.stylist.device),
-                "model_id": self.stylist.models.model_id}
+                "model_id": self.stylist.models.model_id, "node": _node_id()}
 
     def process_batch(self, rows: list[Row], budget_s: float) -> dict:
         """Run rows in order until they are done or have taken `budget_s` (one at least); the
@@ -60,7 +60,7 @@ class Stylizer:
     def process(self, row: Row) -> dict:
         """Run one row; every outcome, including failure, is a status dict (see jobs.stylize.results)."""
         started = time.monotonic()
-        outcome = {"status": "ok", "error": None, "width": None, "height": None}
+        outcome = {"status": "ok", "error": None, "failure": None, "width": None, "height": None}
         try:
             if not self.config.overwrite and self._exists(row.output):
                 outcome["status"] = "skipped"
@@ -68,7 +68,9 @@ class Stylizer:
                 done = self.stylist.stylize_file(row.content, row.style, row.output, row.recipe)
                 outcome.update(width=done.width, height=done.height)
         except StylizeError as e:
-            outcome.update(status="failed", error=str(e))
+            # Transient: storage did not answer, or said "later"; the driver runs the row again.
+            outcome.update(status="failed", error=str(e),
+                           failure="transient" if storage.is_transient(e) else "permanent")
         seconds = time.monotonic() - started
         self.counters["rows"] += 1
         self.counters["busy_seconds"] += seconds
@@ -82,3 +84,13 @@ class Stylizer:
             return storage.exists(uri)
         except storage.StorageError as e:
             raise StylizeError(str(e)) from e  # storage errors name the URI already
+
+
+def _node_id() -> str | None:
+    """The Ray node this actor runs on (None outside Ray), so the driver can tell a lost node."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # outside a Ray worker there is no node to name
+        return None
