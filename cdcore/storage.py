@@ -111,6 +111,11 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+def _max_attempts() -> int:
+    """Tries per request: configure()'s, else $AWS_MAX_ATTEMPTS, else DEFAULT_MAX_ATTEMPTS."""
+    return _settings.max_attempts or int(os.environ.get("AWS_MAX_ATTEMPTS") or DEFAULT_MAX_ATTEMPTS)
+
+
 def _client():
     """This process's S3 client, created on first use.
 
@@ -118,8 +123,7 @@ def _client():
     multiprocessing child builds its own. Once built, boto3 clients are safe to share by threads.
     """
     global _cached_client
-    attempts = _settings.max_attempts or int(os.environ.get("AWS_MAX_ATTEMPTS") or DEFAULT_MAX_ATTEMPTS)
-    key = (os.getpid(), _endpoint(), attempts)
+    key = (os.getpid(), _endpoint(), _max_attempts())
     with _client_lock:
         if _cached_client is None or _cached_client[0] != key:
             _cached_client = (key, _new_client(key[1], key[2]))
@@ -307,12 +311,13 @@ def read_small(uri: str) -> bytes:
         if is_local(uri):
             return local_path(uri).read_bytes()
         bucket, key = _split_s3(uri)
-        for attempt in range(1, _settings.max_attempts + 1):
+        attempts = _max_attempts()
+        for attempt in range(1, attempts + 1):
             body = _client().get_object(Bucket=bucket, Key=key)["Body"]
             try:
                 return body.read()
             except (botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError):
-                if attempt == _settings.max_attempts:
+                if attempt == attempts:
                     raise
 
 
@@ -406,7 +411,7 @@ def arrow_filesystem(uri: str):
     bucket, key = _split_s3(uri)
     options = {
         "region": _client().meta.region_name,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=_settings.max_attempts),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=_max_attempts()),
     }
     endpoint = _endpoint()
     if endpoint:
