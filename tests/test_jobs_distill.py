@@ -296,3 +296,12 @@ def test_command_line_builds_the_config():
     with pytest.raises(ValueError, match="multiple of workers"):
         job.parse_args(["--teacher", TEACHER, "--stage", "3", "--data", TRAIN, "--storage", "runs",
                         "--workers", "3"])
+
+
+def test_the_timing_summary_says_when_a_run_is_input_bound():
+    row = {"phase": "encoder", "step": 2, "total": 1.0}
+    fed = [{**row, "data_s": 0.01, "compute_s": 1.0}]
+    starved = [{**row, "data_s": 0.5, "compute_s": 1.0}]
+    assert "1% waiting for data" in job.timing_summary(fed) and "input-bound" not in job.timing_summary(fed)
+    assert "33% waiting for data" in job.timing_summary(starved) and "input-bound" in job.timing_summary(starved)
+    assert job.timing_csv(starved).splitlines()[1] == "encoder,2,0.500000,1.000000,0.3333"

@@ -14,9 +14,9 @@ horizontal flip. Grey and palette images arrive as RGB from `images.decode`.
 An image that cannot be decoded, or that has gone from storage since the listing, is skipped: the
 position takes the next image of its epoch's order instead (and the one after, if that is bad
 too), with the position's own crop and flip. Which image stands in depends on the position only,
-so batches stay the same for any number of workers and loader processes. Other storage errors (an
-outage that outlasts the retries) are raised: skipping on them would make a batch depend on when
-the network failed.
+so batches stay the same for any number of workers and loader processes. Other storage errors are
+raised: an outage that outlasts the retries (skipping would make a batch depend on when the network
+failed), or a refused access (which is rarely one object's: skipping would try every image).
 
 `loader` reads a worker's batches ahead in `torch.utils.data.DataLoader` processes: a map-style
 dataset over stream positions, with one worker's positions of one step as one loader batch.

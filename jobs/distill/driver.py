@@ -193,11 +193,7 @@ def finish(cfg: DistillConfig, checkpoint_dir: str, models: Models, content: tup
     storage.write_bytes(storage.join(run_dir, TIMING_FILE), timing_csv(progress.history).encode())
     print(timing_summary(progress.history))
     if progress.skipped:
-        storage.write_bytes(storage.join(run_dir, SKIPPED_FILE),
-                            "".join(f"{uri}\t{reason}\n" for uri, reason in progress.skipped.items()).encode())
-        print(f"skipped {len(progress.skipped)} unreadable images (listed in {storage.join(run_dir, SKIPPED_FILE)}):")
-        for uri, reason in progress.skipped.items():
-            print(f"  {reason}")
+        report_skipped(run_dir, progress.skipped)
     if cfg.export:
         if "decoder" not in cfg.phases and "joint" not in cfg.phases:
             print(f"note: --mode {cfg.mode} does not train the decoder; the export holds its starting point")
@@ -206,21 +202,38 @@ def finish(cfg: DistillConfig, checkpoint_dir: str, models: Models, content: tup
     return progress
 
 
+def report_skipped(run_dir: str, skipped: dict[str, str]) -> None:
+    """Count and name the unreadable images, on stdout and in the run folder."""
+    uri = storage.join(run_dir, SKIPPED_FILE)
+    storage.write_bytes(uri, "".join(f"{image}\t{reason}\n" for image, reason in skipped.items()).encode())
+    print(f"skipped {len(skipped)} unreadable images (listed in {uri}):")
+    for reason in skipped.values():
+        print(f"  {reason}")  # each reason starts with the image's URI
+
+
+def _timed(history: list[dict]) -> list[dict]:
+    # Rows written before the job timed its steps have no timing.
+    return [r for r in history if "data_s" in r]
+
+
 def timing_csv(history: list[dict]) -> str:
     """One line per report: seconds per step waiting for data and computing, averaged over the
     steps since the previous report and over the workers, and the data share."""
     lines = ["phase,step,data_s,compute_s,data_share"]
-    lines += [f"{r['phase']},{r['step']},{r['data_s']:.6f},{r['compute_s']:.6f},{data_share(r):.4f}" for r in history]
+    lines += [f"{r['phase']},{r['step']},{r['data_s']:.6f},{r['compute_s']:.6f},{data_share(r):.4f}"
+              for r in _timed(history)]
     return "\n".join(lines) + "\n"
 
 
 def timing_summary(history: list[dict]) -> str:
     """Where step time went over the run, so an input-bound run shows at once."""
-    data = sum(r["data_s"] for r in history)
-    compute = sum(r["compute_s"] for r in history)
+    rows = _timed(history)
+    if not rows:
+        return "step time: not recorded"
+    data, compute = sum(r["data_s"] for r in rows), sum(r["compute_s"] for r in rows)
     share = data / (data + compute) if data + compute > 0 else 0.0
     hint = "  (input-bound: try more --loader-workers or --cpus-per-worker)" if share > 0.1 else ""
-    return (f"step time: data {data / len(history):.3f} s + compute {compute / len(history):.3f} s per step "
+    return (f"step time: data {data / len(rows):.3f} s + compute {compute / len(rows):.3f} s per step "
             f"on average over reports, {share:.0%} waiting for data{hint}")
 
 
