@@ -1,7 +1,7 @@
 """What a user can ask of a stylization, checked in one place.
 
-`Recipe` holds how one content is stylized (method, alpha, levels, stroke scale, sizes,
-iterations). Its fields are checked by the functions below, and the same functions parse the
+`Recipe` holds how one content is stylized (method, alpha, levels, stroke scale, sizes, and
+gatys's iterations, style weight and start image). Its fields are checked by the functions below, and the same functions parse the
 command-line options and the job's manifest cells, so `cdcore stylize`, `jobs.stylize` and a
 manifest row accept and refuse exactly the same values. `add_image_options` defines the options
 once for both commands.
@@ -15,8 +15,15 @@ import dataclasses
 from dataclasses import dataclass
 
 METHODS = ("wct", "adain", "gatys")
-DEFAULT_LEVELS = {"wct": (5, 4, 3, 2, 1), "adain": (4,)}
+# AdaIN runs the whole cascade by default: at relu4_1 alone, with decoders trained for
+# reconstruction, it barely moves the photo towards the style (benchmarks/RESULTS.md, issue 14).
+DEFAULT_LEVELS = {"wct": (5, 4, 3, 2, 1), "adain": (5, 4, 3, 2, 1)}
 GATYS_LEVELS = (5,)  # gatys optimizes pixels against encoder 5 as its loss network
+# Gatys's defaults, chosen with benchmarks/quality.py; the weight multiplies the relative style
+# term against the relative content term (see cdcore.gatys).
+DEFAULT_ITERATIONS = 200
+DEFAULT_STYLE_WEIGHT = 100.0
+INITS = ("content", "noise")  # what gatys starts from
 # Stages whose strokes a stroke scale enlarges: their receptive fields (about 40 to 300 image
 # pixels) set the size of the style's patterns; stages 2 and 1 refine edges and texture.
 COARSE_STAGES = (5, 4, 3)
@@ -98,6 +105,23 @@ def iterations(value) -> int:
     return _whole(value, "iterations", 1)
 
 
+def style_weight(value) -> float:
+    """Gatys's weight of the style term against the content term: a finite number > 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"style weight must be a number > 0 (got {value!r})") from None
+    if not 0.0 < number < float("inf"):  # also refuses NaN
+        raise ValueError(f"style weight must be a number > 0 (got {value!r})")
+    return number
+
+
+def init(value) -> str:
+    if value not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)} (got {value!r})")
+    return value
+
+
 def tile_size(value) -> int | None:
     """None (choose from free memory), 0 (whole image) or a window side in pixels."""
     return None if value is None else _whole(value, "tile size", 0)
@@ -120,14 +144,17 @@ class Recipe:
     stroke_scale: float = 1.0  # > 1: the coarse stages run on the content downscaled by it
     content_size: int = 0  # resize the content so its shorter side is this; 0: as it is
     style_size: int = 0  # the same for the style
-    iterations: int = 200  # gatys: L-BFGS iterations
+    iterations: int = DEFAULT_ITERATIONS  # gatys: L-BFGS iterations
+    style_weight: float = DEFAULT_STYLE_WEIGHT  # gatys: style term against content term
+    init: str = "content"  # gatys: start from the content or from noise
 
     def __post_init__(self):
         checked = {"method": method(self.method), "alpha": alpha(self.alpha), "levels": levels(self.levels),
                    "stroke_scale": stroke_scale(self.stroke_scale),
                    "content_size": side(self.content_size, "content size"),
                    "style_size": side(self.style_size, "style size"),
-                   "iterations": iterations(self.iterations)}
+                   "iterations": iterations(self.iterations), "style_weight": style_weight(self.style_weight),
+                   "init": init(self.init)}
         for name, value in checked.items():
             object.__setattr__(self, name, value)
         if self.stroke_scale > 1.0 and self.method != "gatys":  # gatys ignores it, as it does alpha
@@ -142,7 +169,8 @@ class Recipe:
 
     @property
     def style_key(self) -> tuple:
-        """What a prepared style depends on: recipes that share it share one preparation."""
+        """What a prepared style depends on: recipes that share it share one preparation (gatys's
+        weight, start and iterations act on the content's optimization, not on the style)."""
         return (self.method, self.stages, self.style_size)
 
     def replace(self, **changes) -> "Recipe":
@@ -150,8 +178,8 @@ class Recipe:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-# Recipe fields that a manifest row may set for itself (style_size and iterations are per job:
-# a style's preparation is shared across rows).
+# Recipe fields that a manifest row may set for itself (style_size and gatys's settings are per
+# job: a style's preparation is shared across rows, and a job runs one optimization setting).
 ROW_FIELDS = ("method", "alpha", "levels", "stroke_scale", "content_size")
 
 
@@ -175,7 +203,7 @@ def add_image_options(parser: argparse.ArgumentParser) -> None:
         help="wct: the multi-level cascade; adain: mean/std matching; gatys: pixel optimization (default wct)")
     add("--alpha", type=_arg(alpha), default=1.0, help="style strength in [0, 1] for wct and adain (default 1)")
     add("--levels", type=_arg(levels), default=None,
-        help="stages to run, coarse to fine (default: 5,4,3,2,1 for wct, 4 for adain; gatys uses 5)")
+        help="stages to run, coarse to fine (default 5,4,3,2,1 for wct and adain; gatys uses 5)")
     add("--content-size", type=_arg(side), default=0,
         help="resize the content so its shorter side is N px; the output has that size (0: as it is, default)")
     add("--style-size", type=_arg(side), default=0,
@@ -183,7 +211,13 @@ def add_image_options(parser: argparse.ArgumentParser) -> None:
     add("--stroke-scale", type=_arg(stroke_scale), default=1.0,
         help="run the coarse stages (5,4,3) on the content downscaled by S, so strokes stay visible on very "
              "large images; the fine stages (2,1) run at full size (default 1: off)")
-    add("--iterations", type=_arg(iterations), default=200, help="L-BFGS iterations for gatys (default 200)")
+    add("--iterations", type=_arg(iterations), default=DEFAULT_ITERATIONS,
+        help=f"L-BFGS iterations for gatys (default {DEFAULT_ITERATIONS})")
+    add("--style-weight", type=_arg(style_weight), default=DEFAULT_STYLE_WEIGHT,
+        help=f"gatys: weight of the style term against the content term; higher is more stylized "
+             f"(default {DEFAULT_STYLE_WEIGHT:g})")
+    add("--init", type=_arg(init), choices=INITS, default="content",
+        help="gatys: start from the content photo (default) or from noise (more of the style, less of the photo)")
     add("--tile-size", type=_arg(tile_size), default=None,
         help="the exact tiled engine's windows hold at most N x N pixels; 0: the whole image at once "
              "(default: the whole image when it fits a quarter of the free device memory, else tiles sized from it)")
@@ -193,4 +227,4 @@ def add_image_options(parser: argparse.ArgumentParser) -> None:
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     return Recipe(args.method, args.alpha, args.levels, args.stroke_scale, args.content_size,
-                  args.style_size, args.iterations)
+                  args.style_size, args.iterations, args.style_weight, args.init)

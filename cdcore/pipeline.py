@@ -198,8 +198,8 @@ class Stylist:
             raise ValueError(f"the style was prepared for {style.key}, not {recipe.style_key}")
         levels = recipe.stages
         if recipe.method == "gatys":
-            result, _ = gatys(self.models, to_tensor(rgb, self.device), style.image,
-                              iterations=recipe.iterations, progress=progress)
+            result, _ = gatys(self.models, to_tensor(rgb, self.device), style.image, recipe.iterations,
+                              recipe.style_weight, recipe.init, progress=progress)
             out[...] = to_uint8(result)
             return
         tile_size = tiling.resolve_tile_size(self.models, levels, *rgb.shape[:2], self.tile_size)

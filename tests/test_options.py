@@ -9,7 +9,7 @@ from cdcore.options import Recipe
 from jobs.stylize.driver import main as job_main
 
 IMAGE_OPTIONS = ("--method", "--alpha", "--levels", "--content-size", "--style-size", "--tile-size",
-                 "--stroke-scale", "--max-pixels", "--iterations")
+                 "--stroke-scale", "--max-pixels", "--iterations", "--style-weight", "--init")
 
 
 def help_text(main, argv, capsys) -> str:
@@ -53,16 +53,20 @@ def test_output_extensions_in_the_help_are_the_writable_ones():
 
 
 def test_recipe_checks_and_normalises_every_field():
-    recipe = Recipe("adain", "0.5", "3,2,1", "2", "96", 0, "10")
-    assert (recipe.alpha, recipe.levels, recipe.stroke_scale, recipe.content_size, recipe.iterations) == \
-           (0.5, (3, 2, 1), 2.0, 96, 10)
-    assert Recipe().stages == (5, 4, 3, 2, 1) and Recipe("adain").stages == (4,)
+    recipe = Recipe("adain", "0.5", "3,2,1", "2", "96", 0, "10", "1e3", "noise")
+    assert (recipe.alpha, recipe.levels, recipe.stroke_scale, recipe.content_size, recipe.iterations,
+            recipe.style_weight, recipe.init) == (0.5, (3, 2, 1), 2.0, 96, 10, 1000.0, "noise")
+    assert Recipe().stages == (5, 4, 3, 2, 1) == Recipe("adain").stages
     assert Recipe("gatys", levels=(2,)).stages == (5,)
     assert Recipe(alpha=0.2).style_key == Recipe(alpha=0.9).style_key != Recipe(style_size=64).style_key
+    # Gatys's settings act on the optimization of the content, not on the style's preparation.
+    assert Recipe("gatys").style_key == Recipe("gatys", iterations=5, style_weight=7, init="noise").style_key
     for bad, match in [({"method": "nst"}, "method"), ({"alpha": 1.5}, r"alpha must be in \[0, 1\]"),
                        ({"alpha": float("nan")}, "alpha"), ({"levels": "6"}, "levels"),
                        ({"stroke_scale": 0.5}, "stroke scale"), ({"content_size": -1}, "content size"),
                        ({"content_size": 1.5}, "content size"), ({"iterations": 0}, "iterations"),
+                       ({"style_weight": 0}, "style weight"), ({"style_weight": "inf"}, "style weight"),
+                       ({"style_weight": "nan"}, "style weight"), ({"init": "zeros"}, "init"),
                        ({"levels": (4,), "stroke_scale": 2}, "coarse levels")]:
         with pytest.raises(ValueError, match=match):
             Recipe(**bad)
@@ -71,6 +75,8 @@ def test_recipe_checks_and_normalises_every_field():
 
 @pytest.mark.parametrize("argv,reason", [(["--alpha", "2"], "alpha must be in [0, 1] (got 2)"),
                                          (["--levels", "0"], "levels must be distinct stages 1..5"),
+                                         (["--style-weight", "-1"], "style weight must be a number > 0"),
+                                         (["--init", "zeros"], "init must be one of content, noise"),
                                          (["--tile-size", "-5"], "tile size must be a whole number >= 0")])
 def test_bad_options_are_refused_by_both_front_ends_alike(capsys, argv, reason):
     for main, base in ((cdcore_main, ["stylize", "c.jpg", "s.jpg", "-o", "o.png"]),

@@ -1,7 +1,6 @@
 """cdcore.pipeline.Stylist: the one flow behind the command, the job's actors and library users."""
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from cdcore.images import read_image
@@ -67,8 +66,31 @@ def test_options_reach_the_code_that_uses_them(stylist, content_path, small_styl
     assert stylist.stylize(content, small_style, levels=(2, 1), content_size=48).size == (64, 48)  # shorter side
     strokes = stylist.stylize(content, small_style, levels=(3, 2, 1), stroke_scale=2)
     assert strokes.size == content.size
-    torch.manual_seed(0)
     assert stylist.stylize(content, small_style, method="gatys", iterations=2).size == content.size
+
+
+def test_gatys_options_reach_the_optimizer(stylist, content_path, small_style, monkeypatch):
+    calls = []
+
+    def record(models, content, style, iterations, style_weight, init, progress=None):
+        calls.append((tuple(content.shape), tuple(style.shape), iterations, style_weight, init))
+        return content, []
+
+    monkeypatch.setattr("cdcore.pipeline.gatys", record)
+    stylist.stylize(Image.open(content_path), small_style, method="gatys", iterations=7, style_weight=3.5,
+                    init="noise", style_size=64, content_size=48)
+    assert calls == [((1, 3, 48, 64), (1, 3, 64, 64), 7, 3.5, "noise")]
+
+
+def test_gatys_start_and_weight_change_the_pixels(stylist, content_path, small_style):
+    content = Image.open(content_path).convert("RGB")
+    base = np.asarray(stylist.stylize(content, small_style, method="gatys", iterations=10), dtype=int)
+    for change in ({"init": "noise"}, {"style_weight": 1e4}):
+        other = np.asarray(stylist.stylize(content, small_style, method="gatys", iterations=10, **change), dtype=int)
+        assert np.abs(other - base).mean() > 0.1, change  # few iterations: small but real
+    again = np.asarray(stylist.stylize(content, small_style, method="gatys", iterations=10, init="noise"))
+    np.testing.assert_array_equal(again, np.asarray(stylist.stylize(content, small_style, method="gatys",
+                                                                    iterations=10, init="noise")))  # seeded
 
 
 def test_style_preparations_are_cached_per_file_and_recipe(content_path, tmp_path):
