@@ -36,6 +36,10 @@ MAX_ATTEMPTS = 2  # a row whose actor dies is retried once, alone; a second deat
 MAX_START_FAILURES = 3  # actors failing to start this many times in a row end the job
 BATCH_SECONDS = 1.0  # of an actor's work per batch
 MAX_BATCH = 512
+# When contact with an actor is lost without Ray saying it died (its node's raylet is gone, or
+# going), its rows wait this long for Ray to declare the node dead before they are charged as if
+# they had killed it. Ray declares a node dead after about 15 s of failed health checks.
+NODE_VERDICT_S = 30.0
 
 
 class PoolError(RuntimeError):
@@ -130,6 +134,17 @@ class StyleQueue:
             heapq.heappush(self._free, (-len(self._groups[gid]), gid))
 
 
+@dataclass
+class _Undecided:
+    """The rows of an actor that was lost without a cause, until its node's fate is known."""
+
+    until: float  # monotonic
+    node: str
+    in_flight: list[list[Row]]
+    reason: str
+    label: str | None
+
+
 @dataclass(eq=False)
 class _Actor:
     name: str
@@ -161,6 +176,7 @@ class Dispatcher:
         self.probe: Callable[[], bool] = lambda: True
         self.say: Callable[[str], None] = lambda message: None
         self.transient_failures = 0  # every transient failure, retried or not
+        self._undecided: list[_Undecided] = []
         self.attempts: dict[int, int] = {}  # position -> times started, for rows started twice only
         self.counters: dict[str, dict] = {}  # actor label -> the counters it last reported
         self.actors: list[_Actor] = []  # alive
@@ -178,7 +194,7 @@ class Dispatcher:
         try:
             for _ in range(min(self.size, len(self.queue))):
                 self._start()
-            while len(self.queue) or len(self.retries) or any(a.batches for a in self.actors):
+            while len(self.queue) or len(self.retries) or self._undecided or any(a.batches for a in self.actors):
                 self._tick()
                 refs = [*self._probes, *(ref for a in self.actors for ref in a.batches)]
                 if refs:
@@ -211,6 +227,14 @@ class Dispatcher:
             else:
                 self.breaker.probe_failed()
                 self._say_paused()
+        for lost in list(self._undecided):
+            alive = self._node_alive(lost.node)
+            if alive is False or time.monotonic() >= lost.until:
+                self._undecided.remove(lost)
+                verdict = "its node is gone: its rows go back uncharged" if alive is False else \
+                    "its node lives on: the rows it was running are charged"
+                self.say(f"{lost.label}: {verdict}")
+                self._settle("node" if alive is False else "row", lost.in_flight, lost.reason, lost.label)
         due = self.retries.due()
         if due:
             self.queue.put_back(due)
@@ -301,7 +325,7 @@ class Dispatcher:
                 break
             batch = self.rows(positions)
             actor.batches[actor.handle.process_batch.remote(batch, BATCH_SECONDS)] = batch
-        if not actor.batches and not len(self.retries):  # nothing left: give its CPU or GPU back now
+        if not actor.batches and not len(self.retries) and not self._undecided:  # nothing left: give it back
             self._retire(actor)
 
     def _retire(self, actor: _Actor) -> None:
@@ -326,18 +350,30 @@ class Dispatcher:
             self._start_failures += 1
             if self._start_failures >= MAX_START_FAILURES:
                 raise PoolError(f"actors fail to start ({self._start_failures} in a row); last: {reason}")
+        if cause == "row" and type(error).__name__ == "ActorUnavailableError" and actor.node:
+            cause = "undecided"  # contact lost, death not declared: its node may be going away
+        what = {"node": "its node is gone", "memory": "killed by the memory monitor", "row": "died",
+                "undecided": "lost contact; waiting to learn whether its node died"}[cause]
+        self.say(f"{actor.label or actor.name}: {what}, with {sum(map(len, in_flight))} rows in flight ({reason})")
+        if cause == "undecided":
+            self._undecided.append(_Undecided(time.monotonic() + NODE_VERDICT_S, actor.node, in_flight, reason,
+                                              actor.label))
+        else:
+            self._settle(cause, in_flight, reason, actor.label)
+        if len(self.queue) or len(self.retries) or self._undecided:
+            self.replaced += 1
+            self._start()
+
+    def _settle(self, cause: str, in_flight: list[list[Row]], reason: str, label: str | None) -> None:
+        """A dead actor's rows go back: all unstarted when its node died; otherwise the batch it was
+        running row by row, each charged an attempt, and the others as they were."""
         if cause == "node":
-            self.say(f"{actor.label or actor.name}: its node is gone; {sum(map(len, in_flight))} rows go back "
-                     "to the queue")
             in_flight = [[]] + in_flight  # nothing was running that is to blame
         if in_flight:
             running, waiting = in_flight[0], [row for b in in_flight[1:] for row in b]
             self.queue.put_back([row.index for row in waiting])
             for row in running:
-                self._charge(row, reason, actor.label)
-        if len(self.queue) or len(self.retries):
-            self.replaced += 1
-            self._start()
+                self._charge(row, reason, label)
 
     def _charge(self, row: Row, reason: str, label: str | None) -> None:
         """A row was running when its actor died: run it again, alone, or fail it the second time."""
