@@ -1,0 +1,142 @@
+"""Faults cost time, not rows: jobs.stylize under actor kills, storage outages and throttling.
+
+    .venv/bin/python benchmarks/faults.py [--rows 80] [--size 768x512] [--levels 3,2,1] [--actors 2]
+
+Every scenario runs the same job (`--rows` contents of `--size` on moto's S3 server on 127.0.0.1,
+reached through the loopback proxy of tests/faults.py, `--actors` CPU actors, local Ray) and
+counts failed rows, rows recorded more than once, and ok outputs that do not decode:
+
+    fault-free        the baseline time
+    kills+10s         3 actors SIGKILLed at random moments, and a 10 s outage
+    outage 60s        a 60 s outage (goal: time <= baseline + 60 + 30 s)
+    slowdown 30%      503 SlowDown on 30% of requests for 20 s
+
+A lost node is tested (not timed) by tests/test_node_loss.py on a real two-node cluster. Prints
+a markdown table. Not a test: times depend on the machine and its load.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import ray
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the fault injection fixtures
+
+from faults import S3Proxy  # noqa: E402
+
+from cdcore import images, storage  # noqa: E402
+from jobs.stylize.driver import build_parser, prepare, run  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+
+
+def put_inputs(bucket: str, rows: int, size: tuple[int, int], work: Path) -> Path:
+    photo = Image.open(SHARED / "images" / "content" / "bridge_512.jpg").resize(size)
+    lines = []
+    for i in range(rows):
+        photo.rotate(i * 3).save(work / "c.jpg", quality=92)
+        storage.upload(work / "c.jpg", f"{bucket}/in/c{i}.jpg")
+        lines.append(f"{bucket}/in/c{i}.jpg,{bucket}/styles/s{i % 4}.jpg")
+    for i, path in enumerate(sorted((SHARED / "images" / "style").glob("*.jpg")) * 2):
+        if i < 4:
+            Image.open(path).resize((384, 384)).save(work / "s.jpg")
+            storage.upload(work / "s.jpg", f"{bucket}/styles/s{i}.jpg")
+    manifest = work / "m.csv"
+    manifest.write_text("content,style\n" + "\n".join(lines) + "\n")
+    return manifest
+
+
+def run_scenario(name: str, proxy: S3Proxy, manifest: Path, bucket: str, work: Path, args) -> dict:
+    out, results = f"{bucket}/out-{name.split()[0]}", work / f"results-{name.split()[0]}"
+    job_args = build_parser().parse_args([
+        "--manifest", str(manifest), "--output-prefix", out, "--results", str(results),
+        "--models", str(SHARED / "models" / "cd16x"), "--actors", str(args.actors), "--levels", args.levels])
+    kills = {10, 25, 40} if name.startswith("kills") else set()
+    seen = []
+
+    def on_result(record: dict) -> None:
+        seen.append(record)
+        if len(seen) == 5 and name != "fault-free":
+            fault = {"kills+10s": (10, None), "outage 60s": (60, None),
+                     "slowdown 30%": (20, lambda: proxy.throttle(0.3))}[name]
+            proxy.fault_for(fault[0], fault[1])
+        if len(seen) in kills:
+            victim = random.choice([r for r in seen if r.get("actor")])["actor"]
+            try:
+                os.kill(int(victim.rsplit(":", 1)[1]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    started = time.perf_counter()
+    report = run(prepare(job_args), on_result=on_result, say=lambda message: None)
+    seconds = time.perf_counter() - started
+    proxy.heal()
+    records = pq.read_table(str(results)).to_pylist()
+    rows = [r["row"] for r in records]
+    unreadable = 0
+    for r in records:
+        if r["status"] == "ok":
+            try:
+                images.read_image(r["output"])
+            except images.ImageError:
+                unreadable += 1
+    return {"seconds": seconds, "failed": report.count("failed"), "duplicated": len(rows) - len(set(rows)),
+            "missing": args.rows - len(set(rows)), "unreadable": unreadable, "replaced": report.replaced,
+            "transient": report.transient_failures, "cut": proxy.counts["cut"], "throttled": proxy.counts["throttled"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=80)
+    p.add_argument("--size", default="768x512")
+    p.add_argument("--levels", default="3,2,1")
+    p.add_argument("--actors", type=int, default=2)
+    p.add_argument("--scenarios", default="fault-free,kills+10s,outage 60s,slowdown 30%")
+    args = p.parse_args()
+    random.seed(0)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    proxy = S3Proxy(f"http://{host}:{port}")
+    os.environ.update(AWS_ENDPOINT_URL=proxy.url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_DEFAULT_REGION="us-east-1", AWS_MAX_ATTEMPTS="2")
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="faults")
+    ray.init(address="local", num_cpus=args.actors, include_dashboard=False, log_to_driver=False)
+    print("| scenario | seconds | failed | duplicated | missing | unreadable | actors replaced | "
+          "transient failures | requests cut | requests throttled |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    try:
+        with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
+            work = Path(tmp)
+            width, height = map(int, args.size.split("x"))
+            manifest = put_inputs("s3://faults", args.rows, (width, height), work)
+            for name in args.scenarios.split(","):
+                proxy.counts.clear()
+                r = run_scenario(name, proxy, manifest, "s3://faults", work, args)
+                print(f"| {name} | {r['seconds']:.1f} | {r['failed']} | {r['duplicated']} | {r['missing']} | "
+                      f"{r['unreadable']} | {r['replaced']} | {r['transient']} | {r['cut']} | {r['throttled']} |",
+                      flush=True)
+    finally:
+        ray.shutdown()
+        proxy.close()
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
