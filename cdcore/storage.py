@@ -397,8 +397,9 @@ def _list_s3(prefix: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ arrow
 
-def arrow_filesystem(uri: str):
-    """(pyarrow FileSystem, path) for `uri`, with this module's endpoint, region and retries.
+def arrow_filesystem(uri: str, max_attempts: int | None = None):
+    """(pyarrow FileSystem, path) for `uri`, with this module's endpoint, region and retries
+    (`max_attempts` tries per request instead, where a caller would rather wait than fail).
 
     pyarrow alone honours AWS_ENDPOINT_URL but not configure() or CDCORE_S3_ENDPOINT. Use as
     `pq.read_table(path, filesystem=fs)`; `path` may be one file or a directory of files.
@@ -411,7 +412,7 @@ def arrow_filesystem(uri: str):
     bucket, key = _split_s3(uri)
     options = {
         "region": _client().meta.region_name,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=_max_attempts()),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts or _max_attempts()),
     }
     endpoint = _endpoint()
     if endpoint:

@@ -96,11 +96,18 @@ def _absolute(uri: str | None) -> str | None:
     return str(storage.local_path(uri).resolve())
 
 
+# Tries per request for checkpoints and run files on S3: Ray Train uploads a checkpoint once, and a
+# failed upload fails the step, costing a restart from the previous checkpoint. AWS's standard
+# backoff (exponential, capped at 20 s) over this many tries rides out a storage blip of a minute
+# or two instead.
+CHECKPOINT_ATTEMPTS = 12
+
+
 def _run_config(cfg: DistillConfig) -> ray.train.RunConfig:
     failure = ray.train.FailureConfig(max_failures=cfg.max_failures)
     if storage.is_local(cfg.storage):
         return ray.train.RunConfig(name=cfg.name, storage_path=cfg.storage, failure_config=failure)
-    fs, path = storage.arrow_filesystem(cfg.storage)  # the same endpoint and retries as cdcore.storage
+    fs, path = storage.arrow_filesystem(cfg.storage, max_attempts=CHECKPOINT_ATTEMPTS)
     return ray.train.RunConfig(name=cfg.name, storage_path=path, storage_filesystem=fs, failure_config=failure)
 
 
