@@ -54,7 +54,7 @@ def test_distances_are_zero_for_the_image_itself_and_grow_with_a_change(stylist)
 def distances(stylist, pair, recipe):
     """(style distance of the output, of the content photo), both against the style."""
     content, style = pair
-    out = to_tensor(np.asarray(stylist.stylize(content, style, recipe)))
+    out = to_tensor(np.array(stylist.stylize(content, style, recipe)))
     judge = stylist.models
     return (quality.style_distance(judge, out, to_tensor(style)),
             quality.style_distance(judge, to_tensor(content), to_tensor(style)))
