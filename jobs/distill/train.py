@@ -27,6 +27,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cdcore import storage
 from cdcore.modelset import load_model_set
 from cdcore.nets import Decoder, Encoder
 from cdcore.training import losses, pruning, trainset, vgg
@@ -291,8 +292,43 @@ def _report(means: dict, phase: str, step: int, cfg: DistillConfig, state: tuple
         return
     with tempfile.TemporaryDirectory() as directory:
         save_checkpoint(directory, *state, cfg)
+        upload = None if storage.is_local(cfg.run_dir) else checkpoint_uploader(cfg.run_dir)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                         checkpoint_dir_name=f"checkpoint-{phase}-{step:07d}")
+                         checkpoint_dir_name=f"checkpoint-{phase}-{step:07d}", checkpoint_upload_fn=upload)
+
+
+# How long a checkpoint upload keeps trying through a storage outage before the step fails.
+UPLOAD_PATIENCE_S = 300.0
+
+
+def checkpoint_uploader(run_dir: str):
+    """Ray Train's `checkpoint_upload_fn` for object storage. Its default upload (pyarrow's
+    copy_files) can lose a part to a storage blip without saying so (the error is dropped when the
+    stream is destroyed), leaving a truncated file that fails the run when it is loaded. This one
+    writes each file through cdcore.storage (whole objects or aborted multipart uploads, never
+    half files) and tries transient failures again, with backoff, for UPLOAD_PATIENCE_S."""
+
+    def upload(checkpoint: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:
+        destination = storage.join(run_dir, name)
+        for file in sorted(os.listdir(checkpoint.path)):
+            _patiently(lambda: storage.upload(os.path.join(checkpoint.path, file), storage.join(destination, file)))
+        filesystem, path = storage.arrow_filesystem(destination)
+        return ray.train.Checkpoint(path=path, filesystem=filesystem)
+
+    return upload
+
+
+def _patiently(action) -> None:
+    delay, deadline = 1.0, time.monotonic() + UPLOAD_PATIENCE_S
+    while True:
+        try:
+            return action()
+        except storage.StorageError as e:
+            if not e.transient or time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s; trying again in %.0f s", e, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 def train_worker(config: dict) -> None:
