@@ -312,8 +312,8 @@ def checkpoint_uploader(run_dir: str):
         destination = storage.join(run_dir, name)
         for file in sorted(os.listdir(checkpoint.path)):
             _patiently(lambda: storage.upload(os.path.join(checkpoint.path, file), storage.join(destination, file)))
-        filesystem, path = storage.arrow_filesystem(destination)
-        return ray.train.Checkpoint(path=path, filesystem=filesystem)
+        run = ray.train.get_context().get_storage()  # the same place, as Ray Train's filesystem sees it
+        return ray.train.Checkpoint(path=f"{run.experiment_fs_path}/{name}", filesystem=run.storage_filesystem)
 
     return upload
 
