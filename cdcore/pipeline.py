@@ -202,9 +202,12 @@ class Stylist:
                               recipe.style_weight, recipe.init, progress=progress)
             out[...] = to_uint8(result)
             return
-        tile_size = tiling.resolve_tile_size(self.models, levels, *rgb.shape[:2], self.tile_size)
-        if tile_size == 0 and recipe.stroke_scale == 1.0:  # it fits: no detour through the engine
-            out[...] = to_uint8(stylize(self.models, to_tensor(rgb, self.device), style.stats, recipe.alpha, levels))
-        else:
-            engine = tiling.TiledEngine(self.models, self.tile_size, progress=progress)
-            engine.stylize(rgb, style.stats, recipe.alpha, levels, recipe.stroke_scale, out=out)
+        tile_size = self.tile_size  # with a stroke scale the engine sizes its two scales apart
+        if recipe.stroke_scale == 1.0:
+            tile_size = tiling.resolve_tile_size(self.models, levels, *rgb.shape[:2], self.tile_size)
+            if tile_size == 0:  # it fits: no detour through the engine
+                image = stylize(self.models, to_tensor(rgb, self.device), style.stats, recipe.alpha, levels)
+                out[...] = to_uint8(image)
+                return
+        engine = tiling.TiledEngine(self.models, tile_size, progress=progress)
+        engine.stylize(rgb, style.stats, recipe.alpha, levels, recipe.stroke_scale, out=out)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .options import alpha as check_alpha
+
 METHODS = ("wct", "adain")
 # Eigenvalues below this are dropped, as in the reference WCT: a flat image has a zero covariance
 # and must give a finite result (its whitened feature is zero, the output is the style mean).
@@ -112,8 +114,7 @@ def style_stage(style: Moments, method: str = "wct") -> StyleStage:
 def affine_map(content: Moments, style: StyleStage, alpha: float = 1.0,
                method: str = "wct") -> tuple[torch.Tensor, torch.Tensor]:
     """A (C, C) and b (C,) in float64 such that the stylized feature is A f + b."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1] (got {alpha})")
+    alpha = check_alpha(alpha)
     mean_c, cov_c = content.mean_cov()
     if mean_c.shape != style.mean.shape:
         raise ValueError(f"content has {mean_c.shape[0]} channels, style {style.mean.shape[0]}")

@@ -11,6 +11,8 @@ import socket
 import time
 from dataclasses import dataclass
 
+import ray
+
 from cdcore import memory, storage
 from cdcore.options import DEFAULT_MAX_PIXELS
 from cdcore.pipeline import Stylist, StylizeError
@@ -88,9 +90,4 @@ class Stylizer:
 
 def _node_id() -> str | None:
     """The Ray node this actor runs on (None outside Ray), so the driver can tell a lost node."""
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    except Exception:  # outside a Ray worker there is no node to name
-        return None
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
