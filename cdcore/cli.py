@@ -66,7 +66,7 @@ def cmd_stylize(args: argparse.Namespace) -> None:
     started = time.monotonic()
     recipe = options.recipe_from_args(args)
     stylist = Stylist(args.models, args.device, stages=recipe.stages, tile_size=args.tile_size,
-                      max_pixels=args.max_pixels, style_cache=1)
+                      max_pixels=args.max_pixels, style_cache=1, precision=args.precision)
     done = stylist.stylize_file(args.content, args.style, args.output, recipe, _progress_printer())
     _say(f"cdcore: wrote {args.output} ({done.width}x{done.height}, {recipe.method}, "
          f"{stylist.models.model_id}) in {time.monotonic() - started:.1f} s")

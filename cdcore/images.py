@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from . import storage
+from . import codecs, storage
 from .options import DEFAULT_MAX_PIXELS
 
 # Pillow's own decompression-bomb guard would refuse legitimate ultra-resolution inputs far below
@@ -64,8 +64,9 @@ def _to_8bit_gray(img: Image.Image) -> np.ndarray:
     return np.clip(a / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def decode(data: bytes | io.IOBase, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
-    """Decode an image file into a Picture, honouring EXIF orientation."""
+def decode(data: bytes | io.IOBase, name: str, max_pixels: int = DEFAULT_MAX_PIXELS, device=None) -> Picture:
+    """Decode an image file into a Picture, honouring EXIF orientation. A plain JPEG given as bytes
+    is decoded by torchvision (`codecs`), on `device` when that is a GPU: the same pixels, faster."""
     stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     try:
         img = Image.open(stream)
@@ -77,12 +78,26 @@ def decode(data: bytes | io.IOBase, name: str, max_pixels: int = DEFAULT_MAX_PIX
                          f"{max_pixels / 1e6:.1f} MP (--max-pixels)")
     if img.mode not in SUPPORTED_MODES:
         raise ImageError(f"{name}: unsupported image mode {img.mode}")
+    if isinstance(data, (bytes, bytearray)) and codecs.is_plain_jpeg(img):
+        try:
+            return Picture(codecs.decode_jpeg(data, device))
+        except RuntimeError:
+            pass  # what torchvision refuses (some progressive or odd files), Pillow decodes below
     try:
         img.load()
         img = ImageOps.exif_transpose(img)
     except Exception as e:
         raise ImageError(f"{name}: truncated or corrupt image data ({e})") from None
     return _picture(img)
+
+
+def pixel_count(data: bytes) -> int:
+    """Width x height from the file's header alone (0 when it has none: `decode` says why)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size[0] * img.size[1]
+    except Exception:
+        return 0
 
 
 def _picture(img: Image.Image) -> Picture:
@@ -100,15 +115,25 @@ def _picture(img: Image.Image) -> Picture:
     return Picture(np.ascontiguousarray(rgb), alpha)
 
 
-def read_image(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
-    """Read a local path, file:// or s3:// image."""
+def read_bytes(uri: str) -> bytes:
+    """The bytes of a local path, file:// or s3:// image file."""
     try:
-        data = storage.read_bytes(uri)
+        return storage.read_bytes(uri)
     except storage.NotFound:
         raise ImageError(f"{uri}: no such file or object") from None
     except storage.StorageError as e:
         raise ImageError(str(e)) from e  # the cause tells a passing outage from a bad file
-    return decode(data, uri, max_pixels)
+
+
+def read_image(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
+    """Read a local path, file:// or s3:// image."""
+    return decode(read_bytes(uri), uri, max_pixels)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write an encoded image atomically: a local file through a temporary file in the same
+    directory, renamed when complete; an object in one piece."""
+    storage.write_bytes(uri, data)
 
 
 def from_pil(img: Image.Image, name: str = "image") -> Picture:
@@ -163,20 +188,22 @@ class Canvas:
         height, width = self.pixels.shape[:2]
         return Image.frombuffer(mode, (width, height), self.pixels, "raw", mode, 0, 1)
 
-    def save(self, uri: str) -> None:
-        """Encode in the format of `uri`'s extension (`FORMATS`) and write it atomically: a local
-        file through a temporary file in the same directory, renamed when complete."""
+    def encode(self, uri: str, device=None) -> bytes:
+        """The file's bytes in the format of `uri`'s extension (`FORMATS`); a JPEG is encoded by
+        nvJPEG when `device` is a GPU."""
         fmt, keeps_alpha, options = output_format(uri)
+        if fmt == "JPEG" and device is not None and device.type == "cuda":
+            return codecs.encode_jpeg(self.rgb, options["quality"], device)
         img = self.image(keeps_alpha)
         if fmt == "PNG" and img.mode == "RGBX":
             img = img.convert("RGB")
-        if not storage.is_local(uri):
-            data = io.BytesIO()
-            img.save(data, fmt, **options)
-            storage.write_bytes(uri, data.getvalue())
-            return
-        with storage.atomic_local(storage.local_path(uri)) as tmp:
-            img.save(tmp, fmt, **options)
+        data = io.BytesIO()
+        img.save(data, fmt, **options)
+        return data.getvalue()
+
+    def save(self, uri: str) -> None:
+        """Encode in the format of `uri`'s extension and write it atomically (`write_bytes`)."""
+        write_bytes(uri, self.encode(uri))
 
 
 def write_image(uri: str, picture: Picture) -> None:

@@ -28,6 +28,9 @@ INITS = ("content", "noise")  # what gatys starts from
 # pixels) set the size of the style's patterns; stages 2 and 1 refine edges and texture.
 COARSE_STAGES = (5, 4, 3)
 DEFAULT_MAX_PIXELS = 300_000_000
+# Network precision (cdcore.precision): fp32 reproduces the reference; bf16 and fp16 run the
+# convolutions under autocast (statistics and maps stay float64).
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 # ------------------------------------------------------------------------------- checks
@@ -131,6 +134,12 @@ def max_pixels(value) -> int:
     return _whole(value, "max pixels", 1)
 
 
+def precision(value) -> str:
+    if value not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (got {value!r})")
+    return value
+
+
 # ------------------------------------------------------------------------------- recipe
 
 @dataclass(frozen=True)
@@ -223,6 +232,9 @@ def add_image_options(parser: argparse.ArgumentParser) -> None:
              "(default: the whole image when it fits a quarter of the free device memory, else tiles sized from it)")
     add("--max-pixels", type=_arg(max_pixels), default=DEFAULT_MAX_PIXELS,
         help=f"refuse inputs with more pixels than this (default {DEFAULT_MAX_PIXELS // 1_000_000} MP)")
+    add("--precision", type=_arg(precision), choices=PRECISIONS, default="fp32",
+        help="network precision: fp32 reproduces the reference (default); bf16 and fp16 run the convolutions "
+             "in reduced precision on CUDA (bf16 also on CPUs with native bf16), statistics stay float64")
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:

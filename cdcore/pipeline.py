@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Hashable, Iterator
 
 import numpy as np
@@ -25,6 +27,8 @@ import torch
 from PIL import Image
 
 from . import images, tiling
+from . import precision as precisions
+from .timings import Timings
 from .gatys import gatys
 from .modelset import ModelSet, load_model_set
 from .options import DEFAULT_MAX_PIXELS, Recipe
@@ -70,23 +74,44 @@ class StyleCache:
         self.capacity = capacity
         self._items: OrderedDict[Hashable, PreparedStyle] = OrderedDict()
 
+        self._lock = threading.Lock()  # `has` is asked from loading threads
+
+    def has(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._items
+
     def get_or_make(self, key: Hashable, make: Callable[[], PreparedStyle]) -> PreparedStyle:
         """The cached value for `key`, or `make()`'s, which is then cached (a failure is not)."""
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
-        value = self._items[key] = make()
-        if len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = make()  # outside the lock: it runs the networks
+        with self._lock:
+            self._items[key] = value
+            if len(self._items) > self.capacity:
+                self._items.popitem(last=False)
         return value
+
+
+@dataclass
+class Loaded:
+    """A content decoded and ready to stylize, and its style's image when the cache lacked it."""
+
+    content: str
+    picture: images.Picture
+    style: str
+    style_picture: images.Picture | None
+    timings: Timings
 
 
 @dataclass(frozen=True)
 class Stylized:
-    """What `stylize_file` wrote: the output's size."""
+    """What `stylize_file` wrote: the output's size, and where the time went."""
 
     width: int
     height: int
+    timings: Timings = field(default_factory=Timings)
 
 
 class Stylist:
@@ -98,18 +123,29 @@ class Stylist:
         the whole image, N bounds the exact tiled engine's windows to N x N pixels.
     max_pixels: inputs with more pixels are refused before they are decoded.
     style_cache: prepared styles kept, by URI and recipe, for the files that use them again.
+    precision: fp32, bf16 or fp16 for the networks (`cdcore.precision`); a mode this device runs
+        no faster than fp32 falls back to fp32 with a warning.
+
+    `stylize_file` is three steps that a caller may also run apart, as the job's actors do to
+    overlap storage and codecs with the device: `load` (reading and decoding: no device work, safe
+    in other threads), `render` (the style's preparation and the stylization: one at a time), and
+    `save` (encoding and writing: safe in other threads).
     """
 
     def __init__(self, models: ModelSet | str | None = None, device: str | torch.device = "auto", *,
                  stages=None, tile_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 style_cache: int = 16):
+                 style_cache: int = 16, precision: str = "fp32"):
         if isinstance(models, ModelSet):
             self.models = models
             self.device = next(models.encoder(models.stages[0]).parameters()).device
         else:
             self.device = pick_device(str(device))
             self.models = load_model_set(models, stages, self.device)
-        if self.device.type == "cpu":  # oneDNN convolves channels-last fastest
+        self.precision, note = precisions.resolve(precision, self.device)
+        if note:
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
+        # oneDNN convolves channels-last fastest, and so do tensor cores in reduced precision.
+        if self.device.type == "cpu" or self.precision != "fp32":
             self.models.to(self.device, channels_last=True)
         self.tile_size = check_tile_size(tile_size)
         self.max_pixels = max_pixels
@@ -138,16 +174,62 @@ class Stylist:
         atomically in the format of its extension. The style's preparation is cached."""
         with _naming(output):
             images.output_format(output)  # a bad extension fails before any work
+        loaded = self.load(content, style, recipe)
+        canvas = self.render(loaded, recipe, progress)
+        self.save(canvas, output, loaded.timings)
+        return Stylized(*loaded.picture.size, loaded.timings)
+
+    def load(self, content: str, style: str, recipe: Recipe = Recipe(),
+             admit: Callable[[int], None] | None = None) -> Loaded:
+        """Read and decode the content (resized as `recipe` asks), and the style unless prepared
+        styles hold it already. `admit`, when given, is called with the content's pixel count
+        before it is decoded, and may wait (the job's actors bound the pixels they hold)."""
+        timings = Timings()
         with _naming(content):
-            picture = images.resize_to(images.read_image(content, self.max_pixels), recipe.content_size)
-        prepared = self.styles.get_or_make((style, recipe.style_key),
-                                           lambda: self._prepare_file(style, recipe, progress))
+            with timings.phase("read_s"):
+                data = images.read_bytes(content)
+            if admit is not None:
+                admit(images.pixel_count(data))
+            with timings.phase("decode_s"):
+                picture = images.decode(data, content, self.max_pixels, self._codec_device)
+                del data
+                picture = images.resize_to(picture, recipe.content_size)
+        style_picture = None
+        if not self.styles.has((style, recipe.style_key)):
+            with timings.phase("style_s"), _naming(style):
+                style_picture = images.read_image(style, self.max_pixels)
+        return Loaded(content, picture, style, style_picture, timings)
+
+    def render(self, loaded: Loaded, recipe: Recipe = Recipe(), progress: Progress | None = None) -> images.Canvas:
+        """Stylize what `load` returned into a new 8-bit Canvas, preparing the style if needed."""
+        with loaded.timings.phase("style_s"):
+            prepared = self.styles.get_or_make((loaded.style, recipe.style_key),
+                                               lambda: self._prepare_loaded(loaded, recipe, progress))
+        picture = loaded.picture
         canvas = images.Canvas(*picture.rgb.shape[:2], picture.alpha)
-        with _naming(content):
+        with loaded.timings.phase("stylize_s"), _naming(loaded.content):
             self._paint(picture.rgb, prepared, recipe, canvas.rgb, progress)
+        return canvas
+
+    def save(self, canvas: images.Canvas, output: str, timings: Timings | None = None) -> None:
+        """Encode `canvas` in the format of `output`'s extension and write it atomically."""
+        timings = timings or Timings()
         with _naming(output):
-            canvas.save(output)
-        return Stylized(*picture.size)
+            with timings.phase("encode_s"):
+                data = canvas.encode(output, self._codec_device)
+            with timings.phase("write_s"):
+                images.write_bytes(output, data)
+
+    @property
+    def _codec_device(self) -> torch.device | None:
+        """Where JPEGs are decoded and encoded: on the GPU (nvJPEG) when we hold one."""
+        return self.device if self.device.type == "cuda" else None
+
+    def _prepare_loaded(self, loaded: Loaded, recipe: Recipe, progress: Progress | None) -> PreparedStyle:
+        if loaded.style_picture is None:  # the cache let it go since `load` looked
+            return self._prepare_file(loaded.style, recipe, progress)
+        with _naming(loaded.style):
+            return self._prepare(loaded.style_picture, recipe, progress)
 
     def _prepare_file(self, style: str, recipe: Recipe, progress: Progress | None) -> PreparedStyle:
         with _naming(style):
@@ -186,8 +268,9 @@ class Stylist:
             prepared = PreparedStyle(recipe.style_key, image=to_tensor(rgb, self.device))
         else:
             engine = tiling.TiledEngine(self.models, self.tile_size, progress=progress)
-            prepared = PreparedStyle(recipe.style_key, stats=engine.style_statistics(rgb, recipe.method,
-                                                                                    recipe.stages))
+            with precisions.networks(self.device, self.precision):
+                stats = engine.style_statistics(rgb, recipe.method, recipe.stages)
+            prepared = PreparedStyle(recipe.style_key, stats=stats)
         self.styles_prepared += 1
         return prepared
 
@@ -196,12 +279,18 @@ class Stylist:
         """Stylize (H, W, 3) uint8 `rgb` into `out` (H, W, 3) uint8."""
         if style.key != recipe.style_key:
             raise ValueError(f"the style was prepared for {style.key}, not {recipe.style_key}")
-        levels = recipe.stages
-        if recipe.method == "gatys":
+        if recipe.method == "gatys":  # L-BFGS on pixels: fp32 whatever the precision
             result, _ = gatys(self.models, to_tensor(rgb, self.device), style.image, recipe.iterations,
                               recipe.style_weight, recipe.init, progress=progress)
             out[...] = to_uint8(result)
             return
+        with precisions.networks(self.device, self.precision):
+            self._cascade(rgb, style, recipe, out, progress)
+
+    def _cascade(self, rgb: np.ndarray, style: PreparedStyle, recipe: Recipe, out: np.ndarray,
+                 progress: Progress | None) -> None:
+        """The wct / adain cascade: on the whole image when it fits, else in exact tiles."""
+        levels = recipe.stages
         tile_size = self.tile_size  # with a stroke scale the engine sizes its two scales apart
         if recipe.stroke_scale == 1.0:
             tile_size = tiling.resolve_tile_size(self.models, levels, *rgb.shape[:2], self.tile_size)

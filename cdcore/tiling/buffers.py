@@ -144,8 +144,8 @@ def to_tensor(block: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
-    """(1, C, h, w) -> (h, w, C) on the CPU."""
-    return t[0].permute(1, 2, 0).cpu().numpy()
+    """(1, C, h, w) -> (h, w, C) float32 on the CPU (reduced-precision results are widened)."""
+    return t[0].permute(1, 2, 0).float().cpu().numpy()
 
 
 def read_whole(image: ImageBuffer) -> torch.Tensor:

@@ -33,7 +33,7 @@ from .plan import Plan, plan_table
 from .progress import JobProgress
 from .results import Report, ResultsWriter, done_outputs, failed, new_run_id, summary
 from .retries import DEFAULT_DEADLINE_S, Retries
-from .scheduler import Dispatcher, PoolError, StyleQueue
+from .scheduler import IN_FLIGHT_PER_ACTOR, Dispatcher, PoolError, StyleQueue
 from .worker import Stylizer, WorkerConfig
 
 EXIT_CANNOT_RUN = 2
@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU slots per actor, also its torch threads (default 1)")
     p.add_argument("--overwrite", action="store_true", help="redo rows whose output exists")
     p.add_argument("--style-cache", type=_count(1), default=16, help="styles each actor keeps (default 16)")
+    p.add_argument("--io-threads", type=_count(0), default=2,
+                   help="threads per actor that read and decode the next rows and encode and write finished ones "
+                        "while the device stylizes (default 2; 0: each row start to end, one at a time)")
     p.add_argument("--retry-deadline", type=_count(0, float), default=DEFAULT_DEADLINE_S,
                    help="seconds a row that fails transiently (storage unreachable, 5xx, throttled) is retried "
                         f"for, from its first such failure, before it fails (default {DEFAULT_DEADLINE_S:g})")
@@ -167,7 +170,7 @@ def prepare(args: argparse.Namespace) -> Job:
         _write_table(table, source)
     worker = WorkerConfig(models=models, stages=stages, device="cuda" if args.num_gpus_per_actor else "cpu",
                           overwrite=args.overwrite, max_pixels=args.max_pixels, style_cache=args.style_cache,
-                          tile_size=args.tile_size)
+                          tile_size=args.tile_size, precision=args.precision, io_threads=args.io_threads)
     return Job(plan, worker, results, model_id, args.actors, args.num_gpus_per_actor, args.cpus_per_actor,
                args.flush_rows, args.flush_seconds, args.retry_deadline, job_options.output_prefix)
 
@@ -181,7 +184,9 @@ def forwarded_env() -> dict[str, str]:
 def actor_factory(job: Job, say: Callable[[str], None]):
     """`new_actor(name)` for the dispatcher: a Stylizer actor with the job's resources."""
     options = {"num_cpus": job.num_cpus, "num_gpus": job.num_gpus,
-               "max_restarts": 0}  # the dispatcher replaces dead actors and decides what to retry
+               "max_restarts": 0,  # the dispatcher replaces dead actors and decides what to retry
+               # an overlapping actor runs its two batches in flight at once (worker.py says why)
+               "max_concurrency": IN_FLIGHT_PER_ACTOR if job.worker.io_threads else 1}
     env = forwarded_env()
     if env:
         options["runtime_env"] = {"env_vars": env}
@@ -284,6 +289,7 @@ def _dispatch(job: Job, runnable: np.ndarray, collect: Callable[[dict], None], p
         queue = StyleQueue(job.plan.style_groups(runnable))
         pool = Dispatcher(queue, job.plan.rows, actor_factory(job, say), size, collect, waited)
         pool.retries, pool.say = Retries(job.retry_deadline), say
+        pool.overlapped = job.worker.io_threads > 0
         pool.probe = lambda: _answers(job.output_prefix or job.results)
         try:
             pool.run()

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cdcore import storage
+from cdcore.timings import PHASES
 
 from .manifest import Row
 
@@ -38,7 +39,15 @@ SCHEMA = pa.schema([
     ("failure", pa.string()),     # transient (storage did not answer in time) | permanent | null
     ("width", pa.int32()),        # of the output; null unless ok
     ("height", pa.int32()),
-    ("seconds", pa.float64()),    # in the actor: download, stylize, upload
+    ("seconds", pa.float64()),    # in the actor, from its first read to its last write
+    # Where those seconds went (cdcore.pipeline.Timings); an overlapping actor runs the phases of
+    # different rows at once, so they add up to more than `seconds` per actor.
+    ("read_s", pa.float64()),     # the content's bytes from storage
+    ("decode_s", pa.float64()),   # decoding and resizing it
+    ("style_s", pa.float64()),    # reading and preparing the style; 0 when the actor had it
+    ("stylize_s", pa.float64()),  # on the device
+    ("encode_s", pa.float64()),
+    ("write_s", pa.float64()),    # the output to storage
     ("model_id", pa.string()),
     ("actor", pa.string()),       # "<name>@<host>:<pid>" of the actor that ran it
     ("attempts", pa.int32()),     # 2 when an actor died with the row in flight and it ran again
@@ -149,6 +158,7 @@ class Tally:
     failures_by_class: Counter = field(default_factory=Counter)  # transient | permanent
     retried_rows: int = 0  # rows that needed transient retries, however they ended
     megapixels: float = 0.0
+    phases: Counter = field(default_factory=Counter)  # seconds per phase (PHASES), summed over rows
     failures: list[dict] = field(default_factory=list)  # the first few, for the summary
     keep_failures: int = 10
 
@@ -161,6 +171,8 @@ class Tally:
             self.megapixels += record["width"] * record["height"] / 1e6
         elif record["status"] == "failed" and len(self.failures) < self.keep_failures:
             self.failures.append(record)
+        for phase in PHASES:
+            self.phases[phase] += record.get(phase) or 0.0
 
 
 @dataclass
@@ -181,6 +193,20 @@ class Report:
         return self.tally.counts[status]
 
 
+def _time_lines(phases: Counter, report: Report) -> list[str]:
+    """Where the actors' time went, by phase, and how busy their devices were."""
+    total = sum(phases.values())
+    if not total:
+        return []
+    shares = ", ".join(f"{name[:-2]} {phases[name]:.1f} s ({phases[name] / total:.0%})" for name in PHASES)
+    lines = [f"  time in the actors: {shares}"]
+    actors = max(len(report.actors), 1)
+    device = phases["style_s"] + phases["stylize_s"]
+    lines.append(f"  devices busy {device / (actors * max(report.seconds, 1e-9)):.0%} of the run "
+                 f"({device:.1f} s over {actors} actor{'s' * (actors != 1)} in {report.seconds:.1f} s)")
+    return lines
+
+
 def summary(report: Report, model_id: str | None) -> str:
     """A plain-text table: rows by status, throughput, what each actor did, the first failures."""
     tally = report.tally
@@ -196,6 +222,7 @@ def summary(report: Report, model_id: str | None) -> str:
         lines.append(f"  {'actor':<40} {'rows':>8} {'styles encoded':>15} {'busy s':>8}")
         for name, c in sorted(report.actors.items()):
             lines.append(f"  {name:<40} {c['rows']:>8} {c['styles_encoded']:>15} {c['busy_seconds']:>8.1f}")
+    lines += _time_lines(tally.phases, report)
     by_class = tally.failures_by_class
     lines.append(f"  failed: {by_class['permanent']} permanent, {by_class['transient']} transient past their deadline; "
                  f"{report.transient_failures} transient failures retried over {tally.retried_rows} rows")

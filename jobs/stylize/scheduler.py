@@ -176,6 +176,9 @@ class Dispatcher:
         self.probe: Callable[[], bool] = lambda: True
         self.say: Callable[[str], None] = lambda message: None
         self.transient_failures = 0  # every transient failure, retried or not
+        # Actors that overlap I/O run both their batches at once (jobs.stylize.worker): when one
+        # dies, every row it held was running, and a suspect must be the only row it holds.
+        self.overlapped = False
         self._undecided: list[_Undecided] = []
         self.attempts: dict[int, int] = {}  # position -> times started, for rows started twice only
         self.counters: dict[str, dict] = {}  # actor label -> the counters it last reported
@@ -293,14 +296,16 @@ class Dispatcher:
         results = value["results"]
         if value.get("counters"):
             self.counters[value["actor"]] = value["counters"]
-        for row, result in zip(batch, results):
+        unstarted = {row.index: row for row in batch}  # an overlapping actor finishes rows out of order
+        for result in results:
+            row = unstarted.pop(result["row"])
             if result.get("failure") == "transient":
                 self._transient(row, result)
                 continue
             self.breaker.answered()
             self.on_result({**row_fields(row), **result, "attempts": self.attempts.pop(row.index, 1),
                             "retries": self.retries.done(row.index)})
-        self.queue.put_back([row.index for row in batch[len(results):]])  # sent back unstarted
+        self.queue.put_back(list(unstarted))  # sent back unstarted
         seconds = sum(r.get("seconds") or 0.0 for r in results)
         per_row = seconds / max(len(results), 1)
         actor.batch = int(np.clip(BATCH_SECONDS / max(per_row, 1e-4), 1, MAX_BATCH))
@@ -320,13 +325,22 @@ class Dispatcher:
         if self.breaker.open:
             return  # storage is down: hand out nothing, keep the actor
         while len(actor.batches) < IN_FLIGHT_PER_ACTOR:
+            if self.overlapped and any(map(self._suspect, actor.batches.values())):
+                break
             positions = self.queue.take(actor.name, actor.batch)
             if not positions:
                 break
             batch = self.rows(positions)
+            if self.overlapped and actor.batches and self._suspect(batch):  # it waits until the actor is idle
+                self.queue.put_back(positions, suspect=True)
+                break
             actor.batches[actor.handle.process_batch.remote(batch, BATCH_SECONDS)] = batch
         if not actor.batches and not len(self.retries) and not self._undecided:  # nothing left: give it back
             self._retire(actor)
+
+    def _suspect(self, batch: list[Row]) -> bool:
+        """A row that was running when an actor died, run again alone."""
+        return len(batch) == 1 and self.attempts.get(batch[0].index, 1) > 1
 
     def _retire(self, actor: _Actor) -> None:
         ray.kill(actor.handle)
@@ -366,9 +380,12 @@ class Dispatcher:
 
     def _settle(self, cause: str, in_flight: list[list[Row]], reason: str, label: str | None) -> None:
         """A dead actor's rows go back: all unstarted when its node died; otherwise the batch it was
-        running row by row, each charged an attempt, and the others as they were."""
+        running (both, for an overlapping actor) row by row, each charged an attempt, and the
+        others as they were."""
         if cause == "node":
             in_flight = [[]] + in_flight  # nothing was running that is to blame
+        if self.overlapped and cause != "node":
+            in_flight = [[row for b in in_flight for row in b]]
         if in_flight:
             running, waiting = in_flight[0], [row for b in in_flight[1:] for row in b]
             self.queue.put_back([row.index for row in waiting])

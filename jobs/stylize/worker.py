@@ -1,23 +1,35 @@
-"""The actor side of the job: a `Stylist` loaded once, rows run one at a time.
+"""The actor side of the job: a `Stylist` loaded once, rows read, stylized and written.
 
 `Stylizer` is a plain class (the driver wraps it with `ray.remote`), so it also runs, and is
 tested, without Ray. Images move through storage only: the Stylist reads the row's inputs from
 their URIs and writes the output to its URI; the actor returns a small status dict, never pixels.
+
+With `io_threads` > 0 (the default) an actor overlaps its work: while the device stylizes one row,
+background threads read and decode the next ones and encode and write finished ones, so the
+device does not wait on storage and codecs. The actor then takes two batches at once (the driver
+keeps two in flight), so the next batch's rows load while this one's finish. `PixelBudget` bounds
+the decoded pixels an actor holds. `io_threads=0` runs each row start to end, one at a time.
 """
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import ray
 
 from cdcore import memory, storage
 from cdcore.options import DEFAULT_MAX_PIXELS
-from cdcore.pipeline import Stylist, StylizeError
+from cdcore.pipeline import Loaded, Stylist, StylizeError, Timings
 
 from .manifest import Row
+
+# Decoded pixels an overlapping actor holds at most: about two 50 MP images with their canvases
+# (7 bytes a pixel: ~0.7 GB). One larger image is let in alone.
+DEFAULT_PIXEL_BUDGET = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -31,54 +43,179 @@ class WorkerConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     style_cache: int = 16  # styles kept per actor
     tile_size: int | None = None  # None: whole image when it fits the device's memory, else tiles
+    precision: str = "fp32"
+    io_threads: int = 2  # 0: no overlap
+    pixel_budget: int = DEFAULT_PIXEL_BUDGET
+
+
+class PixelBudget:
+    """Admits images while the pixels held stay within `limit`; an image larger than the whole
+    limit is admitted when nothing else is held, so it waits but never deadlocks."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+        self._changed = threading.Condition()
+
+    def acquire(self, pixels: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self.held == 0 or self.held + pixels <= self.limit)
+            self.held += pixels
+
+    def release(self, pixels: int) -> None:
+        with self._changed:
+            self.held -= pixels
+            self._changed.notify_all()
+
+
+class _RowState:
+    """One row on its way through an overlapping actor: its outcome so far and what it holds."""
+
+    def __init__(self, row: Row):
+        self.row = row
+        self.started = time.monotonic()
+        self.timings = Timings()
+        self.outcome = {"status": "ok", "error": None, "failure": None, "width": None, "height": None}
+        self.loaded: Loaded | None = None
+        self.canvas = None  # the stylized result, until it is written
+        self.pixels = 0  # admitted by the budget, given back when the row is done
+
+    def fail(self, error: StylizeError) -> None:
+        # Transient: storage did not answer, or said "later"; the driver runs the row again.
+        self.outcome.update(status="failed", error=str(error),
+                            failure="transient" if storage.is_transient(error) else "permanent")
 
 
 class Stylizer:
-    """One actor's work: a Stylist on its device, and `process` for each row it is sent."""
+    """One actor's work: a Stylist on its device, and `process_batch` for the rows it is sent."""
 
     def __init__(self, name: str, config: WorkerConfig):
         memory.reuse_freed_memory()
         self.config = config
         self.stylist = Stylist(config.models, config.device, stages=config.stages, tile_size=config.tile_size,
-                               max_pixels=config.max_pixels, style_cache=config.style_cache)
+                               max_pixels=config.max_pixels, style_cache=config.style_cache,
+                               precision=config.precision)
         self.label = f"{name}@{socket.gethostname()}:{os.getpid()}"
-        self.counters = {"rows": 0, "styles_encoded": 0, "busy_seconds": 0.0}
+        self.counters = {"rows": 0, "styles_encoded": 0, "busy_seconds": 0.0, "device_seconds": 0.0}
+        self._device = threading.Lock()  # one row on the device at a time
+        self._counting = threading.Lock()
+        self._budget = PixelBudget(config.pixel_budget)
+        threads = config.io_threads
+        self._loading = ThreadPoolExecutor(threads, thread_name_prefix="load") if threads else None
+        self._saving = ThreadPoolExecutor(threads, thread_name_prefix="save") if threads else None
 
     def ready(self) -> dict:
         """Who this actor is; answering at all means the models loaded."""
         return {"actor": self.label, "pid": os.getpid(), "device": str(self.stylist.device),
-                "model_id": self.stylist.models.model_id, "node": _node_id()}
+                "model_id": self.stylist.models.model_id, "node": _node_id(),
+                "precision": self.stylist.precision}
 
     def process_batch(self, rows: list[Row], budget_s: float) -> dict:
-        """Run rows in order until they are done or have taken `budget_s` (one at least); the
-        driver sends the rest again. Returns the status dicts of the rows run and the counters."""
-        started, results = time.monotonic(), []
-        for row in rows:
-            results.append(self.process(row))
-            if time.monotonic() - started >= budget_s:
-                break
-        return {"results": results, "actor": self.label, "counters": dict(self.counters)}
+        """Run rows until they are done or have taken `budget_s` (one at least); the driver sends
+        the rest again. Returns the status dicts of the rows run and the counters."""
+        run = self._overlapped if self._loading else self._one_by_one
+        results = run(rows, time.monotonic() + budget_s)
+        with self._counting:
+            return {"results": results, "actor": self.label, "counters": dict(self.counters)}
 
     def process(self, row: Row) -> dict:
-        """Run one row; every outcome, including failure, is a status dict (see jobs.stylize.results)."""
-        started = time.monotonic()
-        outcome = {"status": "ok", "error": None, "failure": None, "width": None, "height": None}
+        """Run one row start to end; every outcome, including failure, is a status dict (see
+        jobs.stylize.results)."""
+        state = _RowState(row)
+        if self._load(state):
+            self._render(state)
+        if state.loaded is not None:
+            self._save(state)
+        return self._finish(state)
+
+    # ------------------------------------------------------------------ the two schedules
+
+    def _one_by_one(self, rows: list[Row], deadline: float) -> list[dict]:
+        results = []
+        for row in rows:
+            results.append(self.process(row))
+            if time.monotonic() >= deadline:
+                break
+        return results
+
+    def _overlapped(self, rows: list[Row], deadline: float) -> list[dict]:
+        """Rows load in order on the loading threads; whichever has loaded takes the device next,
+        then goes to the saving threads. Past the deadline, rows not yet loading are dropped
+        (the driver sends them again); rows already loading run to the end."""
+        loading: dict[Future, _RowState] = {}
+        for row in rows:
+            state = _RowState(row)
+            loading[self._loading.submit(self._load, state)] = state
+        saving, results = [], []
+        while loading:
+            done, _ = wait(loading, return_when=FIRST_COMPLETED)
+            for future in done:
+                state = loading.pop(future)
+                if future.result():
+                    with self._device:
+                        self._render(state)
+                if state.loaded is None:  # skipped or failed: nothing to write
+                    results.append(self._finish(state))
+                else:
+                    saving.append(self._saving.submit(self._save_and_finish, state))
+            if time.monotonic() >= deadline:
+                loading = {f: s for f, s in loading.items() if not f.cancel()}
+        return results + [future.result() for future in saving]
+
+    # ------------------------------------------------------------------ the phases of a row
+
+    def _load(self, state: _RowState) -> bool:
+        """Check for the output and read the inputs; False when there is nothing to stylize."""
+        row = state.row
         try:
             if not self.config.overwrite and self._exists(row.output):
-                outcome["status"] = "skipped"
-            else:
-                done = self.stylist.stylize_file(row.content, row.style, row.output, row.recipe)
-                outcome.update(width=done.width, height=done.height)
+                state.outcome["status"] = "skipped"
+                return False
+            state.loaded = self.stylist.load(row.content, row.style, row.recipe, admit=lambda n: self._admit(state, n))
         except StylizeError as e:
-            # Transient: storage did not answer, or said "later"; the driver runs the row again.
-            outcome.update(status="failed", error=str(e),
-                           failure="transient" if storage.is_transient(e) else "permanent")
-        seconds = time.monotonic() - started
-        self.counters["rows"] += 1
-        self.counters["busy_seconds"] += seconds
-        self.counters["styles_encoded"] = self.stylist.styles_prepared
-        return {**outcome, "row": row.index, "seconds": seconds, "model_id": self.stylist.models.model_id,
-                "actor": self.label}
+            state.fail(e)
+            return False
+        state.timings = state.loaded.timings
+        return True
+
+    def _admit(self, state: _RowState, pixels: int) -> None:
+        self._budget.acquire(pixels)
+        state.pixels = pixels
+
+    def _render(self, state: _RowState) -> None:
+        try:
+            state.canvas = self.stylist.render(state.loaded, state.row.recipe)
+        except StylizeError as e:
+            state.fail(e)
+            state.loaded = None
+
+    def _save(self, state: _RowState) -> None:
+        try:
+            self.stylist.save(state.canvas, state.row.output, state.timings)
+            state.outcome.update(width=state.loaded.picture.size[0], height=state.loaded.picture.size[1])
+        except StylizeError as e:
+            state.fail(e)
+        finally:
+            state.loaded = state.canvas = None
+
+    def _save_and_finish(self, state: _RowState) -> dict:
+        self._save(state)
+        return self._finish(state)
+
+    def _finish(self, state: _RowState) -> dict:
+        """The row's status dict; what it held is given back."""
+        if state.pixels:
+            self._budget.release(state.pixels)
+            state.pixels = 0
+        seconds = time.monotonic() - state.started
+        timings = state.timings.as_dict()
+        with self._counting:
+            self.counters["rows"] += 1
+            self.counters["busy_seconds"] += seconds
+            self.counters["device_seconds"] += timings["style_s"] + timings["stylize_s"]
+            self.counters["styles_encoded"] = self.stylist.styles_prepared
+        return {**state.outcome, **timings, "row": state.row.index, "seconds": seconds,
+                "model_id": self.stylist.models.model_id, "actor": self.label}
 
     @staticmethod
     def _exists(uri: str) -> bool:
@@ -91,3 +228,4 @@ class Stylizer:
 def _node_id() -> str | None:
     """The Ray node this actor runs on (None outside Ray), so the driver can tell a lost node."""
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
