@@ -19,8 +19,6 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-import ray
-
 from cdcore import memory, storage
 from cdcore.options import DEFAULT_MAX_PIXELS
 from cdcore.pipeline import Loaded, Stylist, StylizeError, Timings
@@ -227,5 +225,7 @@ class Stylizer:
 
 def _node_id() -> str | None:
     """The Ray node this actor runs on (None outside Ray), so the driver can tell a lost node."""
+    import ray  # here: the actor class also runs, and is benchmarked, where Ray is not installed
+
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 

@@ -1,0 +1,261 @@
+"""One command that checks the GPU path: `python benchmarks/gpu_check.py` on any CUDA machine.
+
+Prints, with the device's name:
+1. exactness: the device's fp32 result against the CPU's (and the golden output), PSNR;
+2. speed: seconds and peak device memory to stylize 4, 16 and 42 MP (the paper's 10240x4096),
+   whole-image and tiled, in each precision, with PSNR against fp32 and the automatic tile choice;
+3. a job: rows of 4 MP JPEGs read from a local S3 server (moto, when installed; else local files)
+   by the job's own actor class, with and without overlapped I/O, and the device busy share
+   (stylize_s / wall). The actor runs in-process: Ray adds only the scheduling around it.
+
+`--device cpu --quick` runs the same on small images on the CPU; the test suite does, so the
+script still works the day a GPU appears. Goals (issue 11, on an H100): fp32 within 40 dB of the
+CPU; 42 MP in under 3 s; the job's device busy at least 80% of the time on 4 MP rows.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cdcore import images, precision, tiling  # noqa: E402
+from cdcore.options import PRECISIONS, Recipe  # noqa: E402
+from cdcore.pipeline import Loaded, Stylist  # noqa: E402
+from cdcore.stylize import pick_device  # noqa: E402
+from cdcore.timings import Timings  # noqa: E402
+
+# ../shared beside the checkout, or a copy carried inside it (.gpu/shared) to a lent machine.
+SHARED_CANDIDATES = (ROOT.parent / "shared", ROOT / ".gpu" / "shared")
+CONTENT, STYLE = "images/content/bridge_512.jpg", "images/style/style_b_512.jpg"
+GOLDEN = "golden/wct16x_bridge_512+style_b_512_alpha1.png"
+ASPECT = 10240 / 4096  # the paper's ultra-resolution anchor
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def content_of(shared: Path, megapixels: float) -> np.ndarray:
+    """The shared photo, Lanczos-resized to `megapixels` at the paper's 2.5:1 aspect."""
+    width = int(round((megapixels * 1e6 * ASPECT) ** 0.5))
+    height = int(round(width / ASPECT))
+    return np.array(Image.open(shared / CONTENT).convert("RGB").resize((width, height), Image.Resampling.LANCZOS))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "-"
+    return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+
+
+def stylize_timed(stylist: Stylist, rgb: np.ndarray, style: str, recipe: Recipe) -> tuple[np.ndarray, float]:
+    """The stylization alone (uint8 in host memory to uint8 in host memory), as a row's stylize_s."""
+    loaded = Loaded("content", images.Picture(rgb), style, None, Timings())
+    stylist.render(loaded, recipe)  # warms this size up (kernels, allocator) and prepares the style
+    synchronize(stylist.device)
+    if stylist.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(stylist.device)
+    loaded.timings = Timings()
+    canvas = stylist.render(loaded, recipe)
+    synchronize(stylist.device)
+    return canvas.rgb.copy(), loaded.timings.stylize_s
+
+
+# ------------------------------------------------------------------------------------ the checks
+
+def check_exactness(shared: Path, device: torch.device, models: str) -> list[str]:
+    recipe, content, style = Recipe(), str(shared / CONTENT), str(shared / STYLE)
+    on_cpu = np.asarray(Stylist(models, "cpu").stylize(content, style, recipe))
+    here = np.asarray(Stylist(models, device).stylize(content, style, recipe))
+    golden = np.asarray(Image.open(shared / GOLDEN).convert("RGB"))
+    return [f"| {device.type} fp32 vs CPU fp32 | {psnr(here, on_cpu):.1f} dB | >= 40 dB |",
+            f"| {device.type} fp32 vs golden output | {psnr(here, golden):.1f} dB | >= 40 dB |"]
+
+
+def check_speed(shared: Path, device: torch.device, models: str, sizes: list[float], tile: int,
+                precisions: list[str]) -> tuple[list[str], list[dict]]:
+    lines, records, reference = [], [], {}
+    style, recipe = str(shared / STYLE), Recipe()
+    for mp in sizes:
+        rgb = content_of(shared, mp)
+        auto = tiling.resolve_tile_size(Stylist(models, device).models, recipe.stages, *rgb.shape[:2], None)
+        for mode, tile_size in (("whole", 0), ("tiled", tile)):
+            for name in precisions:
+                stylist = Stylist(models, device, tile_size=tile_size, precision=name)
+                try:
+                    out, seconds = stylize_timed(stylist, rgb, style, recipe)
+                except torch.cuda.OutOfMemoryError:
+                    lines.append(f"| {mp:g} | {mode} | {name} | out of memory | | | |")
+                    torch.cuda.empty_cache()
+                    continue
+                reference.setdefault(mp, out)  # whole fp32 runs first
+                quality = psnr(out, reference[mp])
+                record = {"megapixels": mp, "mode": mode, "tile": tile_size, "precision": name, "seconds": seconds,
+                          "mp_per_s": rgb.shape[0] * rgb.shape[1] / 1e6 / seconds, "peak": peak_memory(device),
+                          "psnr_vs_fp32_whole": quality, "auto_tile": auto}
+                records.append(record)
+                lines.append(f"| {mp:g} | {mode}{f' {tile}' if tile_size else ''} | {name} | {seconds:.3f} | "
+                             f"{record['mp_per_s']:.1f} | {record['peak']} | {quality:.1f} | {auto or 'whole'} |")
+                del stylist, out
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    return lines, records
+
+
+def check_codecs(shared: Path, device: torch.device, megapixels: float) -> list[str]:
+    """JPEG decode and encode, Pillow against torchvision here: MP/s and how the pixels compare."""
+    import io
+
+    from cdcore import codecs
+
+    rgb = content_of(shared, megapixels)
+    canvas = images.Canvas(*rgb.shape[:2])
+    canvas.rgb[...] = rgb
+    data, mp = canvas.encode("in.jpg"), rgb.shape[0] * rgb.shape[1] / 1e6
+
+    def timed(work):
+        work()  # warm-up (nvJPEG's first call initialises it)
+        started = time.perf_counter()
+        result = work()
+        return result, mp / (time.perf_counter() - started)
+
+    pillow, pillow_rate = timed(lambda: np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    ours, ours_rate = timed(lambda: codecs.decode_jpeg(data, device))
+    lines = [f"| decode | Pillow | {pillow_rate:.0f} | | |",
+             f"| decode | torchvision on {device.type} | {ours_rate:.0f} | {psnr(ours, pillow):.1f} dB vs Pillow | "
+             f"max diff {np.abs(ours.astype(int) - pillow).max()} |"]
+    encoded, pillow_rate = timed(lambda: canvas.encode("out.jpg"))
+    lines.append(f"| encode | Pillow q95 4:4:4 | {pillow_rate:.0f} | {len(encoded) / 1e6:.1f} MB | |")
+    if device.type == "cuda":
+        encoded, ours_rate = timed(lambda: canvas.encode("out.jpg", device))
+        back = Image.open(io.BytesIO(encoded))
+        sampling = "4:4:4" if back.layer[0][1:3] == (1, 1) else f"sampling {back.layer[0][1:3]}"
+        lines.append(f"| encode | nvJPEG q95 | {ours_rate:.0f} | {len(encoded) / 1e6:.1f} MB, {sampling} | "
+                     f"{psnr(np.asarray(back.convert('RGB')), rgb):.1f} dB vs the source |")
+    return lines
+
+
+@contextlib.contextmanager
+def row_storage(directory: Path):
+    """A prefix to put the job's inputs and outputs under: a moto S3 server on 127.0.0.1 when moto
+    is installed, else the local directory."""
+    try:
+        import boto3
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        yield str(directory), "local files (moto not installed)"
+        return
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="test",
+                          AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+        boto3.client("s3").create_bucket(Bucket="gpu-check")
+        yield "s3://gpu-check", f"moto S3 on {host}:{port}"
+    finally:
+        server.stop()
+
+
+def check_job(shared: Path, device: torch.device, models: str, rows: int, megapixels: float,
+              extension: str) -> tuple[list[str], list[dict]]:
+    from cdcore import storage
+    from jobs.stylize.manifest import Row
+    from jobs.stylize.worker import Stylizer, WorkerConfig
+
+    lines, records = [], []
+    with tempfile.TemporaryDirectory() as tmp, row_storage(Path(tmp)) as (prefix, where):
+        rgb = content_of(shared, megapixels)
+        canvas = images.Canvas(*rgb.shape[:2])
+        canvas.rgb[...] = rgb
+        jpeg = canvas.encode("in.jpg")
+        for i in range(rows):  # distinct files, so nothing is cached between rows
+            storage.write_bytes(f"{prefix}/in/{i}.jpg", jpeg)
+        storage.write_bytes(f"{prefix}/style.jpg", (shared / STYLE).read_bytes())
+        for threads in (0, 2):
+            config = WorkerConfig(models=models, stages=Recipe().stages, device=str(device), overwrite=True,
+                                  io_threads=threads)
+            actor = Stylizer("gpu-check", config)
+            batch = [Row(i, f"{prefix}/in/{i}.jpg", f"{prefix}/style.jpg", f"{prefix}/out/{threads}-{i}{extension}",
+                         "wct", Recipe()) for i in range(rows)]
+            actor.process_batch(batch[:1], 1e9)  # warm-up: models on the device, the style prepared
+            started = time.monotonic()
+            results = actor.process_batch(batch, 1e9)["results"]
+            wall = time.monotonic() - started
+            ok = sum(r["status"] == "ok" for r in results)
+            sums = {p: sum(r[p] for r in results) for p in ("read_s", "decode_s", "stylize_s", "encode_s", "write_s")}
+            busy = sums["stylize_s"] / wall
+            records.append({"io_threads": threads, "rows": rows, "ok": ok, "wall": wall, "busy": busy, **sums})
+            lines.append(f"| {threads} | {ok}/{rows} | {wall:.2f} | {rows / wall:.2f} | "
+                         + " | ".join(f"{sums[p] / rows:.3f}" for p in sums) + f" | {busy:.0%} |")
+    return [f"rows from {where}, {megapixels:g} MP JPEG in, {extension} out"] + lines, records
+
+
+# ------------------------------------------------------------------------------------ main
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
+    p.add_argument("--quick", action="store_true", help="small sizes and few rows (what the tests run)")
+    p.add_argument("--shared", type=Path, default=None, help="the shared folder (models, images, golden)")
+    p.add_argument("--json", type=Path, default=None, help="also write the measurements here")
+    args = p.parse_args(argv)
+    shared = args.shared or next((s for s in SHARED_CANDIDATES if s.is_dir()), None)
+    if shared is None:
+        p.error("no shared folder found: pass --shared")
+    device = pick_device(args.device)
+    models = str(shared / "models" / "cd16x")
+    sizes = [0.06, 0.25] if args.quick else [4, 16, 42]
+    tile = 256 if args.quick else 2048
+    precisions = [name for name in PRECISIONS if precision.resolve(name, device)[0] == name]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+    print(f"# gpu_check on {name} ({device}), torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"precisions offered here: {', '.join(precisions)}\n")
+
+    print("| exactness | PSNR | goal |\n|---|---|---|")
+    print("\n".join(check_exactness(shared, device, models)), flush=True)
+
+    print("\n| MP | mode | precision | seconds | MP/s | peak device memory | PSNR vs fp32 whole (dB) | auto tile |")
+    print("|---|---|---|---|---|---|---|---|")
+    speed_lines, speed = check_speed(shared, device, models, sizes, tile, precisions)
+    print("\n".join(speed_lines), flush=True)
+
+    rows, mp = (2, 0.25) if args.quick else (16, 4)
+    print(f"\n| codec ({mp:g} MP) | by | MP/s | result | |\n|---|---|---|---|---|")
+    print("\n".join(check_codecs(shared, device, mp)), flush=True)
+
+    job = {}
+    for extension in (".jpg", ".png"):
+        lines, job[extension] = check_job(shared, device, models, rows, mp, extension)
+        print(f"\njob: {lines[0]}")
+        print("| io threads | ok | wall s | rows/s | read s/row | decode s/row | stylize s/row | encode s/row | "
+              "write s/row | device busy |\n|---|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(lines[1:]), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"device": name, "speed": speed, "job": job}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
