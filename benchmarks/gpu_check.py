@@ -179,7 +179,7 @@ def row_storage(directory: Path):
 
 
 def check_job(shared: Path, device: torch.device, models: str, rows: int, megapixels: float,
-              extension: str) -> tuple[list[str], list[dict]]:
+              extension: str, thread_counts: list[int]) -> tuple[list[str], list[dict]]:
     from cdcore import storage
     from jobs.stylize.manifest import Row
     from jobs.stylize.worker import Stylizer, WorkerConfig
@@ -193,7 +193,7 @@ def check_job(shared: Path, device: torch.device, models: str, rows: int, megapi
         for i in range(rows):  # distinct files, so nothing is cached between rows
             storage.write_bytes(f"{prefix}/in/{i}.jpg", jpeg)
         storage.write_bytes(f"{prefix}/style.jpg", (shared / STYLE).read_bytes())
-        for threads in (0, 2):
+        for threads in thread_counts:
             config = WorkerConfig(models=models, stages=Recipe().stages, device=str(device), overwrite=True,
                                   io_threads=threads)
             actor = Stylizer("gpu-check", config)
@@ -214,40 +214,50 @@ def check_job(shared: Path, device: torch.device, models: str, rows: int, megapi
 
 # ------------------------------------------------------------------------------------ main
 
+def _numbers(kind):
+    return lambda text: [kind(t) for t in text.split(",")]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     p.add_argument("--quick", action="store_true", help="small sizes and few rows (what the tests run)")
     p.add_argument("--shared", type=Path, default=None, help="the shared folder (models, images, golden)")
     p.add_argument("--json", type=Path, default=None, help="also write the measurements here")
+    p.add_argument("--sections", default="exactness,speed,codecs,job", help="which checks to run (default all)")
+    p.add_argument("--sizes", type=_numbers(float), default=None, help="megapixels to time (default 4,16,42)")
+    p.add_argument("--tile", type=int, default=None, help="tile size of the tiled runs (default 2048)")
+    p.add_argument("--io-threads", type=_numbers(int), default=[0, 2], help="the job's io threads to compare")
+    p.add_argument("--formats", type=lambda t: t.split(","), default=[".jpg", ".png"], help="the job's outputs")
     args = p.parse_args(argv)
+    sections = args.sections.split(",")
     shared = args.shared or next((s for s in SHARED_CANDIDATES if s.is_dir()), None)
     if shared is None:
         p.error("no shared folder found: pass --shared")
     device = pick_device(args.device)
     models = str(shared / "models" / "cd16x")
-    sizes = [0.06, 0.25] if args.quick else [4, 16, 42]
-    tile = 256 if args.quick else 2048
+    sizes = args.sizes or ([0.04, 0.1] if args.quick else [4, 16, 42])
+    tile = args.tile or (256 if args.quick else 2048)
     precisions = [name for name in PRECISIONS if precision.resolve(name, device)[0] == name]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
     print(f"# gpu_check on {name} ({device}), torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"precisions offered here: {', '.join(precisions)}\n")
 
-    print("| exactness | PSNR | goal |\n|---|---|---|")
-    print("\n".join(check_exactness(shared, device, models)), flush=True)
-
-    print("\n| MP | mode | precision | seconds | MP/s | peak device memory | PSNR vs fp32 whole (dB) | auto tile |")
-    print("|---|---|---|---|---|---|---|---|")
-    speed_lines, speed = check_speed(shared, device, models, sizes, tile, precisions)
-    print("\n".join(speed_lines), flush=True)
-
-    rows, mp = (2, 0.25) if args.quick else (16, 4)
-    print(f"\n| codec ({mp:g} MP) | by | MP/s | result | |\n|---|---|---|---|---|")
-    print("\n".join(check_codecs(shared, device, mp)), flush=True)
-
-    job = {}
-    for extension in (".jpg", ".png"):
-        lines, job[extension] = check_job(shared, device, models, rows, mp, extension)
+    speed, job = [], {}
+    if "exactness" in sections:
+        print("| exactness | PSNR | goal |\n|---|---|---|")
+        print("\n".join(check_exactness(shared, device, models)), flush=True)
+    if "speed" in sections:
+        print("\n| MP | mode | precision | seconds | MP/s | peak device memory | PSNR vs fp32 whole (dB) | auto tile |")
+        print("|---|---|---|---|---|---|---|---|")
+        speed_lines, speed = check_speed(shared, device, models, sizes, tile, precisions)
+        print("\n".join(speed_lines), flush=True)
+    rows, mp = (2, 0.1) if args.quick else (16, 4)
+    if "codecs" in sections:
+        print(f"\n| codec ({mp:g} MP) | by | MP/s | result | |\n|---|---|---|---|---|")
+        print("\n".join(check_codecs(shared, device, mp)), flush=True)
+    for extension in args.formats if "job" in sections else []:
+        lines, job[extension] = check_job(shared, device, models, rows, mp, extension, args.io_threads)
         print(f"\njob: {lines[0]}")
         print("| io threads | ok | wall s | rows/s | read s/row | decode s/row | stylize s/row | encode s/row | "
               "write s/row | device busy |\n|---|---|---|---|---|---|---|---|---|---|")

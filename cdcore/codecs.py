@@ -26,6 +26,11 @@ EXIF_ORIENTATION = 0x0112
 PLAIN_MODES = ("RGB", "L")
 
 
+def load() -> None:
+    """Import torchvision's codecs (a second or more, once per process)."""
+    import torchvision.io  # noqa: F401
+
+
 def is_plain_jpeg(img: Image.Image) -> bool:
     """A JPEG that torchvision decodes to exactly what `images.decode` makes of it with Pillow."""
     if img.format != "JPEG" or img.mode not in PLAIN_MODES:

@@ -102,6 +102,7 @@ def check_first_run(results: list[dict], base: str) -> None:
         assert (r["width"], r["height"]) == expected
         assert read_image(r["output"]).size == expected  # written whole, and decodable
         assert r["model_id"].startswith("cd16x-") and r["actor"]
+        assert min(r["read_s"], r["decode_s"], r["stylize_s"], r["encode_s"], r["write_s"]) > 0, r
     for r, (content, _, reason) in zip(results[len(GOOD):], BAD):
         assert r["status"] == "failed" and r["output"], r
         assert f"{base}/{content}" in r["error"] and reason in r["error"], r["error"]
@@ -268,7 +269,7 @@ def test_a_job_that_cannot_run_exits_2_with_one_line(tmp_path, capsys, inputs, c
 
 # ------------------------------------------------------------------------------- on a local Ray
 
-def test_local_files_ok_failed_skipped_overwritten(local_ray, inputs, tmp_path, monkeypatch):
+def test_local_files_ok_failed_skipped_overwritten(local_ray, inputs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(inputs.parent)  # relative manifest paths resolve against the working directory
     base = inputs.name
     manifest = tmp_path / "m.csv"
@@ -278,6 +279,8 @@ def test_local_files_ok_failed_skipped_overwritten(local_ray, inputs, tmp_path, 
     assert main(job_args(manifest, out, tmp_path / "run1.parquet", MODELS, "--actors", 1)) == 0
     first = read_results(str(tmp_path / "run1.parquet"))
     check_first_run(first, str(inputs))
+    summary = capsys.readouterr().out
+    assert "time in the actors: read" in summary and "devices busy" in summary, summary
     np.testing.assert_array_equal(read_image(first[1]["output"]).alpha, read_image(str(inputs / "harbor.png")).alpha)
 
     # The job and `cdcore stylize` must agree pixel for pixel (png is lossless).

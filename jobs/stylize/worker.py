@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -53,12 +54,14 @@ class PixelBudget:
     def __init__(self, limit: int):
         self.limit = limit
         self.held = 0
+        self.peak = 0  # the most ever held, for tests and benchmarks
         self._changed = threading.Condition()
 
     def acquire(self, pixels: int) -> None:
         with self._changed:
             self._changed.wait_for(lambda: self.held == 0 or self.held + pixels <= self.limit)
             self.held += pixels
+            self.peak = max(self.peak, self.held)
 
     def release(self, pixels: int) -> None:
         with self._changed:
@@ -137,18 +140,25 @@ class Stylizer:
         return results
 
     def _overlapped(self, rows: list[Row], deadline: float) -> list[dict]:
-        """Rows load in order on the loading threads; whichever has loaded takes the device next,
-        then goes to the saving threads. Past the deadline, rows not yet loading are dropped
-        (the driver sends them again); rows already loading run to the end."""
+        """Rows load in order on the loading threads, `io_threads` of them ahead of the device;
+        whichever has loaded takes the device next, then goes to the saving threads. Past the
+        deadline no more rows start loading (the driver sends them again); started ones finish."""
+        waiting = deque(_RowState(row) for row in rows)
         loading: dict[Future, _RowState] = {}
-        for row in rows:
-            state = _RowState(row)
-            loading[self._loading.submit(self._load, state)] = state
         saving, results = [], []
+
+        def start_loading() -> None:
+            while waiting and len(loading) < self.config.io_threads and \
+                    (time.monotonic() < deadline or len(waiting) == len(rows)):  # one row at least
+                state = waiting.popleft()
+                loading[self._loading.submit(self._load, state)] = state
+
+        start_loading()
         while loading:
             done, _ = wait(loading, return_when=FIRST_COMPLETED)
             for future in done:
                 state = loading.pop(future)
+                start_loading()  # the next row loads while this one is on the device
                 if future.result():
                     with self._device:
                         self._render(state)
@@ -156,8 +166,7 @@ class Stylizer:
                     results.append(self._finish(state))
                 else:
                     saving.append(self._saving.submit(self._save_and_finish, state))
-            if time.monotonic() >= deadline:
-                loading = {f: s for f, s in loading.items() if not f.cancel()}
+            start_loading()
         return results + [future.result() for future in saving]
 
     # ------------------------------------------------------------------ the phases of a row
