@@ -86,6 +86,7 @@ def test_rayjob_runs_jobs_stylize_on_gpu_workers_with_token_auth():
     limits = worker["resources"]["limits"]
     gpus, cpus = int(limits["nvidia.com/gpu"]), float(limits["cpu"])
     assert options.num_gpus_per_actor == gpus and options.cpus_per_actor <= cpus  # one actor per pod
+    assert 0 < options.io_threads <= options.cpus_per_actor  # its I/O threads have CPUs reserved
     assert group["minReplicas"] == 0 and options.actors <= group["maxReplicas"]
     [head] = cluster["headGroupSpec"]["template"]["spec"]["containers"]
     assert head["image"] == worker["image"]
