@@ -126,6 +126,7 @@ def projection(rows: list[dict], gpu_seconds: float, threads: int) -> list[str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--overlap-only", action="store_true", help="table 2 alone (it wants an otherwise idle machine)")
     p.add_argument("--gpu-seconds", type=float, default=H100_SECONDS_4MP,
                    help=f"the device's seconds per 4 MP (default {H100_SECONDS_4MP}: an H100, measured)")
     args = p.parse_args(argv)
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
           f"{time.strftime('%Y-%m-%d %H:%M')}\n")
     with tempfile.TemporaryDirectory() as tmp:
         print("| MP | format | " + " | ".join(PHASES) + " | I/O share |\n|---|---|" + "---|" * (len(PHASES) + 1))
-        measured = breakdown(Path(tmp), sizes)
+        measured = [] if args.overlap_only else breakdown(Path(tmp), sizes)
         overlap_mp = 1 if args.quick else 4
         print(f"\nrows/s, {rows} rows of {overlap_mp} MP JPEG in, PNG out, --levels 1, 1 compute thread:")
         rates = overlap(Path(tmp), rows, overlap_mp, repeats)

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from cdcore import images, storage
+from cdcore.timings import PHASES
 
 from .stylize.results import STATUSES, read_results
 
@@ -88,6 +89,9 @@ def summary_rows(table: pa.Table, runs: int) -> list[tuple[str, str]]:
     rows += [("runs", str(runs)), ("megapixels stylized", f"{megapixels:,.1f}"),
              ("actor seconds", f"{_sum(table['seconds']):,.1f}"),
              ("seconds per ok row", f"{_sum(ok['seconds']) / max(ok.num_rows, 1):.2f}")]
+    # Where an ok row's time went (results of runs before these columns existed have none).
+    rows += [(f"{phase[:-2]} seconds per ok row", f"{_sum(ok[phase]) / max(ok.num_rows, 1):.3f}")
+             for phase in PHASES if phase in table.column_names]
     return rows
 
 

@@ -18,7 +18,7 @@ def record(row, content, style, output, status, error=None):
     ok = status == "ok"
     return {"row": row, "content": content, "style": style, "output": output, "method": "wct", "alpha": 1.0,
             "status": status, "error": error, "width": 900 if ok else None, "height": 600 if ok else None,
-            "seconds": 2.0 if ok else 0.1, "attempts": 1}
+            "seconds": 2.0 if ok else 0.1, "stylize_s": 1.5 if ok else None, "attempts": 1}
 
 
 def test_report_summarises_groups_failures_and_shows_thumbnails(tmp_path):
@@ -41,6 +41,7 @@ def test_report_summarises_groups_failures_and_shows_thumbnails(tmp_path):
     numbers = dict(re.findall(r"<tr><th>([^<]+)</th><td class='num'>([^<]+)</td></tr>", page))
     assert numbers["rows"] == "4" and numbers["ok"] == "2" and numbers["failed"] == "2" and numbers["runs"] == "2"
     assert numbers["megapixels stylized"] == "1.1"  # two ok rows of 900 x 600
+    assert numbers["stylize seconds per ok row"] == "1.500" and numbers["read seconds per ok row"] == "0.000"
     # Failures by reason, the URIs under each; row 1's failure was superseded by the rerun.
     assert "truncated or corrupt image data" in page and contents[2] in page and contents[1] not in page
     assert "no such file or object" in page
