@@ -168,8 +168,14 @@ def _from_client_error(label: str, e: botocore.exceptions.ClientError) -> Storag
     if code in _NOT_FOUND_REASONS or code in ("404", "NotFound") or status == 404:
         # A HEAD answer has no body, so a 404 there cannot tell a missing key from a missing bucket.
         return NotFound(f"{label}: {_NOT_FOUND_REASONS.get(code, 'not found (404)')}")
-    transient = code in _TRANSIENT_CODES or status == 429 or (status or 0) >= 500
-    return StorageError(f"{label}: {code or status}: {_one_line(error.get('Message') or e)}", transient)
+    return StorageError(f"{label}: {code or status}: {_one_line(error.get('Message') or e)}",
+                        transient_answer(code, status))
+
+
+def transient_answer(code: str, status: int | None) -> bool:
+    """Whether an S3 error answer, by its code (such as "SlowDown") or HTTP status, means "not now"
+    rather than "no". Shared by every client of S3 here (boto3, and pyarrow in cdcore.patientfs)."""
+    return code in _TRANSIENT_CODES or status == 429 or (status or 0) >= 500
 
 
 def _from_botocore_error(label: str, e: Exception) -> StorageError:

@@ -71,7 +71,10 @@ class _Relay(http.server.BaseHTTPRequestHandler):
         for key, value in answer.getheaders():
             if key.lower() not in HOP_BY_HOP | {"content-length"}:
                 self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
+        # A HEAD answer has no body but says the object's length, which clients take as its size
+        # (pyarrow reads exactly that many bytes): relay it, not the empty body's.
+        length = answer.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+        self.send_header("Content-Length", length)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)

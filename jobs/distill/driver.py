@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from ray.train.torch import TorchTrainer
 
-from cdcore import storage
+from cdcore import patientfs, storage
 from cdcore.modelset import save_stage
 from cdcore.stylize import to_uint8
 from cdcore.training import figures, trainset
@@ -96,19 +96,16 @@ def _absolute(uri: str | None) -> str | None:
     return str(storage.local_path(uri).resolve())
 
 
-# Tries per request for checkpoints and run files on S3: Ray Train uploads a checkpoint once, and a
-# failed upload fails the step, costing a restart from the previous checkpoint. AWS's standard
-# backoff (exponential, capped at 20 s) over this many tries rides out a storage blip of a minute
-# or two instead.
-CHECKPOINT_ATTEMPTS = 12
-
-
 def _run_config(cfg: DistillConfig) -> ray.train.RunConfig:
     failure = ray.train.FailureConfig(max_failures=cfg.max_failures)
     if storage.is_local(cfg.storage):
         return ray.train.RunConfig(name=cfg.name, storage_path=cfg.storage, failure_config=failure)
-    fs, path = storage.arrow_filesystem(cfg.storage, max_attempts=CHECKPOINT_ATTEMPTS)
-    return ray.train.RunConfig(name=cfg.name, storage_path=path, storage_filesystem=fs, failure_config=failure)
+    # Ray Train writes its run state and reads checkpoints back through this filesystem; pyarrow
+    # alone fails some calls at the first cut connection (CreateMultipartUpload), and with them
+    # the run. The patient wrapper tries every call again through an outage of up to 5 minutes.
+    fs, path = storage.arrow_filesystem(cfg.storage)
+    return ray.train.RunConfig(name=cfg.name, storage_path=path, storage_filesystem=patientfs.patient(fs),
+                               failure_config=failure)
 
 
 def start_or_resume(cfg: DistillConfig) -> None:

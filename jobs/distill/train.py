@@ -30,6 +30,7 @@ from torch import nn
 from cdcore import storage
 from cdcore.modelset import load_model_set
 from cdcore.nets import Decoder, Encoder
+from cdcore.patientfs import patiently
 from cdcore.training import losses, pruning, trainset, vgg
 
 from .config import DistillConfig
@@ -297,38 +298,22 @@ def _report(means: dict, phase: str, step: int, cfg: DistillConfig, state: tuple
                          checkpoint_dir_name=f"checkpoint-{phase}-{step:07d}", checkpoint_upload_fn=upload)
 
 
-# How long a checkpoint upload keeps trying through a storage outage before the step fails.
-UPLOAD_PATIENCE_S = 300.0
-
-
 def checkpoint_uploader(run_dir: str):
     """Ray Train's `checkpoint_upload_fn` for object storage. Its default upload (pyarrow's
     copy_files) can lose a part to a storage blip without saying so (the error is dropped when the
     stream is destroyed), leaving a truncated file that fails the run when it is loaded. This one
     writes each file through cdcore.storage (whole objects or aborted multipart uploads, never
-    half files) and tries transient failures again, with backoff, for UPLOAD_PATIENCE_S."""
+    half files) and tries transient failures again, with backoff, for up to 5 minutes
+    (cdcore.patientfs.PATIENCE_S)."""
 
     def upload(checkpoint: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:
         destination = storage.join(run_dir, name)
         for file in sorted(os.listdir(checkpoint.path)):
-            _patiently(lambda: storage.upload(os.path.join(checkpoint.path, file), storage.join(destination, file)))
+            patiently(lambda: storage.upload(os.path.join(checkpoint.path, file), storage.join(destination, file)))
         run = ray.train.get_context().get_storage()  # the same place, as Ray Train's filesystem sees it
         return ray.train.Checkpoint(path=f"{run.experiment_fs_path}/{name}", filesystem=run.storage_filesystem)
 
     return upload
-
-
-def _patiently(action) -> None:
-    delay, deadline = 1.0, time.monotonic() + UPLOAD_PATIENCE_S
-    while True:
-        try:
-            return action()
-        except storage.StorageError as e:
-            if not e.transient or time.monotonic() + delay > deadline:
-                raise
-            log.warning("%s; trying again in %.0f s", e, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 30.0)
 
 
 def train_worker(config: dict) -> None:
