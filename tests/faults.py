@@ -45,6 +45,8 @@ class _Relay(http.server.BaseHTTPRequestHandler):
         body = self._body()
         outcome = proxy.decide(self.path)
         proxy.counts[outcome] += 1
+        if outcome != "relayed":
+            proxy.faulted.append(f"{self.command} {self.path}")
         if outcome == "cut":
             self.close_connection = True
             self.connection.close()
@@ -67,6 +69,7 @@ class _Relay(http.server.BaseHTTPRequestHandler):
             data = answer.read()
         finally:
             upstream.close()
+        proxy.relayed(self.path)  # before the client hears of it: a fault it triggers meets what follows
         self.send_response(answer.status)
         for key, value in answer.getheaders():
             if key.lower() not in HOP_BY_HOP | {"content-length"}:
@@ -90,6 +93,9 @@ class S3Proxy:
         self.mode, self.share = "pass", 0.0
         self.failing: str | None = None  # requests whose path holds this get 503 SlowDown, always
         self.counts: Counter[str] = Counter()
+        self.faulted: list[str] = []  # "METHOD path" of every request cut or throttled
+        self._triggers: list[tuple[str, float]] = []  # (path part, seconds): see blackout_after
+        self._faults = 0  # faults started by fault_for, so that only the latest one heals
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Relay)
@@ -123,16 +129,34 @@ class S3Proxy:
         self.mode = "pass"
 
     def fault_for(self, seconds: float, start=None) -> threading.Thread:
-        """Apply `start` (default: blackout) now and heal after `seconds`, in the background."""
+        """Apply `start` (default: blackout) now and heal after `seconds`, in the background,
+        unless another fault has started meanwhile (then that one heals)."""
         (start or self.blackout)()
+        self._faults += 1
+        mine = self._faults
 
         def later() -> None:
             time.sleep(seconds)
-            self.heal()
+            if self._faults == mine:
+                self.heal()
 
         thread = threading.Thread(target=later, daemon=True)
         thread.start()
         return thread
+
+    def blackout_after(self, path_part: str, seconds: float) -> None:
+        """Black out for `seconds` once a request whose path holds `path_part` has been relayed:
+        the blackout is on before that request's client gets its answer, so whatever the client
+        does next meets it (watching the server from outside would race with the client)."""
+        with self._lock:
+            self._triggers.append((path_part, seconds))
+
+    def relayed(self, path: str) -> None:
+        with self._lock:
+            fired = [t for t in self._triggers if t[0] in path]
+            self._triggers = [t for t in self._triggers if t not in fired]
+        for _, seconds in fired:
+            self.fault_for(seconds)
 
     def close(self) -> None:
         self._server.shutdown()

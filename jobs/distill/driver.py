@@ -192,24 +192,30 @@ def finish(cfg: DistillConfig, checkpoint_dir: str, models: Models, content: tup
     load_weights(checkpoint_dir, models.student, models.decoder)
     progress = read_progress(checkpoint_dir)
     run_dir = cfg.run_dir
-    storage.write_bytes(storage.join(run_dir, "loss_curve.png"), figures.png_bytes(loss_figure(progress.history)))
-    storage.write_bytes(storage.join(run_dir, "samples.png"), figures.png_bytes(sample_grid(cfg, models, content)))
-    storage.write_bytes(storage.join(run_dir, TIMING_FILE), timing_csv(progress.history).encode())
+    _put(storage.join(run_dir, "loss_curve.png"), figures.png_bytes(loss_figure(progress.history)))
+    _put(storage.join(run_dir, "samples.png"), figures.png_bytes(sample_grid(cfg, models, content)))
+    _put(storage.join(run_dir, TIMING_FILE), timing_csv(progress.history).encode())
     print(timing_summary(progress.history))
     if progress.skipped:
         report_skipped(run_dir, progress.skipped)
     if cfg.export:
         if "decoder" not in cfg.phases and "joint" not in cfg.phases:
             print(f"note: --mode {cfg.mode} does not train the decoder; the export holds its starting point")
-        save_stage(cfg.export, models.student, models.decoder, family=models.student.widths.name)
+        patientfs.patiently(lambda: save_stage(cfg.export, models.student, models.decoder,
+                                               family=models.student.widths.name))
         print(f"exported stage {cfg.stage} to {cfg.export}")
     return progress
+
+
+def _put(uri: str, data: bytes) -> None:
+    """Write a file of the finished run, waiting out a storage outage as its checkpoints did."""
+    patientfs.patiently(lambda: storage.write_bytes(uri, data))
 
 
 def report_skipped(run_dir: str, skipped: dict[str, str]) -> None:
     """Count and name the unreadable images, on stdout and in the run folder."""
     uri = storage.join(run_dir, SKIPPED_FILE)
-    storage.write_bytes(uri, "".join(f"{image}\t{reason}\n" for image, reason in skipped.items()).encode())
+    _put(uri, "".join(f"{image}\t{reason}\n" for image, reason in skipped.items()).encode())
     print(f"skipped {len(skipped)} unreadable images (listed in {uri}):")
     for reason in skipped.values():
         print(f"  {reason}")  # each reason starts with the image's URI
