@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import OutOfMemoryError, RayActorError, RayTaskError
 
 from .manifest import Row
 from .results import failed, row_fields
@@ -273,7 +273,9 @@ class Dispatcher:
             batch = actor.batches[ref]
         try:
             value = ray.get(ref)
-        except RayActorError as e:
+        except (RayActorError, OutOfMemoryError) as e:
+            # Ray's memory monitor killing the actor mid-call raises OutOfMemoryError, which is no
+            # RayActorError; the actor is dead all the same (it is never restarted).
             self._replace(actor, e)
             return
         except RayTaskError as e:
