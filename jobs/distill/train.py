@@ -300,11 +300,11 @@ def _report(means: dict, phase: str, step: int, cfg: DistillConfig, state: tuple
 
 def checkpoint_uploader(run_dir: str):
     """Ray Train's `checkpoint_upload_fn` for object storage. Its default upload (pyarrow's
-    copy_files) can lose a part to a storage blip without saying so (the error is dropped when the
-    stream is destroyed), leaving a truncated file that fails the run when it is loaded. This one
-    writes each file through cdcore.storage (whole objects or aborted multipart uploads, never
-    half files) and tries transient failures again, with backoff, for up to 5 minutes
-    (cdcore.patientfs.PATIENCE_S)."""
+    copy_files) can lose a file to a storage blip without saying so: with connections cut partway
+    through a multipart upload, copy_files returned normally and the object was never stored
+    (pyarrow 26, through tests/faults.py's proxy). This one writes each file through
+    cdcore.storage (whole objects or aborted multipart uploads, errors raised) and tries transient
+    failures again, with backoff, for up to 5 minutes (cdcore.patientfs.PATIENCE_S)."""
 
     def upload(checkpoint: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:
         destination = storage.join(run_dir, name)
