@@ -52,6 +52,30 @@ def test_pyarrow_errors_are_classified_as_cdcore_storage_classifies_s3_answers()
     assert not transient("disk full")
 
 
+def test_patiently_tries_transient_failures_again_and_lets_others_through(monkeypatch):
+    monkeypatch.setattr(patientfs, "FIRST_DELAY_S", 0.01)
+    cut = OSError("AWS Error NETWORK_CONNECTION during PutObject operation: curlCode: 52")
+    denied = OSError("AWS Error ACCESS_DENIED during PutObject operation: Access Denied")
+    outcomes = [cut, storage.StorageError("s3://b/k: SlowDown", transient=True), "done", denied]
+    calls = []
+
+    def next_outcome():
+        calls.append(outcomes[0])
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert patientfs.patiently(next_outcome) == "done" and len(calls) == 3
+    with pytest.raises(OSError, match="ACCESS_DENIED"):
+        patientfs.patiently(next_outcome)
+    assert len(calls) == 4  # a permanent error is not tried again
+    outcomes[:] = [cut] * 100
+    with pytest.raises(OSError, match="NETWORK_CONNECTION"):  # past the deadline the error stands
+        patientfs.patiently(next_outcome, patience_s=0.05)
+    assert 4 + 2 <= len(calls) < 4 + 10
+
+
 def test_the_proxy_relays_the_length_a_head_request_answers(proxied):
     """A HEAD answer's Content-Length is the object's size; the proxy once replaced it with its
     empty body's, so pyarrow sized every object at 0 and read back empty checkpoints."""
