@@ -1,11 +1,13 @@
 """A pyarrow filesystem that waits out storage outages instead of failing.
 
 Ray Train writes its run state (checkpoint_manager_snapshot.json, a storage marker) and reads
-checkpoints back through the pyarrow filesystem a run is given. pyarrow's S3 retry strategy only
-retries some failures: a connection cut during CreateMultipartUpload, for one, fails at once, and
-with it the whole training run. `patient(fs)` wraps a filesystem so that every call failing
-transiently (classified as cdcore.storage classifies S3 answers: no answer, 5xx, "slow down") is
-tried again, with backoff, for up to `patience_s` seconds.
+checkpoints back through the pyarrow filesystem a run is given, and one failed call fails the
+whole training run. pyarrow's own S3 retries do not ride out an outage of more than a few
+seconds, and in Ray Train's controller and workers, which get the filesystem pickled, not even
+those: an unpickled S3FileSystem has lost its retry strategy and gives up after 3 tries (pyarrow
+26). `patient(fs)` wraps a filesystem so that every call failing transiently (classified as
+cdcore.storage classifies S3 answers: no answer, 5xx, "slow down") is tried again, with backoff,
+for up to `patience_s` seconds; the wrapper survives pickling.
 
 Transfers are whole, so that a retry never continues half of one: a file is read into memory in
 one call, and a written stream is held in memory and sent in one piece when it is closed. That

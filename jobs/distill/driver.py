@@ -100,9 +100,10 @@ def _run_config(cfg: DistillConfig) -> ray.train.RunConfig:
     failure = ray.train.FailureConfig(max_failures=cfg.max_failures)
     if storage.is_local(cfg.storage):
         return ray.train.RunConfig(name=cfg.name, storage_path=cfg.storage, failure_config=failure)
-    # Ray Train writes its run state and reads checkpoints back through this filesystem; pyarrow
-    # alone fails some calls at the first cut connection (CreateMultipartUpload), and with them
-    # the run. The patient wrapper tries every call again through an outage of up to 5 minutes.
+    # Ray Train writes its run state and reads checkpoints back through this filesystem, in its
+    # controller and workers: copies made by pickling, which lose pyarrow's retry settings (pyarrow
+    # 26) and give up after 3 tries, a second or two. A failed call there fails the run. The
+    # patient wrapper tries every call again through an outage of up to 5 minutes.
     fs, path = storage.arrow_filesystem(cfg.storage)
     return ray.train.RunConfig(name=cfg.name, storage_path=path, storage_filesystem=patientfs.patient(fs),
                                failure_config=failure)
