@@ -2,10 +2,9 @@
 
 Ray Train writes its run state (checkpoint_manager_snapshot.json, a storage marker) and reads
 checkpoints back through the pyarrow filesystem a run is given, and one failed call fails the
-whole training run. pyarrow's own S3 retries do not ride out an outage of more than a few
-seconds, and in Ray Train's controller and workers, which get the filesystem pickled, not even
-those: an unpickled S3FileSystem has lost its retry strategy and gives up after 3 tries (pyarrow
-26). `patient(fs)` wraps a filesystem so that every call failing transiently (classified as
+whole training run. pyarrow's own S3 retries ride out seconds of an outage (6 tries: about 14 s),
+and in Ray Train's controller and workers, which get the filesystem pickled, less: an unpickled
+S3FileSystem has lost its retry strategy and gives up after 3 tries, in 2 to 3 s (pyarrow 26). `patient(fs)` wraps a filesystem so that every call failing transiently (classified as
 cdcore.storage classifies S3 answers: no answer, 5xx, "slow down") is tried again, with backoff,
 for up to `patience_s` seconds; the wrapper survives pickling.
 
@@ -75,8 +74,9 @@ def patiently(action: Callable[[], T], patience_s: float = PATIENCE_S) -> T:
 class _WholeWrite(io.BytesIO):
     """A written file held in memory and sent to the filesystem in one patient call on close().
 
-    A stream dropped without close() sends nothing: unlike pyarrow's own S3 streams, which complete
-    a half-written upload when destroyed, a write that was not finished is not committed."""
+    A stream dropped without close() sends nothing: unlike pyarrow's own S3 streams, which close,
+    and so complete, an upload when they are destroyed, a write that was not finished is not
+    committed."""
 
     def __init__(self, send: Callable[[bytes], None]):
         super().__init__()
