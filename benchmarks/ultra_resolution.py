@@ -1,7 +1,7 @@
 """Ultra-resolution stylization: seconds, MP/s and peak RSS, whole image vs tiled.
 
     python benchmarks/ultra_resolution.py [--sizes 4,16,42] [--tile-sizes 1024] [--threads 2]
-                                          [--modes reference,whole,tiled]
+                                          [--modes reference,whole,tiled,streamed] [--levels 5,4,3,2,1]
 
 Each configuration runs in a fresh subprocess that does what `cdcore stylize` does: read the
 content (a real photo upscaled to the size, written once to --workdir as JPEG), stylize it with
@@ -12,6 +12,11 @@ whole-image pipeline written the straightforward way (`naive_stylize` of stylize
 padded copies, default allocator), the baseline the issue's memory figures describe.
 Whole-image runs are skipped where their estimated peak exceeds half of MemAvailable: the
 machine is shared.
+
+The "streamed" mode is `Stylist.stylize_file` itself on a content that `bigimage.streams` (the
+region reader, disk buffers and strip writer), timed from call to return: decoding and encoding
+happen while it stylizes, so its seconds and MP/s include them. Sizes 200 (20000x10000) and 1000
+(40000x25000, 1 GP) are made with libvips, which upscales without holding the image.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 # Sizes with the 2.5:1 aspect of the issue's 10240x4096 (42 MP).
-SIZES = {4: (3200, 1280), 16: (6400, 2560), 42: (10240, 4096)}
+SIZES = {4: (3200, 1280), 16: (6400, 2560), 42: (10240, 4096), 200: (20000, 10000), 1000: (40000, 25000)}
 # Whole-image peak RSS per pixel, rounded up from this machine (6.2 GB at 16 MP, with the runtime),
 # and the reference pipeline's (the issue quotes about 12 GB for 8 MP).
 WHOLE_BYTES_PER_PIXEL = 400
@@ -39,9 +44,17 @@ def make_content(mp: int, workdir: Path) -> Path:
     from PIL import Image
 
     path = workdir / f"content_{mp}mp.jpg"
+    source = SHARED / "images" / "content" / "bridge_512.jpg"
+    if not path.exists() and mp > 42:  # too large for Pillow to hold comfortably
+        import pyvips
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        photo = pyvips.Image.new_from_file(str(source))
+        (w, h) = SIZES[mp]
+        photo.resize(w / photo.width, vscale=h / photo.height, kernel="cubic").jpegsave(str(path), Q=95)
     if not path.exists():
         workdir.mkdir(parents=True, exist_ok=True)
-        photo = Image.open(SHARED / "images" / "content" / "bridge_512.jpg").convert("RGB")
+        photo = Image.open(source).convert("RGB")
         photo.resize(SIZES[mp], Image.Resampling.BICUBIC).save(path, quality=95)
     return path
 
@@ -55,6 +68,8 @@ def child(args) -> None:
     from cdcore.modelset import load_model_set
     from cdcore.stylize import style_statistics, to_tensor, to_uint8
 
+    if args.streamed:
+        return streamed_child(args)
     models = load_model_set(args.models)
     style_rgb = images.read_image(str(SHARED / "images" / "style" / "style_b_512.jpg")).rgb
     if not args.reference:  # as `cdcore stylize` does
@@ -73,7 +88,7 @@ def child(args) -> None:
         canvas.rgb[:] = to_uint8(naive_stylize(models, to_tensor(picture.rgb), to_tensor(style_rgb)))
     else:
         engine = tiling.TiledEngine(models, args.tile_size, progress=progress)
-        engine.stylize(picture.rgb, style, 1.0, (5, 4, 3, 2, 1), out=canvas.rgb)
+        engine.stylize(picture.rgb, style, 1.0, args.levels, out=canvas.rgb)
     t2 = time.perf_counter()
     stylize_peak = peak_rss()
     canvas.save(args.output)
@@ -82,6 +97,27 @@ def child(args) -> None:
     print(json.dumps({"read_s": t1 - t0, "stylize_s": t2 - t1, "write_s": t3 - t2,
                       "mp": height * width / 1e6, "peak_rss": peak_rss(),
                       "stylize_peak_rss": stylize_peak}))
+
+
+def streamed_child(args) -> None:
+    """`Stylist.stylize_file` on a streamed content: one call, decoding and encoding included."""
+    from cdcore import bigimage, memory
+    from cdcore.options import Recipe
+    from cdcore.pipeline import Stylist
+
+    memory.reuse_freed_memory()  # as `cdcore stylize` does
+    stylist = Stylist(args.models, "cpu", tile_size=args.tile_size, max_pixels=2_000_000_000)
+    style = str(SHARED / "images" / "style" / "style_b_512.jpg")
+    recipe = Recipe(levels=args.levels)
+    stylist.stylize_file(style, style, str(args.workdir / "warm.jpg"), recipe)  # prepares the style
+    assert bigimage.streams(args.content, args.output, recipe), "not a streamed content"
+    progress = (lambda p: print(p, file=sys.stderr, flush=True)) if args.verbose else None
+    t0 = time.perf_counter()
+    done = stylist.stylize_file(args.content, style, args.output, recipe, progress)
+    seconds = time.perf_counter() - t0
+    os.unlink(args.output)
+    print(json.dumps({"read_s": 0.0, "stylize_s": seconds, "write_s": 0.0, "mp": done.width * done.height / 1e6,
+                      "peak_rss": peak_rss()}))
 
 
 def peak_rss() -> int:
@@ -93,8 +129,10 @@ def peak_rss() -> int:
 def run_child(content: Path, mode: str, tile_size: int, args) -> dict:
     cmd = [sys.executable, __file__, "--child", "--content", str(content), "--tile-size", str(tile_size),
            "--output", str(args.workdir / f"out_{os.getpid()}.jpg"), "--threads", str(args.threads),
-           "--models", args.models] + (["--verbose"] if args.verbose else [])
+           "--models", args.models, "--levels", ",".join(map(str, args.levels)),
+           "--workdir", str(args.workdir)] + (["--verbose"] if args.verbose else [])
     cmd += ["--reference"] if mode == "reference" else []
+    cmd += ["--streamed"] if mode == "streamed" else []
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -106,12 +144,15 @@ def mem_available() -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", default="4,16,42", help="megapixel sizes among 4, 16, 42")
+    p.add_argument("--sizes", default="4,16,42", help="megapixel sizes among 4, 16, 42, 200, 1000")
     p.add_argument("--tile-sizes", default="1024", help="tile sizes of the tiled runs, comma-separated")
     p.add_argument("--modes", default="whole,tiled",
-                   help="in the order to run: whole (cdcore, whole image), tiled, and reference (the "
+                   help="in the order to run: whole (cdcore, whole image), tiled, streamed (the whole "
+                        "stylize_file call on a streamed content, tiles of --tile-sizes), and reference (the "
                         "straightforward whole-image pipeline of benchmarks/stylize_speed.py)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--levels", type=lambda t: tuple(int(k) for k in t.split(",")), default=(5, 4, 3, 2, 1),
+                   help="stages of the WCT cascade (default 5,4,3,2,1); the reference mode runs all five")
     p.add_argument("--models", default=str(SHARED / "models" / "cd16x"))
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cdcore-bench",
                    help="where the upscaled contents are kept between runs")
@@ -121,6 +162,7 @@ def main() -> None:
     p.add_argument("--output", help=argparse.SUPPRESS)
     p.add_argument("--tile-size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--streamed", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
@@ -129,10 +171,11 @@ def main() -> None:
     for mp in (int(s) for s in args.sizes.split(",")):
         content = make_content(mp, args.workdir)
         w, h = SIZES[mp]
-        runs = [(mode, 0) if mode != "tiled" else (mode, int(t)) for mode in args.modes.split(",")
-                for t in (args.tile_sizes.split(",") if mode == "tiled" else ["0"])]
+        tiled = ("tiled", "streamed")
+        runs = [(mode, 0) if mode not in tiled else (mode, int(t)) for mode in args.modes.split(",")
+                for t in (args.tile_sizes.split(",") if mode in tiled else ["0"])]
         for mode, tile in runs:
-            label = {"whole": "whole image", "reference": "reference whole image"}.get(mode, f"tiled {tile}")
+            label = {"whole": "whole image", "reference": "reference whole image"}.get(mode, f"{mode} {tile}")
             need = w * h * (REFERENCE_BYTES_PER_PIXEL if mode == "reference" else WHOLE_BYTES_PER_PIXEL)
             if tile == 0 and need > mem_available() / 2:
                 print(f"| {w}x{h} ({w * h / 1e6:.1f} MP) | {label} | skipped: needs about {need / 1e9:.0f} "

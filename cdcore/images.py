@@ -19,6 +19,12 @@ from .options import DEFAULT_MAX_PIXELS
 # Pillow's own decompression-bomb guard would refuse legitimate ultra-resolution inputs far below
 # the limit a user chose; `decode` checks `max_pixels` itself, before decoding, instead.
 Image.MAX_IMAGE_PIXELS = None
+# A decompression bomb declares far more pixels than its bytes could carry of a picture: a flat
+# JPEG holds about 85 pixels per byte, a PNG at most about 350 (RGB) or 1,000 (grey), while a
+# 1-bit PNG of zeros holds 8,000. Above BOMB_FLOOR_PIXELS (where decoding starts to cost minutes
+# and gigabytes of scratch disk) more than MAX_PIXELS_PER_BYTE is refused, whatever --max-pixels says.
+MAX_PIXELS_PER_BYTE = 2000
+BOMB_FLOOR_PIXELS = 64_000_000
 # Extension -> (Pillow format, keeps alpha, save options).
 FORMATS = {
     ".jpg": ("JPEG", False, {"quality": 95, "subsampling": 0}),
@@ -72,10 +78,7 @@ def decode(data: bytes | io.IOBase, name: str, max_pixels: int = DEFAULT_MAX_PIX
         img = Image.open(stream)
     except Exception as e:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError, ...
         raise ImageError(f"{name}: not a readable image ({type(e).__name__})") from None
-    w, h = img.size
-    if w * h > max_pixels:
-        raise ImageError(f"{name}: {w}x{h} = {w * h / 1e6:.1f} MP is more than the limit of "
-                         f"{max_pixels / 1e6:.1f} MP (--max-pixels)")
+    check_pixels(name, *img.size, _length(stream), max_pixels)
     if img.mode not in SUPPORTED_MODES:
         raise ImageError(f"{name}: unsupported image mode {img.mode}")
     if isinstance(data, (bytes, bytearray)) and codecs.is_plain_jpeg(img):
@@ -98,6 +101,26 @@ def pixel_count(data: bytes) -> int:
             return img.size[0] * img.size[1]
     except Exception:
         return 0
+
+
+def check_pixels(name: str, width: int, height: int, file_bytes: int, max_pixels: int) -> None:
+    """Refuse, before decoding, an image above `max_pixels` or a likely decompression bomb."""
+    pixels = width * height
+    if pixels > max_pixels:
+        raise ImageError(f"{name}: {width}x{height} = {pixels / 1e6:.1f} MP is more than the limit of "
+                         f"{max_pixels / 1e6:.1f} MP (--max-pixels)")
+    if pixels > BOMB_FLOOR_PIXELS and pixels > MAX_PIXELS_PER_BYTE * file_bytes:
+        raise ImageError(f"{name}: {width}x{height} = {pixels / 1e6:.1f} MP from a file of only {file_bytes} "
+                         f"bytes (more than {MAX_PIXELS_PER_BYTE} pixels per byte): refused as a likely "
+                         f"decompression bomb")
+
+
+def _length(stream) -> int:
+    """Bytes in a seekable stream."""
+    here = stream.tell()
+    end = stream.seek(0, io.SEEK_END)
+    stream.seek(here)
+    return end
 
 
 def _picture(img: Image.Image) -> Picture:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import codecs, images, tiling
+from . import bigimage, codecs, images, tiling
 from . import precision as precisions
 from .timings import Timings
 from .gatys import gatys
@@ -172,7 +172,10 @@ class Stylist:
     def stylize_file(self, content: str, style: str, output: str, recipe: Recipe = Recipe(),
                      progress: Progress | None = None) -> Stylized:
         """Read `content` and `style` (paths, file:// or s3:// URIs), stylize, and write `output`
-        atomically in the format of its extension. The style's preparation is cached."""
+        atomically in the format of its extension. The style's preparation is cached. A content too
+        large to hold, or DeepZoom (.dzi) output, is streamed instead (`bigimage`)."""
+        if bigimage.streams(content, output, recipe):
+            return bigimage.stylize_file(self, content, style, output, recipe, progress)
         with _naming(output):
             images.output_format(output)  # a bad extension fails before any work
         loaded = self.load(content, style, recipe)

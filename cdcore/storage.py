@@ -327,6 +327,33 @@ def read_small(uri: str) -> bytes:
                     raise
 
 
+def read_head(uri: str, length: int) -> tuple[bytes, int]:
+    """The first `length` bytes of a file or object (fewer when it is shorter) and its whole size,
+    in one request: enough to read an image's header without fetching the image."""
+    uri = str(uri)
+    with _errors(uri):
+        if is_local(uri):
+            path = local_path(uri)
+            with open(path, "rb") as f:
+                return f.read(length), os.fstat(f.fileno()).st_size
+        bucket, key = _split_s3(uri)
+        answer = _client().get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{max(length, 1) - 1}")
+        total = answer.get("ContentRange", "").rpartition("/")[2]
+        data = answer["Body"].read()
+        return data, int(total) if total.isdigit() else len(data)
+
+
+def download(uri: str, path: str | os.PathLike) -> None:
+    """Copy `uri` to the local file `path`: on S3 in parallel ranged parts when larger than the
+    part size, a broken part fetched again."""
+    uri = str(uri)
+    with _errors(uri):
+        if is_local(uri):
+            shutil.copyfile(local_path(uri), path)
+        else:
+            _client().download_file(*_split_s3(uri), str(path), Config=_transfer())
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Write `data` at `uri` atomically: temp file + rename locally; S3 objects appear whole anyway."""
     uri = str(uri)

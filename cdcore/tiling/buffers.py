@@ -1,7 +1,7 @@
 """Images between the stages of a tiled run, read and written by window.
 
 An intermediate image or a stage's stored features live in an `ImageBuffer`: in RAM, or for large
-images a `numpy.memmap` file in a temporary directory that is removed afterwards. `PaddedImage`
+images a raw file in a temporary directory that is removed afterwards. `PaddedImage`
 reads windows of a buffer as if it were reflect-padded at the bottom and right, as the
 whole-image path pads the content.
 """
@@ -26,11 +26,14 @@ DISK_BUFFER_BYTES = 64 << 20
 
 
 class ImageBuffer:
-    """An (H, W, C) array read and written by window: in RAM, or a numpy.memmap file.
+    """An (H, W, C) array read and written by window: in RAM, or a raw file read and written with
+    pread/pwrite.
 
-    A file-backed buffer is mapped afresh for every access, so the pages an access touches leave
-    this process's resident set when it returns (they stay in the page cache): a 40 MP float image
-    on disk does not count against the run's memory.
+    A file-backed buffer is never mapped: pages of a mapped file count in the resident set while
+    they are mapped, and the kernel keeps what a mapping touched for as long as it stays, so a
+    gigapixel run's 12 GB float buffers would show up as memory. Explicit reads and writes copy
+    one window through the page cache, which the kernel reclaims as it needs, and the resident set
+    holds only the window (benchmarks/RESULTS.md, issue 15).
     """
 
     def __init__(self, array: np.ndarray | None = None, path: str | None = None,
@@ -38,6 +41,7 @@ class ImageBuffer:
         self._array, self.path = array, path
         self.shape = tuple(array.shape) if array is not None else tuple(shape)
         self.dtype = np.dtype(array.dtype if array is not None else dtype)
+        self._fd = os.open(path, os.O_RDWR) if path else None
 
     @classmethod
     def in_memory(cls, shape: tuple[int, ...], dtype=np.float32) -> "ImageBuffer":
@@ -50,29 +54,68 @@ class ImageBuffer:
             f.truncate(math.prod(shape) * np.dtype(dtype).itemsize)  # sparse until written
         return cls(path=path, shape=shape, dtype=dtype)
 
-    def _view(self, mode: str) -> np.ndarray:
-        if self._array is not None:
-            return self._array
-        return np.memmap(self.path, self.dtype, mode, shape=self.shape)
-
     def read(self, rows: slice, cols: slice) -> np.ndarray:
         """A copy of [rows, cols]: (h, w, C)."""
-        return np.array(self._view("r")[rows, cols])
+        if self._array is not None:
+            return np.array(self._array[rows, cols])
+        (y0, y1), (x0, x1) = self._span(rows, 0), self._span(cols, 1)
+        block = np.empty((y1 - y0, x1 - x0, *self.shape[2:]), self.dtype)
+        for i, offset in enumerate(self._offsets(y0, y1, x0)):
+            _read_exactly(self._fd, block[i], offset)
+        return block
 
     def write(self, rows: slice, cols: slice, block: np.ndarray) -> None:
-        # No flush: the next mapping of the file sees these pages through the page cache.
-        self._view("r+")[rows, cols] = block
+        if self._array is not None:
+            self._array[rows, cols] = block
+            return
+        (y0, y1), (x0, x1) = self._span(rows, 0), self._span(cols, 1)
+        block = np.ascontiguousarray(np.broadcast_to(block, (y1 - y0, x1 - x0, *self.shape[2:])), self.dtype)
+        if x0 == 0 and x1 == self.shape[1]:  # whole rows lie in one run of the file
+            os.pwrite(self._fd, memoryview(block).cast("B"), next(self._offsets(y0, y1, x0)))
+            return
+        for i, offset in enumerate(self._offsets(y0, y1, x0)):
+            os.pwrite(self._fd, memoryview(block[i]).cast("B"), offset)
+
+    def _span(self, span: slice, axis: int) -> tuple[int, int]:
+        start, stop, step = span.indices(self.shape[axis])
+        if step != 1:
+            raise ValueError(f"windows are contiguous (got step {step})")
+        return start, max(start, stop)
+
+    def _offsets(self, y0: int, y1: int, x0: int):
+        """File offsets of rows y0..y1 of a window starting at column x0."""
+        pixel = self.dtype.itemsize * math.prod(self.shape[2:])
+        row = pixel * self.shape[1]
+        return (y * row + x0 * pixel for y in range(y0, y1))
 
     def store(self, rows: slice, cols: slice, image: torch.Tensor) -> None:
         """Write (1, C, h, w): as is into float buffers, rounded as `to_uint8` rounds into uint8."""
         self.write(rows, cols, to_uint8(image) if self.dtype == np.uint8 else to_numpy(image))
 
+    def __del__(self):
+        # A buffer dropped by an error, unclosed, must not keep its deleted file's space.
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
     def close(self) -> None:
         """Free the memory or delete the file (a wrapped caller's array is only let go)."""
         self._array = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self.path:
             os.unlink(self.path)
             self.path = None
+
+
+def _read_exactly(fd: int, out: np.ndarray, offset: int) -> None:
+    """Fill contiguous `out` from the file at `offset` (a sparse part reads as zeros)."""
+    view, done = memoryview(out).cast("B"), 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got == 0:
+            raise EOFError(f"buffer file ends at {offset + done} bytes")
+        done += got
 
 
 def as_buffer(image) -> ImageBuffer:

@@ -30,7 +30,7 @@ class TiledEngine:
         rounded down, and at least 4 halos), shaped by `plan_tiles`. 0 runs the whole image at
         once; None picks a size per image with `choose_tile_size` from the memory free on the
         models' device (the whole image when it fits).
-    disk_buffer: keep the image between stages (and stored features) in numpy.memmap files in a
+    disk_buffer: keep the image between stages (and stored features) in raw files in a
         temporary directory under `temp_dir` (True), in RAM (False), or decide by size (None: on
         disk above buffers.DISK_BUFFER_BYTES per image). Use a disk-backed `temp_dir` where /tmp
         is tmpfs.
@@ -53,7 +53,8 @@ class TiledEngine:
             only), so strokes come out S times larger (`strokes`).
         out: where the result goes: an (H, W, 3) uint8 array, rounded as `stylize.to_uint8` rounds
             (for instance `images.Canvas.rgb`, which the image encoder then reads in place), or
-            float32 for the unclamped floats; a new uint8 array when None. It is also returned.
+            float32 for the unclamped floats, or an ImageBuffer of either (a file on disk, for
+            images too large to hold); a new uint8 array when None. It is also returned.
         """
         levels = check_style(self.models, style, levels)
         image = as_buffer(content)
@@ -65,7 +66,8 @@ class TiledEngine:
         tile_size = resolve_tile_size(self.models, levels, height, width, self.tile_size)
         meter = Meter(self.progress, cascade_work(self.models, levels, height, width, tile_size))
         with Buffers.open(height, width, self.disk_buffer, self.temp_dir) as buffers:
-            Cascade(self.models, style, alpha, buffers, meter).run(image, ImageBuffer(out), levels, tile_size)
+            dest = out if isinstance(out, ImageBuffer) else ImageBuffer(out)
+            Cascade(self.models, style, alpha, buffers, meter).run(image, dest, levels, tile_size)
         return out
 
     @torch.inference_mode()
@@ -101,7 +103,7 @@ class TiledEngine:
         return StyleStats(method, self.models.model_id, stages)
 
 
-def _output(out: np.ndarray | None, height: int, width: int) -> np.ndarray:
+def _output(out: np.ndarray | ImageBuffer | None, height: int, width: int) -> np.ndarray | ImageBuffer:
     if out is None:
         return np.empty((height, width, 3), np.uint8)
     if out.shape != (height, width, 3) or out.dtype not in (np.uint8, np.float32):
