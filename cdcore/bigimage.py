@@ -267,23 +267,28 @@ def png_stream(rgb: tiling.ImageBuffer, alpha: Callable[[slice], np.ndarray] | N
     yield _chunk(b"IDAT", deflate.flush()) + _chunk(b"IEND", b"")
 
 
-def _source(chunks: Iterator[bytes]) -> pyvips.Source:
-    """A libvips source that reads `chunks` in order."""
-    pending = bytearray()
+class _Chunks:
+    """A libvips source that reads `chunks` in order. An exception in making them cannot cross
+    libvips (which would only see the stream end early): it is kept in `error` for the caller."""
 
-    def read(size: int) -> bytes:
-        while len(pending) < size:
-            chunk = next(chunks, None)
-            if chunk is None:
-                break
-            pending.extend(chunk)
-        data = bytes(pending[:size])
-        del pending[:size]
+    def __init__(self, chunks: Iterator[bytes]):
+        self.chunks, self.pending, self.error = chunks, bytearray(), None
+        self.source = pyvips.SourceCustom()
+        self.source.on_read(self._read)
+
+    def _read(self, size: int) -> bytes:
+        try:
+            while len(self.pending) < size:
+                chunk = next(self.chunks, None)
+                if chunk is None:
+                    break
+                self.pending.extend(chunk)
+        except Exception as e:
+            self.error = self.error or e
+            return b""
+        data = bytes(self.pending[:size])
+        del self.pending[:size]
         return data
-
-    source = pyvips.SourceCustom()
-    source.on_read(read)
-    return source
 
 
 def _encode(image: pyvips.Image, path: Path, ext: str) -> None:
@@ -317,9 +322,9 @@ def save(result: tiling.ImageBuffer, output: str, scratch: "Scratch",
     if ext == ".webp" and max(height, width) > WEBP_MAX_SIDE:
         raise ImageError(f"{output}: WebP holds at most {WEBP_MAX_SIDE} px a side (the image is "
                          f"{width}x{height}): use .jpg, .png, .tif or .dzi")
-    alpha = alpha if KEEPS_ALPHA[ext] else None
-    image = pyvips.Image.new_from_source(_source(png_stream(result, alpha)), "", access="sequential")
+    pixels = _Chunks(png_stream(result, alpha if KEEPS_ALPHA[ext] else None))
     try:
+        image = pyvips.Image.new_from_source(pixels.source, "", access="sequential")
         if ext == ".dzi":
             _save_deepzoom(image, output, scratch)
         elif storage.is_local(output):
@@ -330,6 +335,8 @@ def save(result: tiling.ImageBuffer, output: str, scratch: "Scratch",
             _encode(image, tmp, ext)
             storage.upload(tmp, output)
     except pyvips.Error as e:
+        if pixels.error is not None:
+            raise pixels.error
         raise ImageError(f"{output}: could not be written ({_one_line(e)})") from None
 
 
@@ -470,7 +477,8 @@ def stylize_file(stylist: "Stylist", content: str, style: str, output: str, reci
                                             progress=progress)
                 engine.stylize(reader, prepared.stats, recipe.alpha, levels, out=result)
             with _naming(output):
-                save(result, output, scratch, reader.read_alpha if reader.has_alpha else None)
+                alpha = (lambda rows: reader.read_alpha(rows, slice(None))) if reader.has_alpha else None
+                save(result, output, scratch, alpha)
         finally:
             reader.close()
             result.close()

@@ -1,0 +1,298 @@
+"""cdcore.bigimage: streamed reading and writing of images too large to hold, against the Pillow
+path; S3 through scratch files; the space check, the bomb guard, and memory on a 100+ MP image."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pyvips
+from PIL import Image
+
+from cdcore import bigimage, images, storage, tiling
+from cdcore.options import DEFAULT_MAX_PIXELS, Recipe
+from cdcore.pipeline import Stylist, StylizeError
+from shared import CONTENT, MODELS, STYLE, psnr
+
+ROOT = Path(__file__).resolve().parents[1]
+STYLE_IMG = str(STYLE / "style_b_512.jpg")
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    """(333, 517, 3) uint8: a real photo widened by mirroring; sizes not multiples of 16."""
+    rgb = images.read_image(str(CONTENT / "bridge_512.jpg")).rgb
+    return np.ascontiguousarray(np.concatenate([rgb, rgb[:, ::-1]], axis=1)[:333, :517])
+
+
+@pytest.fixture(scope="module")
+def stylist():
+    return Stylist(str(MODELS), "cpu", tile_size=128)
+
+
+@pytest.fixture(scope="module")
+def style(tmp_path_factory) -> str:
+    """A 128 px style: its statistics come quickly, for every recipe."""
+    path = tmp_path_factory.mktemp("style") / "style.png"
+    Image.open(STYLE / "style_b_512.jpg").resize((128, 128)).save(path)
+    return str(path)
+
+
+@pytest.fixture
+def stream_everything(monkeypatch):
+    """Stream every content, however small, so the two paths can be compared on one image."""
+    monkeypatch.setattr(bigimage, "STREAM_PIXELS", 0)
+
+
+@pytest.fixture
+def scratch_parent(tmp_path, monkeypatch):
+    """The system temporary directory for this test: what is left in it afterwards was left."""
+    parent = tmp_path / "scratch"
+    parent.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(parent))
+    return parent
+
+
+def vips_save(rgb: np.ndarray, path: Path, orientation: int = 1, **options) -> Path:
+    image = pyvips.Image.new_from_array(rgb).copy(interpretation="srgb" if rgb.shape[2] >= 3 else "b-w")
+    if orientation != 1:
+        image.set_type(pyvips.GValue.gint_type, "orientation", orientation)
+    image.write_to_file(str(path), **options)
+    return path
+
+
+@pytest.mark.parametrize("name,options,orientation", [
+    ("a.jpg", {"Q": 90}, 1), ("b.jpg", {"Q": 90}, 6), ("c.jpg", {"Q": 90}, 3), ("d.jpg", {"Q": 90}, 8),
+    ("e.jpg", {"Q": 90}, 5), ("f.jpg", {"Q": 90}, 7), ("g.jpg", {"Q": 90}, 2), ("h.jpg", {"Q": 90}, 4),
+    ("i.png", {}, 1), ("j.tif", {"compression": "deflate", "tile": True, "bigtiff": True}, 1),
+    ("k.webp", {"lossless": True}, 1),
+])
+def test_region_reader_gives_pillows_pixels(photo, tmp_path, name, options, orientation):
+    """Every window the engine may ask for, in JPEG (every EXIF orientation), PNG, BigTIFF and
+    WebP, equals what the in-memory path decodes."""
+    path = vips_save(photo, tmp_path / name, orientation, **options)
+    expected = images.read_image(str(path)).rgb
+    reader = bigimage.RegionReader(path, name, str(tmp_path))
+    try:
+        assert reader.shape == expected.shape and not reader.has_alpha
+        h, w = expected.shape[:2]
+        for rows, cols in [(slice(0, 40), slice(0, 50)), (slice(100, 333), slice(7, 300)),
+                           (slice(h - 17, h), slice(w - 29, w)), (slice(None), slice(None))]:
+            np.testing.assert_array_equal(reader.read(rows, cols), expected[rows, cols])
+    finally:
+        reader.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # the spools went
+
+
+def test_region_reader_carries_grey_and_alpha_as_pillow_does(photo, tmp_path):
+    grey = np.asarray(Image.fromarray(photo).convert("L"))
+    alpha = np.tile(np.linspace(0, 255, photo.shape[1]).astype(np.uint8), (photo.shape[0], 1))
+    path = tmp_path / "la.png"
+    Image.fromarray(np.dstack([grey, alpha]), "LA").save(path)
+    expected = images.read_image(str(path))
+    reader = bigimage.RegionReader(path, "la.png", str(tmp_path))
+    try:
+        np.testing.assert_array_equal(reader.read(slice(None), slice(None)), expected.rgb)
+        np.testing.assert_array_equal(reader.read_alpha(slice(50, 90), slice(3, 400)), expected.alpha[50:90, 3:400])
+    finally:
+        reader.close()
+
+
+def test_a_truncated_file_names_the_input(photo, tmp_path):
+    whole = vips_save(photo, tmp_path / "whole.jpg").read_bytes()
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(whole[: len(whole) // 2])
+    reader = bigimage.RegionReader(path, "cut.jpg", str(tmp_path))
+    with pytest.raises(images.ImageError, match="cut.jpg: truncated or corrupt"):
+        reader.read(slice(0, 333), slice(0, 10))
+    reader.close()
+    path.write_bytes(b"not an image at all")
+    with pytest.raises(images.ImageError, match="cut.jpg: not a readable image"):
+        bigimage.RegionReader(path, "cut.jpg", str(tmp_path))
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".tif", ".webp"])
+def test_streamed_output_equals_the_in_memory_output(stylist, style, photo, tmp_path, monkeypatch, ext):
+    """One content through both paths of `Stylist.stylize_file` (the same tiles): the same pixels."""
+    content = vips_save(photo, tmp_path / "content.png")
+    expected = tmp_path / f"memory{ext}"
+    recipe = Recipe(alpha=0.8, levels=(3, 1))  # stored features, a float buffer between stages
+    assert not bigimage.streams(str(content), str(expected), recipe)
+    stylist.stylize_file(str(content), style, str(expected), recipe)
+    monkeypatch.setattr(bigimage, "STREAM_PIXELS", 0)
+    out = tmp_path / f"streamed{ext}"
+    assert bigimage.streams(str(content), str(out), recipe)
+    done = stylist.stylize_file(str(content), style, str(out), recipe)
+    assert (done.width, done.height) == (517, 333)
+    got, want = images.read_image(str(out)).rgb, images.read_image(str(expected)).rgb
+    assert psnr(got, want) >= 80.0
+    if ext in (".png", ".tif"):
+        np.testing.assert_array_equal(got, want)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["content.png", expected.name, out.name])
+
+
+def test_streamed_alpha_and_orientation_follow_the_in_memory_path(stylist, style, photo, tmp_path, monkeypatch):
+    alpha = np.tile(np.linspace(0, 255, photo.shape[1]).astype(np.uint8), (photo.shape[0], 1))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    content = tmp_path / "rgba.png"
+    Image.fromarray(np.dstack([photo, alpha]), "RGBA").save(content, exif=exif)
+    recipe = Recipe(levels=(3, 2, 1))
+    stylist.stylize_file(str(content), style, str(tmp_path / "memory.png"), recipe)
+    monkeypatch.setattr(bigimage, "STREAM_PIXELS", 0)
+    stylist.stylize_file(str(content), style, str(tmp_path / "streamed.png"), recipe)
+    got, want = images.read_image(str(tmp_path / "streamed.png")), images.read_image(str(tmp_path / "memory.png"))
+    assert got.size == (333, 517)  # displayed upright
+    np.testing.assert_array_equal(got.rgb, want.rgb)
+    np.testing.assert_array_equal(got.alpha, want.alpha)
+
+
+def test_pyramidal_tiff_and_deepzoom_outputs(stylist, style, photo, tmp_path, monkeypatch):
+    content = vips_save(photo, tmp_path / "content.jpg")
+    monkeypatch.setattr(bigimage, "STREAM_PIXELS", 0)
+    recipe = Recipe(levels=(2, 1))
+    stylist.stylize_file(str(content), style, str(tmp_path / "out.tif"), recipe)
+    tiff = pyvips.Image.new_from_file(str(tmp_path / "out.tif"))
+    assert tiff.get("n-pages") >= 2  # the full image and smaller levels
+    assert Image.open(tmp_path / "out.tif").tag_v2.get(322) == 256  # TileWidth: tiled
+    full = images.read_image(str(tmp_path / "out.tif")).rgb  # readers without pyramid support see page 0
+    assert full.shape == (333, 517, 3)
+    monkeypatch.setattr(bigimage, "STREAM_PIXELS", 10**12)  # .dzi streams at any size
+    stylist.stylize_file(str(content), style, str(tmp_path / "view" / "out.dzi"), recipe)
+    size = ET.parse(tmp_path / "view" / "out.dzi").getroot()[0]
+    assert (size.get("Width"), size.get("Height")) == ("517", "333")
+    levels = sorted(int(p.name) for p in (tmp_path / "view" / "out_files").iterdir() if p.name.isdigit())
+    assert levels[-1] == 10  # ceil(log2(517)): the full-size level
+    top = Image.open(tmp_path / "view" / "out_files" / "10" / "0_0.jpg")
+    assert top.size == (255, 255)  # a 254 px tile and its 1 px overlap
+    assert psnr(np.asarray(top), full[:255, :255]) >= 35  # JPEG tiles at quality 90
+    assert sorted(p.name for p in (tmp_path / "view").iterdir()) == ["out.dzi", "out_files"]
+
+
+def test_deepzoom_needs_a_streamable_recipe(stylist, style, tmp_path):
+    with pytest.raises(StylizeError, match="out.dzi: DeepZoom output is streamed"):
+        stylist.stylize_file(str(CONTENT / "bridge_512.jpg"), style, str(tmp_path / "out.dzi"),
+                             Recipe(method="gatys"))
+
+
+def test_s3_content_and_output_go_through_scratch_files_that_are_removed(stylist, style, photo, tmp_path, s3_bucket,
+                                                                         stream_everything, scratch_parent):
+    content = vips_save(photo, tmp_path / "content.jpg")
+    storage.upload(content, f"{s3_bucket}/in/content.jpg")
+    recipe = Recipe(levels=(2, 1))
+    stylist.stylize_file(str(content), style, str(tmp_path / "local.png"), recipe)
+    done = stylist.stylize_file(f"{s3_bucket}/in/content.jpg", style, f"{s3_bucket}/out/x.png", recipe)
+    assert (done.width, done.height) == (517, 333)
+    got = images.decode(storage.read_bytes(f"{s3_bucket}/out/x.png"), "x.png").rgb
+    np.testing.assert_array_equal(got, images.read_image(str(tmp_path / "local.png")).rgb)
+    assert list(scratch_parent.iterdir()) == []
+    # A failure halfway (a truncated content) removes them too, and writes nothing.
+    storage.write_bytes(f"{s3_bucket}/in/cut.jpg", content.read_bytes()[:5000])
+    with pytest.raises(StylizeError, match="in/cut.jpg: truncated or corrupt"):
+        stylist.stylize_file(f"{s3_bucket}/in/cut.jpg", style, f"{s3_bucket}/out/cut.png", recipe)
+    assert list(scratch_parent.iterdir()) == []
+    assert not storage.exists(f"{s3_bucket}/out/cut.png")
+
+
+def test_a_streamed_deepzoom_reaches_s3_descriptor_last(stylist, style, photo, tmp_path, s3_bucket, scratch_parent):
+    content = vips_save(photo, tmp_path / "content.jpg")
+    stylist.stylize_file(str(content), style, f"{s3_bucket}/dz/out.dzi", Recipe(levels=(1,)))
+    names = storage.list_files(f"{s3_bucket}/dz")
+    assert f"{s3_bucket}/dz/out.dzi" in names and f"{s3_bucket}/dz/out_files/10/0_0.jpg" in names
+    assert list(scratch_parent.iterdir()) == []
+
+
+def test_too_little_space_is_refused_before_anything_is_written(stylist, style, photo, tmp_path, monkeypatch,
+                                                                stream_everything, scratch_parent):
+    content = vips_save(photo, tmp_path / "content.jpg")
+    monkeypatch.setattr(bigimage, "free_bytes", lambda directory: 1000)
+    with pytest.raises(StylizeError, match=r"not enough space in .*cdcore-stream-.* needs about .* \(\d+ bytes\), "
+                                           r"1000 bytes are free"):
+        stylist.stylize_file(str(content), style, str(tmp_path / "out.png"), Recipe(levels=(1,)))
+    assert list(scratch_parent.iterdir()) == [] and not (tmp_path / "out.png").exists()
+
+
+def test_space_needed_counts_the_stage_buffers():
+    """Stage 2 of 4 MP keeps its float input and output (12 B/px each) and 32 channels of
+    features at a quarter of the pixels: 40 B/px in all."""
+    from cdcore.modelset import load_model_set
+
+    models = load_model_set(MODELS, stages=(2, 1))
+    need = bigimage.buffer_bytes(models, (2, 1), 2048, 2048, 1024)
+    assert need == 12 * 2048 * 2048 + 1024 * 1024 * 32 * 4
+    assert bigimage.buffer_bytes(models, (1,), 2048, 2048, 1024) == 0  # content and result are the caller's
+
+
+def test_decompression_bombs_are_refused_whatever_the_pixel_limit(tmp_path):
+    """A 1-bit PNG of zeros: 400 MP in 49 KB."""
+    bomb = tmp_path / "bomb.png"
+    pyvips.Image.black(20000, 20000).cast("uchar").pngsave(str(bomb), bitdepth=1, compression=9)
+    with pytest.raises(images.ImageError, match="bomb.png: 20000x20000 .* refused as a likely decompression bomb"):
+        images.read_image(str(bomb), max_pixels=10**12)
+    header = bigimage.probe(str(bomb))
+    with pytest.raises(images.ImageError, match="decompression bomb"):
+        images.check_pixels("bomb.png", header.width, header.height, bomb.stat().st_size, 10**12)
+    assert DEFAULT_MAX_PIXELS >= 1_000_000_000  # memory no longer bounds it: the default takes a gigapixel
+
+
+def test_what_streams():
+    recipe = Recipe()
+    content = str(CONTENT / "bridge_512.jpg")
+    assert not bigimage.streams(content, "out.png", recipe)  # small
+    assert bigimage.streams(content, "out.dzi", recipe)  # a viewer's format
+    assert not bigimage.streams("missing.jpg", "out.png", recipe)  # the in-memory path reports it
+
+
+# The child stylizes a 101 MP JPEG (12000 x 8400, made by the test with libvips from the shared
+# photo) at stage 1 through `Stylist.stylize_file`, so through the region reader, the disk buffer
+# and the strip writer. The in-memory path holds about 7 bytes per pixel there: 0.7 GB of image
+# on top of torch (0.55 GB) and the tiles; streamed, the image is not held at all.
+STREAMED_CHILD = textwrap.dedent("""
+    import json, sys
+    import torch
+    torch.set_num_threads(2)
+    from cdcore import memory
+    from cdcore.options import Recipe
+    from cdcore.pipeline import Stylist
+    memory.reuse_freed_memory()
+    stylist = Stylist(sys.argv[1], "cpu", stages=(1,), tile_size=1024)
+    done = stylist.stylize_file(sys.argv[2], sys.argv[3], sys.argv[4], Recipe(levels=(1,)))
+    hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    print(json.dumps({"size": [done.width, done.height], "peak": hwm * 1024}))
+""")
+
+
+@pytest.mark.integration  # a subprocess, about 40 s on two idle cores
+def test_streamed_memory_stays_bounded_on_a_100_megapixel_image(tmp_path):
+    content = tmp_path / "big.jpg"
+    photo = pyvips.Image.new_from_file(str(CONTENT / "bridge_512.jpg"))
+    photo.resize(12000 / photo.width, vscale=8400 / photo.height, kernel="cubic").jpegsave(str(content), Q=90)
+    out = tmp_path / "out.jpg"
+    done = subprocess.run([sys.executable, "-c", STREAMED_CHILD, str(MODELS), str(content), STYLE_IMG, str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["size"] == [12000, 8400]
+    assert result["peak"] < 1.2e9, f"peak RSS {result['peak'] / 1e9:.2f} GB"
+    assert pyvips.Image.new_from_file(str(out)).width == 12000
+
+
+@pytest.mark.integration  # whole 4 MP cascades, about 30 s
+def test_tiled_with_disk_buffers_equals_whole_image_on_4_megapixels():
+    """The exactness the streamed path rests on: tiles of 1024 and disk buffers against the whole
+    image, on a 2048 x 2048 photo, with the full WCT cascade."""
+    from cdcore.modelset import load_model_set
+    from cdcore.stylize import style_statistics, stylize, to_tensor, to_uint8
+
+    models = load_model_set(MODELS)
+    rgb = np.asarray(Image.open(CONTENT / "bridge_512.jpg").convert("RGB").resize((2048, 2048), Image.BICUBIC))
+    style = style_statistics(models, to_tensor(images.read_image(STYLE_IMG).rgb), "wct")
+    whole = to_uint8(stylize(models, to_tensor(rgb), style, 1.0))
+    tiled = tiling.TiledEngine(models, 1024, disk_buffer=True).stylize(rgb, style, 1.0)
+    assert psnr(tiled, whole) >= 80.0
