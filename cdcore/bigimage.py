@@ -83,11 +83,7 @@ def extension(name: str) -> str:
 
 def check_output(name: str) -> str:
     """The extension of an output this path can write, or an ImageError naming it."""
-    ext = extension(name)
-    if ext not in KEEPS_ALPHA:
-        raise ImageError(f"{name}: unsupported output format {ext or '(none)'} "
-                         f"(use one of {', '.join(sorted(KEEPS_ALPHA))})")
-    return ext
+    return images.check_output(name)
 
 
 # ---------------------------------------------------------------------------------------- headers

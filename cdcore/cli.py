@@ -15,7 +15,7 @@ import time
 from . import options
 
 EXIT_BAD_INPUT = 2
-OUTPUT_EXTENSIONS = ".jpg, .jpeg, .png, .tif, .tiff, .webp"  # images.FORMATS; a test keeps them equal
+OUTPUT_EXTENSIONS = ".jpg, .jpeg, .png, .tif, .tiff, .webp, .dzi"  # images' FORMATS, STREAMED_FORMATS; tested
 
 
 def build_parser() -> argparse.ArgumentParser:

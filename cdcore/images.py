@@ -34,6 +34,8 @@ FORMATS = {
     ".tiff": ("TIFF", True, {"compression": "tiff_deflate"}),
     ".webp": ("WEBP", True, {"quality": 95}),
 }
+# Written only by the streamed path (cdcore.bigimage): a DeepZoom pyramid for browser viewers.
+STREAMED_FORMATS = (".dzi",)
 # Modes with a faithful RGB rendering in Pillow. LAB is not among them: Pillow's convert() copies
 # its channels into RGB without a colour transform, which would silently give wrong colours.
 SUPPORTED_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr",
@@ -59,8 +61,16 @@ def output_format(name: str) -> tuple[str, bool, dict]:
     ext = os.path.splitext(str(name))[1].lower()
     if ext not in FORMATS:
         raise ImageError(f"{name}: unsupported output format {ext or '(none)'} "
-                         f"(use one of {', '.join(sorted(FORMATS))})")
+                         f"(use one of {', '.join(sorted([*FORMATS, *STREAMED_FORMATS]))})")
     return FORMATS[ext]
+
+
+def check_output(name: str) -> str:
+    """The extension of `name` when one of the paths can write it (FORMATS, STREAMED_FORMATS)."""
+    ext = os.path.splitext(str(name))[1].lower()
+    if ext not in STREAMED_FORMATS:
+        output_format(name)
+    return ext
 
 
 def _to_8bit_gray(img: Image.Image) -> np.ndarray:

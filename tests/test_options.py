@@ -49,7 +49,7 @@ def test_the_command_and_the_job_offer_the_same_image_options(capsys, monkeypatc
 def test_output_extensions_in_the_help_are_the_writable_ones():
     from cdcore import cli, images
 
-    assert cli.OUTPUT_EXTENSIONS == ", ".join(images.FORMATS)
+    assert cli.OUTPUT_EXTENSIONS == ", ".join([*images.FORMATS, *images.STREAMED_FORMATS])
 
 
 def test_recipe_checks_and_normalises_every_field():

@@ -164,7 +164,7 @@ def _plan(index: int, record: dict, options: Options, cache: dict) -> Row:
     given = _text(record.get("output"), "output")
     output = resolve(given) if given else derived_output(options.output_prefix, content, style, recipe.method,
                                                          recipe.alpha)
-    images.output_format(output)  # an extension we cannot write fails here, before any work
+    images.check_output(output)  # an extension we cannot write fails here, before any work
     return Row(index, content, style, output, recipe.method, recipe)
 
 
