@@ -447,17 +447,22 @@ def stylize_file(stylist: "Stylist", content: str, style: str, output: str, reci
     scratch directory under `temp_dir` ($TMPDIR by default), checked for space first and removed
     afterwards."""
     from .pipeline import Stylized, StylizeError, _naming  # the pipeline imports this module
+    from .precision import networks
+    from .timings import Timings
 
     with _naming(output):
         ext = check_output(output)
     if recipe.method == "gatys" or recipe.content_size or recipe.stroke_scale > 1.0:
         raise StylizeError(f"{output}: DeepZoom output is streamed, which takes wct or adain at the "
                            f"content's own size, without a stroke scale")
-    prepared = stylist.styles.get_or_make((style, recipe.style_key),
-                                          lambda: stylist._prepare_file(style, recipe, progress))
+    timings = Timings()
+    with timings.phase("style_s"):
+        prepared = stylist.styles.get_or_make((style, recipe.style_key),
+                                              lambda: stylist._prepare_file(style, recipe, progress))
     with scratch_space(temp_dir) as scratch:
         with _naming(content):
-            path = scratch.local_input(content)
+            with timings.phase("read_s"):
+                path = scratch.local_input(content)
             header = probe(str(path))
             if header is None:
                 _open(path, content)  # raises the reason
@@ -468,17 +473,18 @@ def stylize_file(stylist: "Stylist", content: str, style: str, output: str, reci
             reader = RegionReader(path, content, scratch.directory)
         result = tiling.ImageBuffer.on_disk(scratch.directory, (header.height, header.width, 3), np.uint8)
         try:
-            with _naming(content):
+            # Decoding happens on demand inside the engine's first pass, so stylize_s includes it.
+            with _naming(content), timings.phase("stylize_s"), networks(stylist.device, stylist.precision):
                 engine = tiling.TiledEngine(stylist.models, tile, disk_buffer=True, temp_dir=scratch.directory,
                                             progress=progress)
                 engine.stylize(reader, prepared.stats, recipe.alpha, levels, out=result)
-            with _naming(output):
+            with _naming(output), timings.phase("encode_s"):  # encoding and writing are one stream
                 alpha = (lambda rows: reader.read_alpha(rows, slice(None))) if reader.has_alpha else None
                 save(result, output, scratch, alpha)
         finally:
             reader.close()
             result.close()
-    return Stylized(header.width, header.height)
+    return Stylized(header.width, header.height, timings)
 
 
 def _check_space(stylist: "Stylist", scratch: Scratch, header: Header, levels, tile: int, output: str,

@@ -208,6 +208,24 @@ def test_a_streamed_deepzoom_reaches_s3_descriptor_last(stylist, style, photo, t
     assert list(scratch_parent.iterdir()) == []
 
 
+@pytest.mark.parametrize("io_threads", [0, 2])
+def test_the_jobs_actor_streams_a_large_row(photo, tmp_path, s3_bucket, style, stream_everything, scratch_parent,
+                                            io_threads):
+    """A row too large to hold takes the streamed path in the job's actor too, outside its pixel
+    budget, with or without overlapped I/O."""
+    from jobs.stylize.manifest import Row
+    from jobs.stylize.worker import Stylizer, WorkerConfig
+
+    content = vips_save(photo, tmp_path / "content.jpg")
+    storage.upload(content, f"{s3_bucket}/in/c.jpg")
+    actor = Stylizer("w", WorkerConfig(str(MODELS), (1,), tile_size=128, io_threads=io_threads))
+    row = Row(0, f"{s3_bucket}/in/c.jpg", style, f"{s3_bucket}/out/c.png", "wct", Recipe(levels=(1,)))
+    result, = actor.process_batch([row], 60.0)["results"]
+    assert (result["status"], result["width"], result["height"]) == ("ok", 517, 333), result
+    assert result["stylize_s"] > 0 and actor._budget.peak == 0
+    assert storage.exists(f"{s3_bucket}/out/c.png") and list(scratch_parent.iterdir()) == []
+
+
 def test_too_little_space_is_refused_before_anything_is_written(stylist, style, photo, tmp_path, monkeypatch,
                                                                 stream_everything, scratch_parent):
     content = vips_save(photo, tmp_path / "content.jpg")

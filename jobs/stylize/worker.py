@@ -20,7 +20,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from cdcore import memory, storage
+from cdcore import bigimage, memory, storage
 from cdcore.options import DEFAULT_MAX_PIXELS
 from cdcore.pipeline import Loaded, Stylist, StylizeError, Timings
 
@@ -80,6 +80,7 @@ class _RowState:
         self.loaded: Loaded | None = None
         self.canvas = None  # the stylized result, until it is written
         self.pixels = 0  # admitted by the budget, given back when the row is done
+        self.streamed = False  # too large to hold: read, stylized and written in one streamed call
 
     def fail(self, error: StylizeError) -> None:
         # Transient: storage did not answer, or said "later"; the driver runs the row again.
@@ -178,6 +179,9 @@ class Stylizer:
             if not self.config.overwrite and self._exists(row.output):
                 state.outcome["status"] = "skipped"
                 return False
+            if bigimage.streams(row.content, row.output, row.recipe):  # holds little: no budget
+                state.streamed = True
+                return True
             state.loaded = self.stylist.load(row.content, row.style, row.recipe, admit=lambda n: self._admit(state, n))
         except StylizeError as e:
             state.fail(e)
@@ -190,11 +194,24 @@ class Stylizer:
         state.pixels = pixels
 
     def _render(self, state: _RowState) -> None:
+        if state.streamed:
+            return self._stream(state)
         try:
             state.canvas = self.stylist.render(state.loaded, state.row.recipe)
         except StylizeError as e:
             state.fail(e)
             state.loaded = None
+
+    def _stream(self, state: _RowState) -> None:
+        """A streamed row (cdcore.bigimage) reads, stylizes and writes on the device's turn, in
+        memory that does not grow with the image; nothing is left for the saving threads."""
+        row = state.row
+        try:
+            done = self.stylist.stylize_file(row.content, row.style, row.output, row.recipe)
+            state.timings = done.timings
+            state.outcome.update(width=done.width, height=done.height)
+        except StylizeError as e:
+            state.fail(e)
 
     def _save(self, state: _RowState) -> None:
         try:
