@@ -112,12 +112,19 @@ def streamed_child(args) -> None:
     stylist.stylize_file(style, style, str(args.workdir / "warm.jpg"), recipe)  # prepares the style
     assert bigimage.streams(args.content, args.output, recipe), "not a streamed content"
     progress = (lambda p: print(p, file=sys.stderr, flush=True)) if args.verbose else None
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     done = stylist.stylize_file(args.content, style, args.output, recipe, progress)
     seconds = time.perf_counter() - t0
     os.unlink(args.output)
     print(json.dumps({"read_s": 0.0, "stylize_s": seconds, "write_s": 0.0, "mp": done.width * done.height / 1e6,
-                      "peak_rss": peak_rss()}))
+                      "peak_rss": peak_rss(), "cpu_s": cpu_seconds() - cpu0}))
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads, user and system): unlike wall time, it hardly grows
+    when other work shares the cores, so sizes measured at different times compare."""
+    times = os.times()
+    return times.user + times.system
 
 
 def peak_rss() -> int:
@@ -135,6 +142,10 @@ def run_child(content: Path, mode: str, tile_size: int, args) -> dict:
     cmd += ["--streamed"] if mode == "streamed" else []
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cpu_rate(r: dict) -> str:
+    return f"{r['mp'] / r['cpu_s']:.3f}" if r.get("cpu_s") else ""
 
 
 def mem_available() -> int:
@@ -166,8 +177,8 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child(args)
-    print("| size | mode | stylize s | MP/s | read + write s | peak RSS GB |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| size | mode | stylize s | MP/s | read + write s | peak RSS GB | MP per CPU s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for mp in (int(s) for s in args.sizes.split(",")):
         content = make_content(mp, args.workdir)
         w, h = SIZES[mp]
@@ -179,12 +190,12 @@ def main() -> None:
             need = w * h * (REFERENCE_BYTES_PER_PIXEL if mode == "reference" else WHOLE_BYTES_PER_PIXEL)
             if tile == 0 and need > mem_available() / 2:
                 print(f"| {w}x{h} ({w * h / 1e6:.1f} MP) | {label} | skipped: needs about {need / 1e9:.0f} "
-                      f"GB, over half of MemAvailable | | | |", flush=True)
+                      f"GB, over half of MemAvailable | | | | |", flush=True)
                 continue
             r = run_child(content, mode, tile, args)
             print(f"| {w}x{h} ({r['mp']:.1f} MP) | {label} | {r['stylize_s']:.1f} | "
                   f"{r['mp'] / r['stylize_s']:.3f} | {r['read_s']:.1f} + {r['write_s']:.1f} | "
-                  f"{r['peak_rss'] / 1e9:.2f} |", flush=True)
+                  f"{r['peak_rss'] / 1e9:.2f} | {cpu_rate(r)} |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 STREAM_PIXELS = 24_000_000
 # An object on S3 is probed by its first HEAD_BYTES; one whose header lies further in (a TIFF
 # written with its directory at the end) is streamed when it is at least STREAM_BYTES.
-HEAD_BYTES = 1 << 20
+HEAD_BYTES = 256 << 10
 STREAM_BYTES = 64 << 20
 # Strips decoded or encoded at once: a few MB keeps libvips busy without holding much.
 STRIP_BYTES = 8 << 20

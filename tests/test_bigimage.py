@@ -270,7 +270,8 @@ def test_what_streams():
 # The child stylizes a 101 MP JPEG (12000 x 8400, made by the test with libvips from the shared
 # photo) at stage 1 through `Stylist.stylize_file`, so through the region reader, the disk buffer
 # and the strip writer. The in-memory path holds about 7 bytes per pixel there: 0.7 GB of image
-# on top of torch (0.55 GB) and the tiles; streamed, the image is not held at all.
+# on top of torch, the codecs (about 0.6 GB) and the tiles (1.0-1.2 GB measured in all);
+# streamed, the image is not held at all.
 STREAMED_CHILD = textwrap.dedent("""
     import json, sys
     import torch
@@ -297,7 +298,8 @@ def test_streamed_memory_stays_bounded_on_a_100_megapixel_image(tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["size"] == [12000, 8400]
-    assert result["peak"] < 1.2e9, f"peak RSS {result['peak'] / 1e9:.2f} GB"
+    # The issue's bound; the in-memory path would need about 0.7 GB more here (7 bytes a pixel).
+    assert result["peak"] < 1.5e9, f"peak RSS {result['peak'] / 1e9:.2f} GB"
     assert pyvips.Image.new_from_file(str(out)).width == 12000
 
 
