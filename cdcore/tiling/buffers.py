@@ -69,12 +69,14 @@ class ImageBuffer:
             self._array[rows, cols] = block
             return
         (y0, y1), (x0, x1) = self._span(rows, 0), self._span(cols, 1)
-        block = np.ascontiguousarray(np.broadcast_to(block, (y1 - y0, x1 - x0, *self.shape[2:])), self.dtype)
-        if x0 == 0 and x1 == self.shape[1]:  # whole rows lie in one run of the file
+        # No copy of the whole block (a cropped tile is not contiguous, its rows are): a
+        # window-sized temporary per write grows the malloc heap (measured, RESULTS.md issue 15).
+        block = np.broadcast_to(np.asarray(block, self.dtype), (y1 - y0, x1 - x0, *self.shape[2:]))
+        if x0 == 0 and x1 == self.shape[1] and block.flags.c_contiguous:  # one run of the file
             os.pwrite(self._fd, memoryview(block).cast("B"), next(self._offsets(y0, y1, x0)))
             return
         for i, offset in enumerate(self._offsets(y0, y1, x0)):
-            os.pwrite(self._fd, memoryview(block[i]).cast("B"), offset)
+            os.pwrite(self._fd, memoryview(np.ascontiguousarray(block[i])).cast("B"), offset)
 
     def _span(self, span: slice, axis: int) -> tuple[int, int]:
         start, stop, step = span.indices(self.shape[axis])
