@@ -69,8 +69,8 @@ class ImageBuffer:
             self._array[rows, cols] = block
             return
         (y0, y1), (x0, x1) = self._span(rows, 0), self._span(cols, 1)
-        # No copy of the whole block (a cropped tile is not contiguous, its rows are): a
-        # window-sized temporary per write grows the malloc heap (measured, RESULTS.md issue 15).
+        # A cropped tile is not contiguous but its rows are: write them as they are rather than
+        # copy the whole window first.
         block = np.broadcast_to(np.asarray(block, self.dtype), (y1 - y0, x1 - x0, *self.shape[2:]))
         if x0 == 0 and x1 == self.shape[1] and block.flags.c_contiguous:  # one run of the file
             os.pwrite(self._fd, memoryview(block).cast("B"), next(self._offsets(y0, y1, x0)))
