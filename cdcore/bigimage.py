@@ -139,9 +139,12 @@ def probe(uri: str) -> Header | None:
         return None
 
 
-def streams(content: str, output: str, recipe: Recipe) -> bool:
+def streams(content: str, output: str, recipe: Recipe,
+            runs_whole: Callable[[int, int], bool] | None = None) -> bool:
     """Whether `Stylist.stylize_file` takes this path: for DeepZoom output, and for 8-bit grey or
-    RGB contents above STREAM_PIXELS stylized at their own size and stroke scale (wct, adain)."""
+    RGB contents above STREAM_PIXELS stylized at their own size and stroke scale (wct, adain),
+    unless `runs_whole(height, width)` says the device runs the image whole (a GPU with room:
+    there the in-memory path is some 14x faster than tiles, RESULTS.md issue 11)."""
     if extension(output) == ".dzi":
         return True
     if recipe.method == "gatys" or recipe.content_size or recipe.stroke_scale > 1.0:
@@ -152,7 +155,9 @@ def streams(content: str, output: str, recipe: Recipe) -> bool:
             return not storage.is_local(content) and storage.read_head(content, 1)[1] >= STREAM_BYTES
     except storage.StorageError:
         return False  # the in-memory path reads it again and reports the failure
-    return header.streamable and header.pixels > STREAM_PIXELS
+    if not (header.streamable and header.pixels > STREAM_PIXELS):
+        return False
+    return runs_whole is None or not runs_whole(header.height, header.width)
 
 
 # ---------------------------------------------------------------------------------------- reading

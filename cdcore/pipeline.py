@@ -174,7 +174,7 @@ class Stylist:
         """Read `content` and `style` (paths, file:// or s3:// URIs), stylize, and write `output`
         atomically in the format of its extension. The style's preparation is cached. A content too
         large to hold, or DeepZoom (.dzi) output, is streamed instead (`bigimage`)."""
-        if bigimage.streams(content, output, recipe):
+        if self.streams(content, output, recipe):
             return bigimage.stylize_file(self, content, style, output, recipe, progress)
         with _naming(output):
             images.output_format(output)  # a bad extension fails before any work
@@ -182,6 +182,15 @@ class Stylist:
         canvas = self.render(loaded, recipe, progress)
         self.save(canvas, output, loaded.timings)
         return Stylized(*loaded.picture.size, loaded.timings)
+
+    def streams(self, content: str, output: str, recipe: Recipe = Recipe()) -> bool:
+        """Whether `stylize_file` streams this content (`bigimage`) rather than holding it. On a
+        GPU an image that fits the device whole is held: the host has room for it (about 7 bytes
+        a pixel), and the whole-image cascade is many times faster there than tiles."""
+        if self.device.type != "cuda":  # on the CPU, host memory is what the whole image would fill
+            return bigimage.streams(content, output, recipe)
+        return bigimage.streams(content, output, recipe, lambda height, width: tiling.resolve_tile_size(
+            self.models, recipe.stages, height, width, self.tile_size) == 0)
 
     def load(self, content: str, style: str, recipe: Recipe = Recipe(),
              admit: Callable[[int], None] | None = None) -> Loaded:

@@ -267,6 +267,21 @@ def test_what_streams():
     assert not bigimage.streams("missing.jpg", "out.png", recipe)  # the in-memory path reports it
 
 
+def test_a_device_that_runs_the_image_whole_holds_it(tmp_path):
+    """On a GPU with room the whole-image cascade is far faster than tiles, so a large content
+    is held rather than streamed when `runs_whole` says so; DeepZoom output streams anyway."""
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (6000, 4500), (90, 120, 150)).save(big)  # 27 MP, above STREAM_PIXELS
+    asked = []
+    def runs_whole(height, width):
+        asked.append((height, width))
+        return True
+    assert bigimage.streams(str(big), "out.png", Recipe())
+    assert not bigimage.streams(str(big), "out.png", Recipe(), runs_whole) and asked == [(4500, 6000)]
+    assert bigimage.streams(str(big), "out.png", Recipe(), lambda height, width: False)
+    assert bigimage.streams(str(big), "out.dzi", Recipe(), runs_whole)
+
+
 # The child stylizes a 101 MP JPEG (12000 x 8400, made by the test with libvips from the shared
 # photo) at stage 1 through `Stylist.stylize_file`, so through the region reader, the disk buffer
 # and the strip writer. The in-memory path holds about 7 bytes per pixel there: 0.7 GB of image

@@ -20,7 +20,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from cdcore import bigimage, memory, storage
+from cdcore import memory, storage
 from cdcore.options import DEFAULT_MAX_PIXELS
 from cdcore.pipeline import Loaded, Stylist, StylizeError, Timings
 
@@ -179,7 +179,7 @@ class Stylizer:
             if not self.config.overwrite and self._exists(row.output):
                 state.outcome["status"] = "skipped"
                 return False
-            if bigimage.streams(row.content, row.output, row.recipe):  # holds little: no budget
+            if self.stylist.streams(row.content, row.output, row.recipe):  # holds little: no budget
                 state.streamed = True
                 return True
             state.loaded = self.stylist.load(row.content, row.style, row.recipe, admit=lambda n: self._admit(state, n))
