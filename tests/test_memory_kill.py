@@ -85,12 +85,14 @@ def manifest(tmp_path: Path) -> tuple[Path, Path]:
     rows = []
     for i in range(SMALL_ROWS):
         photo.rotate(i * 9).save(tmp_path / f"c{i}.jpg")
-        rows.append(f"{tmp_path / f'c{i}.jpg'},{tmp_path / 'style.jpg'}")
+        rows.append(f"{tmp_path / f'c{i}.jpg'},{tmp_path / 'style.jpg'},")
     big = tmp_path / "big.png"
     greyscale_png(big, BIG_SIDE)
-    rows.insert(1, f"{big},{tmp_path / 'no-style.jpg'}")
+    # A content size (its own: nothing is resized) keeps the row on the in-memory path, which
+    # decodes it whole; streamed (cdcore.bigimage), it would hold little and never meet the monitor.
+    rows.insert(1, f"{big},{tmp_path / 'no-style.jpg'},{BIG_SIDE}")
     path = tmp_path / "m.csv"
-    path.write_text("content,style\n" + "\n".join(rows) + "\n")
+    path.write_text("content,style,content_size\n" + "\n".join(rows) + "\n")
     return path, big
 
 
