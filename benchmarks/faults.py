@@ -17,7 +17,6 @@ a markdown table. Not a test: times depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import random
 import signal
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the fault injection fixtures
 
 from faults import S3Proxy  # noqa: E402
+from local_s3 import moto_server, point_at  # noqa: E402
 
 from cdcore import images, storage  # noqa: E402
 from jobs.stylize.driver import build_parser, prepare, run  # noqa: E402
@@ -105,15 +105,12 @@ def main() -> None:
     p.add_argument("--scenarios", default="fault-free,kills+10s,outage 60s,slowdown 30%")
     args = p.parse_args()
     random.seed(0)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    from moto.server import ThreadedMotoServer
+    with moto_server() as endpoint:
+        run_scenarios(args, S3Proxy(endpoint))
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    proxy = S3Proxy(f"http://{host}:{port}")
-    os.environ.update(AWS_ENDPOINT_URL=proxy.url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_DEFAULT_REGION="us-east-1", AWS_MAX_ATTEMPTS="2")
+
+def run_scenarios(args: argparse.Namespace, proxy: S3Proxy) -> None:
+    point_at(proxy.url, AWS_MAX_ATTEMPTS="2")
     import boto3
 
     boto3.client("s3").create_bucket(Bucket="faults")
@@ -135,7 +132,6 @@ def main() -> None:
     finally:
         ray.shutdown()
         proxy.close()
-        server.stop()
 
 
 if __name__ == "__main__":

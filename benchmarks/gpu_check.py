@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
-import os
 import platform
 import sys
 import tempfile
@@ -161,21 +159,14 @@ def row_storage(directory: Path):
     is installed, else the local directory."""
     try:
         import boto3
-        from moto.server import ThreadedMotoServer
+        from local_s3 import moto_server, point_at
     except ImportError:
         yield str(directory), "local files (moto not installed)"
         return
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="test",
-                          AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+    with moto_server() as endpoint:
+        point_at(endpoint)
         boto3.client("s3").create_bucket(Bucket="gpu-check")
-        yield "s3://gpu-check", f"moto S3 on {host}:{port}"
-    finally:
-        server.stop()
+        yield "s3://gpu-check", f"moto S3 on {endpoint}"
 
 
 def check_job(shared: Path, device: torch.device, models: str, rows: int, megapixels: float,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -94,21 +93,13 @@ def dispatch_table(counts: list[int], actors: int, styles: int) -> None:
 
 
 def listing_table(objects: int) -> None:
-    import logging
-
     import boto3
-    from moto.server import ThreadedMotoServer
+    from local_s3 import moto_server, point_at
 
     from cdcore import storage
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="testing",
-                          AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    with moto_server() as endpoint:
+        point_at(endpoint)
         client = boto3.client("s3")
         client.create_bucket(Bucket="listing")
         with ThreadPoolExecutor(16) as pool:
@@ -117,8 +108,6 @@ def listing_table(objects: int) -> None:
         t0 = time.perf_counter()
         listed = storage.list_files("s3://listing/p", ["jpg"])
         seconds = time.perf_counter() - t0
-    finally:
-        server.stop()
     assert len(listed) == objects, len(listed)
     print(f"\n| objects listed on moto S3 | seconds | objects/s |\n| ---: | ---: | ---: |\n"
           f"| {objects:,} | {seconds:.1f} | {objects / seconds:,.0f} |")
