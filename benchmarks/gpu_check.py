@@ -94,9 +94,10 @@ def check_speed(shared: Path, device: torch.device, models: str, sizes: list[flo
                 precisions: list[str]) -> tuple[list[str], list[dict]]:
     lines, records, reference = [], [], {}
     style, recipe = str(shared / STYLE), Recipe()
+    loaded = Stylist(models, device).models  # for the automatic tile choice
     for mp in sizes:
         rgb = content_of(shared, mp)
-        auto = tiling.resolve_tile_size(Stylist(models, device).models, recipe.stages, *rgb.shape[:2], None)
+        auto = tiling.resolve_tile_size(loaded, recipe.stages, *rgb.shape[:2], None)
         for mode, tile_size in (("whole", 0), ("tiled", tile)):
             for name in precisions:
                 stylist = Stylist(models, device, tile_size=tile_size, precision=name)

@@ -20,7 +20,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from cdcore import memory, storage
+from cdcore import bigimage, memory, storage
 from cdcore.options import DEFAULT_MAX_PIXELS
 from cdcore.pipeline import Loaded, Stylist, StylizeError, Timings
 
@@ -207,7 +207,8 @@ class Stylizer:
         memory that does not grow with the image; nothing is left for the saving threads."""
         row = state.row
         try:
-            done = self.stylist.stylize_file(row.content, row.style, row.output, row.recipe)
+            # Straight to the streamed path: `_load` has decided, and asking again reads the header again.
+            done = bigimage.stylize_file(self.stylist, row.content, row.style, row.output, row.recipe)
             state.timings = done.timings
             state.outcome.update(width=done.width, height=done.height)
         except StylizeError as e:
