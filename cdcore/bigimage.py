@@ -9,18 +9,23 @@ exists whole in memory:
   all rows above), a strip at a time and only as far down as the windows asked for reach, into a
   raw spool file from which windows are read back with pread; EXIF orientation is applied per
   window.
+- `--content-size` resizes the content band by band into another raw file, and a stroke scale's
+  downscaled content and upsampled coarse result are raw files too (`tiling.resample`): both give
+  the pixels the in-memory path gives.
 - The engine writes its 8-bit result into a raw file (`ImageBuffer.on_disk`), and `save` feeds it
   to a libvips encoder strip by strip, as an uncompressed PNG stream, so the encoder (JPEG, PNG,
   tiled pyramidal TIFF, WebP, DeepZoom) holds a few strips, never the image.
 - `Scratch` is the temporary directory of one run: its free space is checked against what the run
-  will write before anything is written, and it goes afterwards, also on failure. Objects on S3
-  are downloaded into it (in parallel ranged parts) and results uploaded from it (in parts).
+  will write before anything is written, and it goes afterwards, also on failure. Where the disk
+  is short, the stages whose stored features take the most room for the least work encode them
+  again instead (`tiling.planning.stages_to_recompute`; same result, a few % more time). Objects
+  on S3 are downloaded into it (in parallel ranged parts) and results uploaded from it (in parts).
 
-`streams` says which path a `Stylist.stylize_file` call takes: this one for 8-bit grey or RGB
-images (with or without alpha) above STREAM_PIXELS, and for DeepZoom output; Pillow's for the rest
-(small images, CMYK, 16-bit, float, and --content-size or --stroke-scale, which resize the whole
-image). Both decode and encode with libjpeg-turbo, zlib and libwebp, so a JPEG or PNG read either
-way gives the same pixels.
+`streams` says which path a `Stylist.stylize_file` call takes: this one for wct and adain on 8-bit
+grey or RGB images (with or without alpha) read or written above STREAM_PIXELS, and for DeepZoom
+output; Pillow's for the rest (small images, CMYK, 16-bit, float, and gatys, which optimizes the
+whole image at once). Both decode and encode with libjpeg-turbo, zlib and libwebp, so a JPEG or PNG
+read either way gives the same pixels.
 """
 from __future__ import annotations
 
@@ -42,7 +47,8 @@ import pyvips
 from . import images, storage, tiling
 from .images import ImageError
 from .options import Recipe
-from .tiling.planning import plan_stage
+from .tiling.planning import buffer_bytes, stages_to_recompute
+from .tiling.resample import lanczos
 
 if TYPE_CHECKING:
     from .pipeline import Stylist, Stylized
@@ -56,7 +62,6 @@ HEAD_BYTES = 256 << 10
 STREAM_BYTES = 64 << 20
 # Strips decoded or encoded at once: a few MB keeps libvips busy without holding much.
 STRIP_BYTES = 8 << 20
-FLOAT_PIXEL_BYTES = 12  # an (H, W, 3) float32 image between stages
 # Output bytes per pixel budgeted for the space check (about; a noisy photo at JPEG quality 95
 # 4:4:4 takes about 1.2, a deflated PNG or TIFF up to 3 or 4, a pyramid a third more).
 OUTPUT_BYTES_PER_PIXEL = {".jpg": 1.5, ".jpeg": 1.5, ".png": 4, ".tif": 5.4, ".tiff": 5.4, ".webp": 1.5,
@@ -141,13 +146,13 @@ def probe(uri: str) -> Header | None:
 
 def streams(content: str, output: str, recipe: Recipe,
             runs_whole: Callable[[int, int], bool] | None = None) -> bool:
-    """Whether `Stylist.stylize_file` takes this path: for DeepZoom output, and for 8-bit grey or
-    RGB contents above STREAM_PIXELS stylized at their own size and stroke scale (wct, adain),
-    unless `runs_whole(height, width)` says the device runs the image whole (a GPU with room:
-    there the in-memory path is some 14x faster than tiles, RESULTS.md issue 11)."""
+    """Whether `Stylist.stylize_file` takes this path: for DeepZoom output, and for wct and adain
+    on 8-bit grey or RGB contents with more than STREAM_PIXELS before or after `--content-size`,
+    unless `runs_whole(height, width)` says the device runs the result's size whole (a GPU with
+    room: there the in-memory path is some 14x faster than tiles, RESULTS.md issue 11)."""
     if extension(output) == ".dzi":
         return True
-    if recipe.method == "gatys" or recipe.content_size or recipe.stroke_scale > 1.0:
+    if recipe.method == "gatys":
         return False
     try:
         header = probe(content)
@@ -155,9 +160,10 @@ def streams(content: str, output: str, recipe: Recipe,
             return not storage.is_local(content) and storage.read_head(content, 1)[1] >= STREAM_BYTES
     except storage.StorageError:
         return False  # the in-memory path reads it again and reports the failure
-    if not (header.streamable and header.pixels > STREAM_PIXELS):
+    width, height = images.scaled_size(header.width, header.height, recipe.content_size)
+    if not (header.streamable and max(header.pixels, width * height) > STREAM_PIXELS):
         return False
-    return runs_whole is None or not runs_whole(header.height, header.width)
+    return runs_whole is None or not runs_whole(height, width)
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -166,8 +172,8 @@ class RegionReader(tiling.ImageBuffer):
     """An image file as an (H, W, 3) uint8 ImageBuffer in its displayed orientation, decoded on
     demand into spool files in `directory` (3 bytes per pixel, one more for alpha).
 
-    `read` (the colour) and `read_alpha` take windows in displayed coordinates. Grey images are
-    repeated into three channels, as Pillow's convert("RGB") does.
+    `read` (the colour), `read_alpha` and `alpha_image` take windows in displayed coordinates.
+    Grey images are repeated into three channels, as Pillow's convert("RGB") does.
     """
 
     def __init__(self, path: str | os.PathLike, name: str, directory: str):
@@ -194,6 +200,10 @@ class RegionReader(tiling.ImageBuffer):
     def read_alpha(self, rows: slice, cols: slice) -> np.ndarray:
         """(h, w) uint8 alpha of a window (the image must have alpha)."""
         return self._window(self.alpha, rows, cols)[..., 0]
+
+    def alpha_image(self) -> "tiling.ImageBuffer":
+        """The alpha as an (H, W, 1) uint8 ImageBuffer (the image must have alpha)."""
+        return _AlphaView(self)
 
     def write(self, rows: slice, cols: slice, block: np.ndarray) -> None:
         raise TypeError(f"{self.name}: an image being read is not written")
@@ -239,6 +249,20 @@ class RegionReader(tiling.ImageBuffer):
         for spool in (self.pixels, self.alpha):
             if spool is not None:
                 spool.close()
+
+
+class _AlphaView(tiling.ImageBuffer):
+    """A RegionReader's alpha, (H, W, 1), read by window like its colour."""
+
+    def __init__(self, reader: RegionReader):
+        super().__init__(shape=(*reader.shape[:2], 1), dtype=np.uint8)
+        self.reader = reader
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        return self.reader._window(self.reader.alpha, rows, cols)
+
+    def write(self, rows: slice, cols: slice, block: np.ndarray) -> None:
+        raise TypeError(f"{self.reader.name}: an image being read is not written")
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -421,19 +445,6 @@ def scratch_space(parent: str | None = None) -> Iterator[Scratch]:
         scratch.close()
 
 
-def buffer_bytes(models, levels: tuple[int, ...], height: int, width: int, tile_size: int) -> int:
-    """Peak bytes of the tiled engine's disk buffers over a run: a stage holds its float input
-    (the content itself for the first stage), its float output (the caller's for the last) and
-    its stored features."""
-    peak = 0
-    for i, k in enumerate(levels):
-        plan = plan_stage(models, k, height, width, tile_size)
-        images_held = (i > 0) + (i < len(levels) - 1)
-        store = math.prod(plan.grid) * models.encoder(k).out_channels * 4 if plan.stored else 0
-        peak = max(peak, images_held * FLOAT_PIXEL_BYTES * height * width + store)
-    return peak
-
-
 def _stream_tile_size(stylist: "Stylist", levels, height: int, width: int) -> int:
     """The stylist's tile size; where that is the whole image (0, or None on a roomy device), the
     largest tile for the device instead: a streamed image is never held whole."""
@@ -447,19 +458,19 @@ def _stream_tile_size(stylist: "Stylist", levels, height: int, width: int) -> in
 
 def stylize_file(stylist: "Stylist", content: str, style: str, output: str, recipe: Recipe,
                  progress=None, temp_dir: str | None = None) -> "Stylized":
-    """`Stylist.stylize_file` for a streamed content (see `streams`): read region-wise, stylize
-    with the tiled engine into a disk buffer, encode by strips. Every temporary file lives in one
-    scratch directory under `temp_dir` ($TMPDIR by default), checked for space first and removed
-    afterwards."""
+    """`Stylist.stylize_file` for a streamed content (see `streams`): read region-wise, resize
+    band by band (`--content-size`), stylize with the tiled engine into a disk buffer, encode by
+    strips. Every temporary file lives in one scratch directory under `temp_dir` ($TMPDIR by
+    default), checked for space first and removed afterwards."""
     from .pipeline import Stylized, StylizeError, _naming  # the pipeline imports this module
     from .precision import networks
     from .timings import Timings
 
     with _naming(output):
         ext = check_output(output)
-    if recipe.method == "gatys" or recipe.content_size or recipe.stroke_scale > 1.0:
-        raise StylizeError(f"{output}: DeepZoom output is streamed, which takes wct or adain at the "
-                           f"content's own size, without a stroke scale")
+    if recipe.method == "gatys":
+        raise StylizeError(f"{output}: DeepZoom output is streamed, which takes wct or adain (gatys "
+                           f"optimizes the whole image at once)")
     timings = Timings()
     with timings.phase("style_s"):
         prepared = stylist.styles.get_or_make((style, recipe.style_key),
@@ -472,42 +483,70 @@ def stylize_file(stylist: "Stylist", content: str, style: str, output: str, reci
             if header is None:
                 _open(path, content)  # raises the reason
             images.check_pixels(content, header.width, header.height, path.stat().st_size, stylist.max_pixels)
-            levels = recipe.stages
-            tile = _stream_tile_size(stylist, levels, header.height, header.width)
-            _check_space(stylist, scratch, header, levels, tile, output, ext)
+            width, height = images.scaled_size(header.width, header.height, recipe.content_size)
+            if width * height > stylist.max_pixels:
+                raise ImageError(f"{content}: --content-size {recipe.content_size} makes it {width}x{height} = "
+                                 f"{width * height / 1e6:.1f} MP, more than the limit of "
+                                 f"{stylist.max_pixels / 1e6:.1f} MP (--max-pixels)")
+            tile = _stream_tile_size(stylist, recipe.stages, height, width)
+            recompute = _check_space(stylist, scratch, header, (height, width), recipe, tile, output, ext)
             reader = RegionReader(path, content, scratch.directory)
-        result = tiling.ImageBuffer.on_disk(scratch.directory, (header.height, header.width, 3), np.uint8)
+        colour, alpha = reader, (reader.alpha_image() if reader.has_alpha else None)
+        result = tiling.ImageBuffer.on_disk(scratch.directory, (height, width, 3), np.uint8)
         try:
-            # Decoding happens on demand inside the engine's first pass, so stylize_s includes it.
+            if (width, height) != (header.width, header.height):
+                # Resizing reads the whole content, so decoding is timed here.
+                with _naming(content), timings.phase("decode_s"):
+                    colour = _resized(reader, height, width, scratch.directory)
+                    alpha = alpha and _resized(alpha, height, width, scratch.directory)
+            # Otherwise decoding happens on demand inside the engine's first pass, in stylize_s.
             with _naming(content), timings.phase("stylize_s"), networks(stylist.device, stylist.precision):
                 engine = tiling.TiledEngine(stylist.models, tile, disk_buffer=True, temp_dir=scratch.directory,
-                                            progress=progress)
-                engine.stylize(reader, prepared.stats, recipe.alpha, levels, out=result)
+                                            progress=progress, recompute=recompute)
+                engine.stylize(colour, prepared.stats, recipe.alpha, recipe.stages, recipe.stroke_scale, out=result)
             with _naming(output), timings.phase("encode_s"):  # encoding and writing are one stream
-                alpha = (lambda rows: reader.read_alpha(rows, slice(None))) if reader.has_alpha else None
-                save(result, output, scratch, alpha)
+                rows_of_alpha = (lambda rows: alpha.read(rows, slice(None))[..., 0]) if alpha else None
+                save(result, output, scratch, rows_of_alpha)
         finally:
-            reader.close()
-            result.close()
-    return Stylized(header.width, header.height, timings)
+            for buffer in {id(b): b for b in (reader, colour, alpha, result) if b is not None}.values():
+                buffer.close()
+    return Stylized(width, height, timings)
 
 
-def _check_space(stylist: "Stylist", scratch: Scratch, header: Header, levels, tile: int, output: str,
-                 ext: str) -> None:
-    """Everything the run will write, against the free space where it goes: the spools, the
-    engine's buffers, and the output (in scratch for S3, beside it for a local file)."""
-    pixels = header.pixels
-    spools = pixels * (3 + 3 + 1)  # input colour and alpha (budgeted either way), result
-    need = spools + buffer_bytes(stylist.models, levels, header.height, header.width, tile)
+def _resized(image: tiling.ImageBuffer, height: int, width: int, directory: str) -> tiling.ImageBuffer:
+    """`image` (uint8) resized as `images.resize_to` resizes, into a raw file in `directory`."""
+    def new(shape, dtype) -> tiling.ImageBuffer:
+        return tiling.ImageBuffer.on_disk(directory, shape, dtype)
+
+    out = new((height, width, image.shape[2]), np.uint8)
+    lanczos(image, out, new)
+    return out
+
+
+def _check_space(stylist: "Stylist", scratch: Scratch, header: Header, size: tuple[int, int], recipe: Recipe,
+                 tile: int, output: str, ext: str) -> frozenset[int]:
+    """Check everything the run will write against the free space where it goes: the spools, a
+    resized content, the engine's buffers, and the output (in scratch for S3, beside it for a local
+    file). Returns the stages that must encode their features again, rather than store them, to
+    fit (none where there is room)."""
+    (height, width), pixels = size, size[0] * size[1]
+    files = header.pixels * (3 + 1) + pixels * 3  # the content's colour and alpha (budgeted either way), result
+    if pixels != header.pixels:  # resized colour and alpha, and the image between Lanczos' passes
+        files += pixels * 4 + header.height * width * 4
     encoded = int(pixels * OUTPUT_BYTES_PER_PIXEL[ext])
     if storage.is_local(output):
         folder = storage.local_path(output).resolve().parent
         while not folder.exists():
             folder = folder.parent
         if os.stat(folder).st_dev == os.stat(scratch.directory).st_dev:
-            need += encoded
+            files += encoded
         else:
             require_space(str(folder), encoded, f"writing {output}")
     else:
-        need += encoded
-    scratch.require(need, f"stylizing {header.width}x{header.height} streamed (spools, stage buffers, output)")
+        files += encoded
+    models, levels, scale = stylist.models, recipe.stages, recipe.stroke_scale
+    recompute = stages_to_recompute(models, levels, height, width, tile, free_bytes(scratch.directory) - files,
+                                    scale)
+    need = files + buffer_bytes(models, levels, height, width, tile, scale, recompute)
+    scratch.require(need, f"stylizing {width}x{height} streamed (spools, stage buffers, output)")
+    return recompute

@@ -176,20 +176,32 @@ def from_pil(img: Image.Image, name: str = "image") -> Picture:
     return _picture(ImageOps.exif_transpose(img))
 
 
-def resize_to(picture: Picture, shorter_side: int | None) -> Picture:
-    """Scale (Lanczos) so the shorter side is `shorter_side` pixels (None or 0: unchanged)."""
+def scaled_size(width: int, height: int, shorter_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled so the shorter side is `shorter_side` (None or 0: unchanged)."""
     if not shorter_side:
-        return picture
+        return width, height
+    scale = shorter_side / min(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resize_to(picture: Picture, shorter_side: int | None) -> Picture:
+    """Scale (Lanczos) so the shorter side is `shorter_side` pixels (None or 0: unchanged), band
+    by band as the streamed path resizes (`tiling.resample`), so both give the same pixels."""
+    from .tiling.buffers import ImageBuffer  # torch comes with the buffers: import it only to resize
+    from .tiling.resample import lanczos
+
     w, h = picture.size
-    scale = shorter_side / min(w, h)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    size = scaled_size(w, h, shorter_side)
     if size == (w, h):
         return picture
-    rgb = np.array(Image.fromarray(picture.rgb).resize(size, Image.Resampling.LANCZOS))
-    alpha = None
-    if picture.alpha is not None:
-        alpha = np.array(Image.fromarray(picture.alpha).resize(size, Image.Resampling.LANCZOS))
-    return Picture(rgb, alpha)
+
+    def resized(array: np.ndarray) -> np.ndarray:
+        out = np.empty((size[1], size[0], array.shape[2]), np.uint8)
+        lanczos(ImageBuffer(array), ImageBuffer(out), ImageBuffer.in_memory)
+        return out
+
+    alpha = None if picture.alpha is None else resized(picture.alpha[..., None])[..., 0]
+    return Picture(resized(picture.rgb), alpha)
 
 
 class Canvas:

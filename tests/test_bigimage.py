@@ -18,6 +18,7 @@ from PIL import Image
 from cdcore import bigimage, images, storage, tiling
 from cdcore.options import DEFAULT_MAX_PIXELS, Recipe
 from cdcore.pipeline import Stylist, StylizeError
+from cdcore.tiling.planning import buffer_bytes, stages_to_recompute
 from shared import CONTENT, MODELS, STYLE, psnr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,6 +154,46 @@ def test_streamed_alpha_and_orientation_follow_the_in_memory_path(stylist, style
     np.testing.assert_array_equal(got.alpha, want.alpha)
 
 
+@pytest.mark.parametrize("recipe", [Recipe(levels=(3, 2, 1), stroke_scale=2.5),
+                                    Recipe(levels=(2, 1), content_size=250),  # shrunk
+                                    Recipe(levels=(3, 1), content_size=500, stroke_scale=1.5)])  # grown
+def test_content_size_and_stroke_scale_stream_to_the_in_memory_pixels(stylist, style, photo, tmp_path, monkeypatch,
+                                                                      recipe):
+    """Both paths resize band by band (`tiling.resample`) through the same engine: equal pixels,
+    alpha included."""
+    alpha = np.tile(np.linspace(0, 255, photo.shape[1]).astype(np.uint8), (photo.shape[0], 1))
+    content = tmp_path / "rgba.png"
+    Image.fromarray(np.dstack([photo, alpha]), "RGBA").save(content)
+    stylist.stylize_file(str(content), style, str(tmp_path / "memory.png"), recipe)
+    monkeypatch.setattr(bigimage, "STREAM_PIXELS", 0)
+    assert bigimage.streams(str(content), "streamed.png", recipe)
+    done = stylist.stylize_file(str(content), style, str(tmp_path / "streamed.png"), recipe)
+    got, want = images.read_image(str(tmp_path / "streamed.png")), images.read_image(str(tmp_path / "memory.png"))
+    assert got.size == want.size == (done.width, done.height)
+    assert min(got.size) == (recipe.content_size or 333)
+    np.testing.assert_array_equal(got.rgb, want.rgb)
+    np.testing.assert_array_equal(got.alpha, want.alpha)
+
+
+def test_a_short_scratch_disk_encodes_features_again_for_the_same_pixels(stylist, style, photo, tmp_path,
+                                                                        monkeypatch, stream_everything):
+    """Free space for everything but stage 3's stored features: they are encoded again."""
+    from cdcore.tiling import passes
+
+    content = vips_save(photo, tmp_path / "content.png")
+    recipe = Recipe(levels=(3, 1))
+    stylist.stylize_file(str(content), style, str(tmp_path / "stored.png"), recipe)
+    stores = []
+    run = passes.StageRun.run
+    monkeypatch.setattr(passes.StageRun, "run", lambda self, *a: (stores.append(self.plan.stored), run(self, *a))[1])
+    spools = 333 * 517 * (3 + 1 + 3 + 4)  # content, alpha and result spools; the output beside them
+    monkeypatch.setattr(bigimage, "free_bytes", lambda directory: spools + 12 * 333 * 517)
+    stylist.stylize_file(str(content), style, str(tmp_path / "again.png"), recipe)
+    assert stores == [False, False]  # stage 1 never stores
+    np.testing.assert_array_equal(images.read_image(str(tmp_path / "again.png")).rgb,
+                                  images.read_image(str(tmp_path / "stored.png")).rgb)
+
+
 def test_pyramidal_tiff_and_deepzoom_outputs(stylist, style, photo, tmp_path, monkeypatch):
     content = vips_save(photo, tmp_path / "content.jpg")
     monkeypatch.setattr(bigimage, "STREAM_PIXELS", 0)
@@ -241,10 +282,32 @@ def test_space_needed_counts_the_stage_buffers():
     features at a quarter of the pixels: 40 B/px in all."""
     from cdcore.modelset import load_model_set
 
-    models = load_model_set(MODELS, stages=(2, 1))
-    need = bigimage.buffer_bytes(models, (2, 1), 2048, 2048, 1024)
+    models = load_model_set(MODELS, stages=(3, 2, 1))
+    need = buffer_bytes(models, (2, 1), 2048, 2048, 1024)
     assert need == 12 * 2048 * 2048 + 1024 * 1024 * 32 * 4
-    assert bigimage.buffer_bytes(models, (1,), 2048, 2048, 1024) == 0  # content and result are the caller's
+    assert buffer_bytes(models, (1,), 2048, 2048, 1024) == 0  # content and result are the caller's
+    assert buffer_bytes(models, (2, 1), 2048, 2048, 1024, recompute={2}) == 12 * 2048 * 2048
+    # A stroke scale of 2: the fine stages at full size on the upsampled float image (12 B/px)
+    # and the float result of stage 2 (12 B/px) outweigh the coarse stage at a quarter of the pixels.
+    assert buffer_bytes(models, (3, 2, 1), 2048, 2048, 1024, stroke_scale=2) == (
+        12 * 2048 * 2048 * 2 + 1024 * 1024 * 32 * 4)
+
+
+def test_short_scratch_disk_recomputes_the_cheapest_stored_features():
+    """The gigapixel cascade: 56 GB of stage buffers with every store, of which stage 2's features
+    are 32 GB for 2.6% of the work; without them the peak is stage 3's, 40 GB."""
+    from cdcore.modelset import load_model_set
+
+    models = load_model_set(MODELS)
+    levels, size = (5, 4, 3, 2, 1), (25_000, 40_000)
+    assert buffer_bytes(models, levels, *size, 1024) == 56e9
+    assert stages_to_recompute(models, levels, *size, 1024, budget=60e9) == frozenset()
+    assert stages_to_recompute(models, levels, *size, 1024, budget=50e9) == {2}
+    assert buffer_bytes(models, levels, *size, 1024, recompute={2}) == 40e9
+    assert stages_to_recompute(models, levels, *size, 1024, budget=30e9) == {2, 3, 4}
+    # The floor is the float images, 24 GB: stage 5's store (2 GB, beside one float image) never
+    # sets the peak, so it is kept however short the disk.
+    assert stages_to_recompute(models, levels, *size, 1024, budget=1e9) == {2, 3, 4}
 
 
 def test_decompression_bombs_are_refused_whatever_the_pixel_limit(tmp_path):
@@ -265,6 +328,9 @@ def test_what_streams():
     assert not bigimage.streams(content, "out.png", recipe)  # small
     assert bigimage.streams(content, "out.dzi", recipe)  # a viewer's format
     assert not bigimage.streams("missing.jpg", "out.png", recipe)  # the in-memory path reports it
+    assert bigimage.streams(content, "out.png", Recipe(content_size=6000))  # made large
+    assert bigimage.streams(content, "out.png", Recipe(content_size=6000, stroke_scale=3))
+    assert not bigimage.streams(content, "out.png", Recipe(content_size=6000, method="gatys"))
 
 
 def test_a_device_that_runs_the_image_whole_holds_it(tmp_path):
@@ -283,10 +349,11 @@ def test_a_device_that_runs_the_image_whole_holds_it(tmp_path):
 
 
 # The child stylizes a 101 MP JPEG (12000 x 8400, made by the test with libvips from the shared
-# photo) at stage 1 through `Stylist.stylize_file`, so through the region reader, the disk buffer
-# and the strip writer. The in-memory path holds about 7 bytes per pixel there: 0.7 GB of image
-# on top of torch, the codecs (about 0.6 GB) and the tiles (1.0-1.2 GB measured in all);
-# streamed, the image is not held at all.
+# photo) through `Stylist.stylize_file`, so through the region reader, the disk buffers and the
+# strip writer: at stage 1 as it is, and resized to 91 MP (--content-size 8000) with a stroke scale
+# of 4 (stage 3 at 5.7 MP), which adds the band-wise Lanczos resizes and bilinear upsampling. The
+# in-memory path holds about 7 bytes per pixel there: 0.7 GB of image on top of torch, the codecs
+# (about 0.6 GB) and the tiles (1.0-1.2 GB measured in all); streamed, the image is not held at all.
 STREAMED_CHILD = textwrap.dedent("""
     import json, sys
     import torch
@@ -295,27 +362,30 @@ STREAMED_CHILD = textwrap.dedent("""
     from cdcore.options import Recipe
     from cdcore.pipeline import Stylist
     memory.reuse_freed_memory()
-    stylist = Stylist(sys.argv[1], "cpu", stages=(1,), tile_size=1024)
-    done = stylist.stylize_file(sys.argv[2], sys.argv[3], sys.argv[4], Recipe(levels=(1,)))
+    recipe = Recipe(**json.loads(sys.argv[5]))
+    stylist = Stylist(sys.argv[1], "cpu", stages=recipe.stages, tile_size=1024)
+    done = stylist.stylize_file(sys.argv[2], sys.argv[3], sys.argv[4], recipe)
     hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
     print(json.dumps({"size": [done.width, done.height], "peak": hwm * 1024}))
 """)
 
 
-@pytest.mark.integration  # a subprocess: 16 s on two idle cores, 80 s on busy ones
-def test_streamed_memory_stays_bounded_on_a_100_megapixel_image(tmp_path):
+@pytest.mark.integration  # a subprocess each: 14 s and 20 s on two idle cores, 80 s and more on busy ones
+@pytest.mark.parametrize("recipe,size", [({"levels": [1]}, [12000, 8400]),
+                                         ({"levels": [3, 1], "content_size": 8000, "stroke_scale": 4}, [11429, 8000])])
+def test_streamed_memory_stays_bounded_on_a_100_megapixel_image(tmp_path, recipe, size):
     content = tmp_path / "big.jpg"
     photo = pyvips.Image.new_from_file(str(CONTENT / "bridge_512.jpg"))
     photo.resize(12000 / photo.width, vscale=8400 / photo.height, kernel="cubic").jpegsave(str(content), Q=90)
     out = tmp_path / "out.jpg"
-    done = subprocess.run([sys.executable, "-c", STREAMED_CHILD, str(MODELS), str(content), STYLE_IMG, str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", STREAMED_CHILD, str(MODELS), str(content), STYLE_IMG, str(out),
+                           json.dumps(recipe)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
-    assert result["size"] == [12000, 8400]
+    assert result["size"] == size
     # The issue's bound; the in-memory path would need about 0.7 GB more here (7 bytes a pixel).
     assert result["peak"] < 1.5e9, f"peak RSS {result['peak'] / 1e9:.2f} GB"
-    assert pyvips.Image.new_from_file(str(out)).width == 12000
+    assert pyvips.Image.new_from_file(str(out)).width == size[0]
 
 
 @pytest.mark.integration  # whole 4 MP cascades, about 30 s

@@ -4,9 +4,9 @@ are done.
 
 A real local Ray with the monitor tuned through its own settings: it looks every 100 ms, and its
 threshold is put MARGIN_GB above what the machine uses when Ray starts (Ray and one actor with
-its models take under 1 GB of that). The big row's image, a generated 400 MP greyscale PNG,
-would take its actor 4.2 GB to decode: the monitor stops it a few seconds in, some 2 GB before
-that peak. Other processes on the machine would have to grow by about 2 GB during the test's
+its models take under 1 GB of that). The big row's image, a generated 400 MP 16-bit greyscale
+PNG, would take its actor over 4 GB to decode (16-bit images take the in-memory path, which scales
+them to 8 bits through float64): the monitor stops it a few seconds in, gigabytes before that peak. Other processes on the machine would have to grow by about 2 GB during the test's
 seconds to make the monitor stop the actor over an ordinary row (which would cost that row one
 more try, not the test), or to shrink by as much for the monitor to miss the big row.
 """
@@ -27,7 +27,7 @@ from shared import CONTENT, MODELS, STYLE
 
 pytestmark = pytest.mark.integration
 MARGIN_GB = 2.8
-BIG_SIDE = 20_000  # 400 MP; decoding it would take 4.2 GB at the peak
+BIG_SIDE = 20_000  # 400 MP; decoding it would take over 4 GB at the peak
 SMALL_ROWS = 4
 
 
@@ -63,15 +63,16 @@ def watched_ray():
 
 
 def greyscale_png(path: Path, side: int) -> None:
-    """A side x side greyscale PNG of stripes, written a row at a time: a few MB on disk, never
-    held whole here."""
+    """A side x side 16-bit greyscale PNG of stripes, written a row at a time: a few MB on disk,
+    never held whole here."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    row = b"\x00" + bytes(range(256)) * (side // 256) + bytes(side % 256)  # filter byte, then pixels
+    pixels = bytes(range(256)) * (side // 256) + bytes(side % 256)
+    row = b"\x00" + bytes(b for v in pixels for b in (v, v))  # filter byte, then big-endian 16-bit pixels
     compress = zlib.compressobj(1)
     with path.open("wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)))
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0)))
         f.write(chunk(b"IDAT", b"".join(compress.compress(row) for _ in range(side)) + compress.flush()))
         f.write(chunk(b"IEND", b""))
 
@@ -85,14 +86,14 @@ def manifest(tmp_path: Path) -> tuple[Path, Path]:
     rows = []
     for i in range(SMALL_ROWS):
         photo.rotate(i * 9).save(tmp_path / f"c{i}.jpg")
-        rows.append(f"{tmp_path / f'c{i}.jpg'},{tmp_path / 'style.jpg'},")
+        rows.append(f"{tmp_path / f'c{i}.jpg'},{tmp_path / 'style.jpg'}")
     big = tmp_path / "big.png"
     greyscale_png(big, BIG_SIDE)
-    # A content size (its own: nothing is resized) keeps the row on the in-memory path, which
-    # decodes it whole; streamed (cdcore.bigimage), it would hold little and never meet the monitor.
-    rows.insert(1, f"{big},{tmp_path / 'no-style.jpg'},{BIG_SIDE}")
+    # 16 bits a sample keep the row on the in-memory path, which decodes it whole; 8-bit, it would
+    # be streamed (cdcore.bigimage), hold little and never meet the monitor.
+    rows.insert(1, f"{big},{tmp_path / 'no-style.jpg'}")
     path = tmp_path / "m.csv"
-    path.write_text("content,style,content_size\n" + "\n".join(rows) + "\n")
+    path.write_text("content,style\n" + "\n".join(rows) + "\n")
     return path, big
 
 

@@ -135,10 +135,10 @@ class Buffers:
     def __init__(self, directory: str | None):
         self.directory = directory
 
-    def new(self, shape: tuple[int, ...]) -> ImageBuffer:
+    def new(self, shape: tuple[int, ...], dtype=np.float32) -> ImageBuffer:
         if self.directory:
-            return ImageBuffer.on_disk(self.directory, shape)
-        return ImageBuffer.in_memory(shape)
+            return ImageBuffer.on_disk(self.directory, shape, dtype)
+        return ImageBuffer.in_memory(shape, dtype)
 
     @staticmethod
     @contextmanager

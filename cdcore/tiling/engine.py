@@ -35,6 +35,8 @@ class TiledEngine:
         disk above buffers.DISK_BUFFER_BYTES per image). Use a disk-backed `temp_dir` where /tmp
         is tmpfs.
     progress: called with a `TileProgress` after every tile (whole-image runs report nothing).
+    recompute: stages whose features are encoded again in the render pass instead of stored
+        between the passes, to spare disk (`planning.stages_to_recompute`); results are the same.
     """
 
     models: ModelSet
@@ -42,6 +44,7 @@ class TiledEngine:
     disk_buffer: bool | None = None
     temp_dir: str | None = None
     progress: Callable[[TileProgress], None] | None = None
+    recompute: frozenset[int] = frozenset()
 
     @torch.inference_mode()
     def stylize(self, content, style: StyleStats, alpha: float = 1.0, levels=None, stroke_scale: float = 1.0,
@@ -50,7 +53,7 @@ class TiledEngine:
 
         content: uint8 RGB, or float32 in [0, 1]; a numpy array, a numpy.memmap or an ImageBuffer.
         stroke_scale: S > 1 runs the coarse levels on the content downscaled by S (uint8 content
-            only), so strokes come out S times larger (`strokes`).
+            only, which may be an ImageBuffer on disk), so strokes come out S times larger (`strokes`).
         out: where the result goes: an (H, W, 3) uint8 array, rounded as `stylize.to_uint8` rounds
             (for instance `images.Canvas.rgb`, which the image encoder then reads in place), or
             float32 for the unclamped floats, or an ImageBuffer of either (a file on disk, for
@@ -61,13 +64,13 @@ class TiledEngine:
         height, width = image.shape[:2]
         out = _output(out, height, width)
         if check_stroke_scale(stroke_scale) > 1.0:
-            stylize_stroke_scaled(self, content, style, alpha, levels, stroke_scale, out)
+            stylize_stroke_scaled(self, image, style, alpha, levels, stroke_scale, out)
             return out
         tile_size = resolve_tile_size(self.models, levels, height, width, self.tile_size)
-        meter = Meter(self.progress, cascade_work(self.models, levels, height, width, tile_size))
+        meter = Meter(self.progress, cascade_work(self.models, levels, height, width, tile_size, self.recompute))
         with Buffers.open(height, width, self.disk_buffer, self.temp_dir) as buffers:
             dest = out if isinstance(out, ImageBuffer) else ImageBuffer(out)
-            Cascade(self.models, style, alpha, buffers, meter).run(image, dest, levels, tile_size)
+            Cascade(self.models, style, alpha, buffers, meter, self.recompute).run(image, dest, levels, tile_size)
         return out
 
     @torch.inference_mode()

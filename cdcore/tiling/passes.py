@@ -63,8 +63,9 @@ class StageRun:
     meter: Meter
 
     @classmethod
-    def over(cls, models: ModelSet, k: int, image: ImageBuffer, tile_size: int, meter: Meter) -> "StageRun":
-        plan = plan_stage(models, k, *image.shape[:2], tile_size)
+    def over(cls, models: ModelSet, k: int, image: ImageBuffer, tile_size: int, meter: Meter,
+             store: bool = True) -> "StageRun":
+        plan = plan_stage(models, k, *image.shape[:2], tile_size, store)
         m = stage_multiple(k)
         source = PaddedImage(image, plan.grid[0] * m, plan.grid[1] * m)
         return cls(models.encoder(k), models.decoder(k), plan, source, meter)
@@ -116,6 +117,7 @@ class Cascade:
     alpha: float
     buffers: Buffers
     meter: Meter
+    recompute: frozenset[int] = frozenset()  # stages that encode again rather than store features
 
     def run(self, image: ImageBuffer, dest: ImageBuffer, levels: tuple[int, ...], tile_size: int) -> None:
         """Stages `levels` in order from `image` to `dest` (uint8 or float32, (H, W, 3)). Each
@@ -129,8 +131,8 @@ class Cascade:
         current = image
         for i, k in enumerate(levels):
             out = dest if i == len(levels) - 1 else self.buffers.new((*image.shape[:2], 3))
-            StageRun.over(self.models, k, current, tile_size, self.meter).run(out, self.style, self.alpha,
-                                                                                self.buffers)
+            stage = StageRun.over(self.models, k, current, tile_size, self.meter, k not in self.recompute)
+            stage.run(out, self.style, self.alpha, self.buffers)
             if current is not image:
                 current.close()
             current = out

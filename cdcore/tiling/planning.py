@@ -22,6 +22,7 @@ import torch
 
 from ..modelset import ModelSet
 from ..architecture import stage_layers, stage_multiple
+from ..options import split_levels
 
 # Time per window pixel that does not grow with the networks (copies, pooling, upsampling, the
 # float64 moments), in MACs of about the same time on a CPU; it only weighs the ETA.
@@ -39,6 +40,7 @@ MAX_CUDA_TILE = 4096
 MIN_TILE = 64
 # choose_tile_size keeps whole images and tile windows to this share of the available memory.
 MEMORY_SHARE = 0.25
+FLOAT_PIXEL_BYTES = 12  # an (H, W, 3) float32 image between stages
 
 
 # ---------------------------------------------------------------- halos
@@ -201,15 +203,16 @@ class StagePlan:
     render_work: float
 
 
-def plan_stage(models: ModelSet, k: int, height: int, width: int, tile_size: int) -> StagePlan:
+def plan_stage(models: ModelSet, k: int, height: int, width: int, tile_size: int, store: bool = True) -> StagePlan:
     """The plan for a content of height x width, padded to a multiple of m = 2^(k-1), with windows
-    of at most tile_size x tile_size image pixels."""
+    of at most tile_size x tile_size image pixels. `store=False` encodes again rather than store
+    the features even where storing would be cheaper (to spare scratch disk)."""
     m = stage_multiple(k)
     encoder, decoder = models.encoder(k), models.decoder(k)
     grid = (-(-height // m), -(-width // m))
     side = max(1, tile_size // m)
     statistics, render = plan_tiles(grid, encoder_halo(k), side), plan_tiles(grid, decoder_halo(k), side)
-    stored = _stores_features(encoder, m)
+    stored = store and _stores_features(encoder, m)
     encoder_macs = macs_per_pixel(encoder, k)
     render_work = pass_work(render, m, macs_per_pixel(decoder, k))
     if not stored:  # the encoder runs again, on windows grown by its halo
@@ -217,12 +220,73 @@ def plan_stage(models: ModelSet, k: int, height: int, width: int, tile_size: int
     return StagePlan(k, grid, statistics, render, stored, pass_work(statistics, m, encoder_macs), render_work)
 
 
-def cascade_work(models: ModelSet, levels, height: int, width: int, tile_size: int) -> float:
+def cascade_work(models: ModelSet, levels, height: int, width: int, tile_size: int, recompute=()) -> float:
     """The work a tiled run of these levels reports (none for a whole-image run)."""
     if tile_size == 0:
         return 0.0
-    plans = [plan_stage(models, k, height, width, tile_size) for k in levels]
+    plans = [plan_stage(models, k, height, width, tile_size, k not in recompute) for k in levels]
     return sum(plan.statistics_work + plan.render_work for plan in plans)
+
+
+# ---------------------------------------------------------------- buffers
+
+
+def coarse_shape(height: int, width: int, stroke_scale: float) -> tuple[int, int]:
+    """(h, w) of a content shrunk by a stroke scale, for its coarse stages."""
+    return max(1, round(height / stroke_scale)), max(1, round(width / stroke_scale))
+
+
+def _cascade_bytes(models: ModelSet, levels, height: int, width: int, tile_size: int, recompute) -> int:
+    """Peak bytes of a tiled cascade's buffers: a stage holds its float input (unless it is the
+    caller's content), its float output (unless it is the caller's result) and its stored features."""
+    if tile_size == 0:
+        return 0
+    peak = 0
+    for i, k in enumerate(levels):
+        plan = plan_stage(models, k, height, width, tile_size, k not in recompute)
+        images_held = (i > 0) + (i < len(levels) - 1)
+        store = math.prod(plan.grid) * models.encoder(k).out_channels * 4 if plan.stored else 0
+        peak = max(peak, images_held * FLOAT_PIXEL_BYTES * height * width + store)
+    return peak
+
+
+def buffer_bytes(models: ModelSet, levels, height: int, width: int, tile_size: int, stroke_scale: float = 1.0,
+                 recompute=()) -> int:
+    """Peak bytes of the buffers `TiledEngine.stylize` keeps over a run (in files, for large
+    images): the images between stages and the stored features. The content and the result are
+    the caller's. With a stroke scale S: the content shrunk by S (8-bit, and an 8-bit image
+    between Lanczos' two passes), the coarse stages' float result at that size, and the full-size
+    float image they are upsampled into for the fine stages."""
+    if stroke_scale == 1.0:
+        return _cascade_bytes(models, levels, height, width, tile_size, recompute)
+    coarse, fine = split_levels(levels)
+    h, w = coarse_shape(height, width, stroke_scale)
+    small, coarse_out, full = 3 * h * w, FLOAT_PIXEL_BYTES * h * w, FLOAT_PIXEL_BYTES * height * width
+    return max(small + 3 * height * w,
+               small + coarse_out + _cascade_bytes(models, coarse, h, w, tile_size, recompute),
+               coarse_out + full,
+               full + _cascade_bytes(models, fine, height, width, tile_size, recompute))
+
+
+def stages_to_recompute(models: ModelSet, levels, height: int, width: int, tile_size: int, budget: int,
+                        stroke_scale: float = 1.0) -> frozenset[int]:
+    """Stages whose features to encode again rather than store, so that `buffer_bytes` fits in
+    `budget` where it can: those that save the most bytes per extra multiply-accumulate first, and
+    only where they lower the peak. Recomputing stage 2 of the 16x set saves 32 B per pixel for
+    2.6% more work, and is what lets a gigapixel cascade fit 48 GB of scratch instead of 64."""
+    def bytes_per_mac(k: int) -> float:
+        m = stage_multiple(k)
+        return models.encoder(k).out_channels / (m * m) / macs_per_pixel(models.encoder(k), k)
+
+    recompute: frozenset[int] = frozenset()
+    need = buffer_bytes(models, levels, height, width, tile_size, stroke_scale, recompute)
+    for k in sorted(levels, key=bytes_per_mac, reverse=True):
+        if need <= budget:
+            break
+        fewer = buffer_bytes(models, levels, height, width, tile_size, stroke_scale, recompute | {k})
+        if fewer < need:
+            recompute, need = recompute | {k}, fewer
+    return recompute
 
 
 # ---------------------------------------------------------------- tile size
