@@ -2,6 +2,7 @@
 
     python benchmarks/ultra_resolution.py [--sizes 4,16,42] [--tile-sizes 1024] [--threads 2]
                                           [--modes reference,whole,tiled,streamed] [--levels 5,4,3,2,1]
+                                          [--stroke-scale S]
 
 Each configuration runs in a fresh subprocess that does what `cdcore stylize` does: read the
 content (a real photo upscaled to the size, written once to --workdir as JPEG), stylize it with
@@ -16,17 +17,22 @@ machine is shared.
 The "streamed" mode is `Stylist.stylize_file` itself on a content that `bigimage.streams` (the
 region reader, disk buffers and strip writer), timed from call to return: decoding and encoding
 happen while it stylizes, so its seconds and MP/s include them. Sizes 200 (20000x10000) and 1000
-(40000x25000, 1 GP) are made with libvips, which upscales without holding the image.
+(40000x25000, 1 GP) are made with libvips, which upscales without holding the image. A streamed
+run also reports the most scratch disk it used (free space sampled every second) and the stages
+that encoded their features again for want of it; `--stroke-scale S` runs it with a stroke scale.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,16 +114,41 @@ def streamed_child(args) -> None:
     memory.reuse_freed_memory()  # as `cdcore stylize` does
     stylist = Stylist(args.models, "cpu", tile_size=args.tile_size, max_pixels=2_000_000_000)
     style = str(SHARED / "images" / "style" / "style_b_512.jpg")
-    recipe = Recipe(levels=args.levels)
-    stylist.stylize_file(style, style, str(args.workdir / "warm.jpg"), recipe)  # prepares the style
+    recipe = Recipe(levels=args.levels, stroke_scale=args.stroke_scale)
+    stylist.stylize_file(style, style, str(args.workdir / "warm.jpg"), recipe.replace(stroke_scale=1.0))  # the style
     assert bigimage.streams(args.content, args.output, recipe), "not a streamed content"
     progress = (lambda p: print(p, file=sys.stderr, flush=True)) if args.verbose else None
     t0, cpu0 = time.perf_counter(), cpu_seconds()
-    done = stylist.stylize_file(args.content, style, args.output, recipe, progress)
+    with DiskWatch(tempfile.gettempdir()) as disk, warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        done = stylist.stylize_file(args.content, style, args.output, recipe, progress)
     seconds = time.perf_counter() - t0
     os.unlink(args.output)
     print(json.dumps({"read_s": 0.0, "stylize_s": seconds, "write_s": 0.0, "mp": done.width * done.height / 1e6,
-                      "peak_rss": peak_rss(), "cpu_s": cpu_seconds() - cpu0}))
+                      "peak_rss": peak_rss(), "cpu_s": cpu_seconds() - cpu0, "scratch": disk.peak,
+                      "warnings": [str(w.message) for w in said]}))
+
+
+class DiskWatch:
+    """The most space used on `directory`'s disk beyond what was used at the start, sampled every
+    second on a thread (other writers on the disk count too)."""
+
+    def __init__(self, directory: str):
+        self.directory, self.peak, self._stop = directory, 0, threading.Event()
+        self._start = shutil.disk_usage(directory).used
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(1.0):
+            self.peak = max(self.peak, shutil.disk_usage(self.directory).used - self._start)
+
+    def __enter__(self) -> "DiskWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def cpu_seconds() -> float:
@@ -137,7 +168,7 @@ def run_child(content: Path, mode: str, tile_size: int, args) -> dict:
     cmd = [sys.executable, __file__, "--child", "--content", str(content), "--tile-size", str(tile_size),
            "--output", str(args.workdir / f"out_{os.getpid()}.jpg"), "--threads", str(args.threads),
            "--models", args.models, "--levels", ",".join(map(str, args.levels)),
-           "--workdir", str(args.workdir)] + (["--verbose"] if args.verbose else [])
+           "--workdir", str(args.workdir), "--stroke-scale", str(args.stroke_scale)] + (["--verbose"] if args.verbose else [])
     cmd += ["--reference"] if mode == "reference" else []
     cmd += ["--streamed"] if mode == "streamed" else []
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT)
@@ -164,6 +195,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--levels", type=lambda t: tuple(int(k) for k in t.split(",")), default=(5, 4, 3, 2, 1),
                    help="stages of the WCT cascade (default 5,4,3,2,1); the reference mode runs all five")
+    p.add_argument("--stroke-scale", type=float, default=1.0, help="stroke scale of the streamed runs")
     p.add_argument("--models", default=str(SHARED / "models" / "cd16x"))
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cdcore-bench",
                    help="where the upscaled contents are kept between runs")
@@ -177,8 +209,8 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child(args)
-    print("| size | mode | stylize s | MP/s | read + write s | peak RSS GB | MP per CPU s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| size | mode | stylize s | MP/s | read + write s | peak RSS GB | MP per CPU s | scratch GB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for mp in (int(s) for s in args.sizes.split(",")):
         content = make_content(mp, args.workdir)
         w, h = SIZES[mp]
@@ -190,12 +222,17 @@ def main() -> None:
             need = w * h * (REFERENCE_BYTES_PER_PIXEL if mode == "reference" else WHOLE_BYTES_PER_PIXEL)
             if tile == 0 and need > mem_available() / 2:
                 print(f"| {w}x{h} ({w * h / 1e6:.1f} MP) | {label} | skipped: needs about {need / 1e9:.0f} "
-                      f"GB, over half of MemAvailable | | | | |", flush=True)
+                      f"GB, over half of MemAvailable | | | | | |", flush=True)
                 continue
+            if mode == "streamed" and args.stroke_scale > 1:
+                label += f", stroke scale {args.stroke_scale:g}"
             r = run_child(content, mode, tile, args)
+            scratch = f"{r['scratch'] / 1e9:.1f}" if "scratch" in r else ""
             print(f"| {w}x{h} ({r['mp']:.1f} MP) | {label} | {r['stylize_s']:.1f} | "
                   f"{r['mp'] / r['stylize_s']:.3f} | {r['read_s']:.1f} + {r['write_s']:.1f} | "
-                  f"{r['peak_rss'] / 1e9:.2f} | {cpu_rate(r)} |", flush=True)
+                  f"{r['peak_rss'] / 1e9:.2f} | {cpu_rate(r)} | {scratch} |", flush=True)
+            for line in r.get("warnings", []):
+                print(f"  ({line})", flush=True)
 
 if __name__ == "__main__":
     main()

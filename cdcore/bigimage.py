@@ -35,6 +35,7 @@ import shutil
 import struct
 import tempfile
 import uuid
+import warnings
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ import pyvips
 from . import images, storage, tiling
 from .images import ImageError
 from .options import Recipe
-from .tiling.planning import buffer_bytes, stages_to_recompute
+from .tiling.planning import available_memory, buffer_bytes, stages_to_recompute
 from .tiling.resample import lanczos
 
 if TYPE_CHECKING:
@@ -128,36 +129,52 @@ def _open(path: str | os.PathLike, name: str) -> pyvips.Image:
         raise ImageError(f"{name}: not a readable image ({_one_line(e).split(':')[0]})") from None
 
 
-def probe(uri: str) -> Header | None:
-    """The header of a local file, or of an object on S3 from its first HEAD_BYTES; None where the
-    header cannot be read there (the in-memory path then reports why, or `streams` decides by
-    size). Never raises for a bad image: that is the reader's to report."""
+def peek(uri: str) -> storage.Head | None:
+    """The first HEAD_BYTES of an object on S3, for `streams` to decide by and for the in-memory
+    path's read to go on from (`storage.read_bytes`), so the decision costs no request of its own;
+    None for a local file (opened where needed) and where the object cannot be read (the read
+    that follows reports why)."""
+    if storage.is_local(uri):
+        return None
+    try:
+        return storage.read_head(uri, HEAD_BYTES)
+    except storage.StorageError:
+        return None
+
+
+def probe(uri: str, head: storage.Head | None = None) -> Header | None:
+    """The header of a local file, or of an object on S3 from its `head` (fetched when not given);
+    None where the header cannot be read there (the in-memory path then reports why, or `streams`
+    decides by size). Never raises for a bad image: that is the reader's to report."""
     if storage.is_local(uri):
         try:
             return _header(_open(storage.local_path(uri), uri))
         except ImageError:
             return None
-    data, _ = storage.read_head(uri, HEAD_BYTES)
+    head = head or storage.read_head(uri, HEAD_BYTES)
     try:
-        return _header(pyvips.Image.new_from_buffer(data, "", access="sequential"))
+        return _header(pyvips.Image.new_from_buffer(head.data, "", access="sequential"))
     except pyvips.Error:
         return None
 
 
 def streams(content: str, output: str, recipe: Recipe,
-            runs_whole: Callable[[int, int], bool] | None = None) -> bool:
+            runs_whole: Callable[[int, int], bool] | None = None, head: storage.Head | None = None) -> bool:
     """Whether `Stylist.stylize_file` takes this path: for DeepZoom output, and for wct and adain
     on 8-bit grey or RGB contents with more than STREAM_PIXELS before or after `--content-size`,
     unless `runs_whole(height, width)` says the device runs the result's size whole (a GPU with
-    room: there the in-memory path is some 14x faster than tiles, RESULTS.md issue 11)."""
+    room: there the in-memory path is some 14x faster than tiles, RESULTS.md issue 11). An object
+    on S3 is judged by its `head` (`peek`), fetched when not given."""
     if extension(output) == ".dzi":
         return True
     if recipe.method == "gatys":
         return False
     try:
-        header = probe(content)
+        if not storage.is_local(content):
+            head = head or storage.read_head(content, HEAD_BYTES)
+        header = probe(content, head)
         if header is None:
-            return not storage.is_local(content) and storage.read_head(content, 1)[1] >= STREAM_BYTES
+            return head is not None and head.size >= STREAM_BYTES
     except storage.StorageError:
         return False  # the in-memory path reads it again and reports the failure
     width, height = images.scaled_size(header.width, header.height, recipe.content_size)
@@ -418,7 +435,7 @@ class Scratch:
             if not path.exists():
                 raise ImageError(f"{uri}: no such file or object")
             return path
-        _, size = storage.read_head(uri, 1)
+        size = storage.read_head(uri, 1).size
         self.require(size, f"downloading {uri}")
         path = Path(self.directory, "input" + extension(uri))
         storage.download(uri, path)
@@ -527,8 +544,8 @@ def _check_space(stylist: "Stylist", scratch: Scratch, header: Header, size: tup
                  tile: int, output: str, ext: str) -> frozenset[int]:
     """Check everything the run will write against the free space where it goes: the spools, a
     resized content, the engine's buffers, and the output (in scratch for S3, beside it for a local
-    file). Returns the stages that must encode their features again, rather than store them, to
-    fit (none where there is room)."""
+    file). Returns the stages that encode their features again rather than store them: to fit,
+    and where the buffers outgrow the host's memory (`tiling.planning.stages_to_recompute`)."""
     (height, width), pixels = size, size[0] * size[1]
     files = header.pixels * (3 + 1) + pixels * 3  # the content's colour and alpha (budgeted either way), result
     if pixels != header.pixels:  # resized colour and alpha, and the image between Lanczos' passes
@@ -545,8 +562,15 @@ def _check_space(stylist: "Stylist", scratch: Scratch, header: Header, size: tup
     else:
         files += encoded
     models, levels, scale = stylist.models, recipe.stages, recipe.stroke_scale
-    recompute = stages_to_recompute(models, levels, height, width, tile, free_bytes(scratch.directory) - files,
-                                    scale)
+    budget = free_bytes(scratch.directory) - files
+    # Host memory bounds what the page cache keeps of the buffers, on a GPU node too.
+    recompute = stages_to_recompute(models, levels, height, width, tile, budget, scale, available_memory("cpu"))
     need = files + buffer_bytes(models, levels, height, width, tile, scale, recompute)
     scratch.require(need, f"stylizing {width}x{height} streamed (spools, stage buffers, output)")
+    if buffer_bytes(models, levels, height, width, tile, scale) > budget:  # slower, not wrong: say so
+        stages = ", ".join(map(str, sorted(recompute)))
+        warnings.warn(f"{output}: {scratch.directory} is short of space for every stage's stored features "
+                      f"({(files + buffer_bytes(models, levels, height, width, tile, scale)) / 1e9:.1f} GB in all); "
+                      f"stage {stages} encodes them again instead (the same result, a little slower)",
+                      RuntimeWarning, stacklevel=3)
     return recompute

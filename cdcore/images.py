@@ -148,10 +148,10 @@ def _picture(img: Image.Image) -> Picture:
     return Picture(np.ascontiguousarray(rgb), alpha)
 
 
-def read_bytes(uri: str) -> bytes:
-    """The bytes of a local path, file:// or s3:// image file."""
+def read_bytes(uri: str, head: storage.Head | None = None) -> bytes:
+    """The bytes of a local path, file:// or s3:// image file (going on from `head`, when given)."""
     try:
-        return storage.read_bytes(uri)
+        return storage.read_bytes(uri, head)
     except storage.NotFound:
         raise ImageError(f"{uri}: no such file or object") from None
     except storage.StorageError as e:

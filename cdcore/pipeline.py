@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import bigimage, codecs, images, tiling
+from . import bigimage, codecs, images, storage, tiling
 from . import precision as precisions
 from .timings import Timings
 from .gatys import gatys
@@ -174,33 +174,41 @@ class Stylist:
         """Read `content` and `style` (paths, file:// or s3:// URIs), stylize, and write `output`
         atomically in the format of its extension. The style's preparation is cached. A content too
         large to hold, or DeepZoom (.dzi) output, is streamed instead (`bigimage`)."""
-        if self.streams(content, output, recipe):
+        timings = Timings()
+        with timings.phase("read_s"):
+            head = bigimage.peek(content)  # an object's first bytes: the decision, and the read's start
+        if self.streams(content, output, recipe, head):
             return bigimage.stylize_file(self, content, style, output, recipe, progress)
         with _naming(output):
             images.output_format(output)  # a bad extension fails before any work
-        loaded = self.load(content, style, recipe)
+        loaded = self.load(content, style, recipe, head=head, timings=timings)
         canvas = self.render(loaded, recipe, progress)
         self.save(canvas, output, loaded.timings)
         return Stylized(*loaded.picture.size, loaded.timings)
 
-    def streams(self, content: str, output: str, recipe: Recipe = Recipe()) -> bool:
-        """Whether `stylize_file` streams this content (`bigimage`) rather than holding it. On a
-        GPU an image that fits the device whole is held: the host has room for it (about 7 bytes
-        a pixel), and the whole-image cascade is many times faster there than tiles."""
+    def streams(self, content: str, output: str, recipe: Recipe = Recipe(),
+                head: storage.Head | None = None) -> bool:
+        """Whether `stylize_file` streams this content (`bigimage`) rather than holding it, judged
+        for an object on S3 by its `head` (`bigimage.peek`; fetched when not given). On a GPU an
+        image that fits the device whole is held: the host has room for it (about 7 bytes a
+        pixel), and the whole-image cascade is many times faster there than tiles."""
         if self.device.type != "cuda":  # on the CPU, host memory is what the whole image would fill
-            return bigimage.streams(content, output, recipe)
+            return bigimage.streams(content, output, recipe, head=head)
         return bigimage.streams(content, output, recipe, lambda height, width: tiling.resolve_tile_size(
-            self.models, recipe.stages, height, width, self.tile_size) == 0)
+            self.models, recipe.stages, height, width, self.tile_size) == 0, head)
 
     def load(self, content: str, style: str, recipe: Recipe = Recipe(),
-             admit: Callable[[int], None] | None = None) -> Loaded:
+             admit: Callable[[int], None] | None = None, head: storage.Head | None = None,
+             timings: Timings | None = None) -> Loaded:
         """Read and decode the content (resized as `recipe` asks), and the style unless prepared
         styles hold it already. `admit`, when given, is called with the content's pixel count
-        before it is decoded, and may wait (the job's actors bound the pixels they hold)."""
-        timings = Timings()
+        before it is decoded, and may wait (the job's actors bound the pixels they hold). `head`,
+        the content's first bytes from `bigimage.peek`, saves reading them again; its time is in
+        `timings` when the caller passes the Timings it measured it in."""
+        timings = timings or Timings()
         with _naming(content):
             with timings.phase("read_s"):
-                data = images.read_bytes(content)
+                data = images.read_bytes(content, head)
             if admit is not None:
                 admit(images.pixel_count(data))
             with timings.phase("decode_s"):

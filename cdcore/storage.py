@@ -293,16 +293,60 @@ def size(uri: str) -> int:
         return _client().head_object(Bucket=bucket, Key=key)["ContentLength"]
 
 
-def read_bytes(uri: str) -> bytes:
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """The first bytes of a file or object (`read_head`), its whole size, and on S3 the version
+    they came from (its ETag): what `read_bytes` needs to fetch only the rest."""
+
+    data: bytes
+    size: int
+    etag: str | None = None
+
+    @property
+    def whole(self) -> bool:
+        return len(self.data) >= self.size
+
+
+def read_bytes(uri: str, head: Head | None = None) -> bytes:
+    """The whole file or object. Given its `head`, an object fetches only what `head` lacks, in one
+    ranged GET of that version, where the rest is under the part size (nothing at all where the head
+    holds it whole): a small image then costs one request in all, not a HEAD and a GET more."""
     uri = str(uri)
     with _errors(uri):
         if is_local(uri):
             return local_path(uri).read_bytes()
+        if head is not None and head.whole:
+            return head.data
+        if head is not None and head.size - len(head.data) <= _settings.part_size:
+            rest = _rest_of(uri, head)
+            if rest is not None:
+                return head.data + rest
         buffer = io.BytesIO()
         # download_fileobj, not get_object: it fetches big objects in parallel ranges and retries a
         # stream that breaks midway, which botocore's request retries do not cover.
         _client().download_fileobj(*_split_s3(uri), buffer, Config=_transfer())
         return buffer.getvalue()
+
+
+def _rest_of(uri: str, head: Head) -> bytes | None:
+    """The bytes of the object after `head`, in one ranged GET of the same version; None where the
+    object has changed since (the caller reads the new one whole)."""
+    bucket, key = _split_s3(uri)
+    condition = {"IfMatch": head.etag} if head.etag else {}
+    for attempt in range(1, _max_attempts() + 1):
+        try:
+            body = _client().get_object(Bucket=bucket, Key=key, Range=f"bytes={len(head.data)}-", **condition)["Body"]
+            rest = body.read()
+        except (botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError):
+            if attempt == _max_attempts():
+                raise
+            continue
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "InvalidRange"):
+                return None
+            raise
+        return rest if len(head.data) + len(rest) == head.size else None
+    return None
 
 
 def read_small(uri: str) -> bytes:
@@ -327,7 +371,7 @@ def read_small(uri: str) -> bytes:
                     raise
 
 
-def read_head(uri: str, length: int) -> tuple[bytes, int]:
+def read_head(uri: str, length: int) -> Head:
     """The first `length` bytes of a file or object (fewer when it is shorter) and its whole size,
     in one request: enough to read an image's header without fetching the image."""
     uri = str(uri)
@@ -335,12 +379,12 @@ def read_head(uri: str, length: int) -> tuple[bytes, int]:
         if is_local(uri):
             path = local_path(uri)
             with open(path, "rb") as f:
-                return f.read(length), os.fstat(f.fileno()).st_size
+                return Head(f.read(length), os.fstat(f.fileno()).st_size)
         bucket, key = _split_s3(uri)
         answer = _client().get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{max(length, 1) - 1}")
         total = answer.get("ContentRange", "").rpartition("/")[2]
         data = answer["Body"].read()
-        return data, int(total) if total.isdigit() else len(data)
+        return Head(data, int(total) if total.isdigit() else len(data), answer.get("ETag"))
 
 
 def download(uri: str, path: str | os.PathLike) -> None:

@@ -188,7 +188,8 @@ def test_a_short_scratch_disk_encodes_features_again_for_the_same_pixels(stylist
     monkeypatch.setattr(passes.StageRun, "run", lambda self, *a: (stores.append(self.plan.stored), run(self, *a))[1])
     spools = 333 * 517 * (3 + 1 + 3 + 4)  # content, alpha and result spools; the output beside them
     monkeypatch.setattr(bigimage, "free_bytes", lambda directory: spools + 12 * 333 * 517)
-    stylist.stylize_file(str(content), style, str(tmp_path / "again.png"), recipe)
+    with pytest.warns(RuntimeWarning, match="short of space .* stage 3 encodes them again"):
+        stylist.stylize_file(str(content), style, str(tmp_path / "again.png"), recipe)
     assert stores == [False, False]  # stage 1 never stores
     np.testing.assert_array_equal(images.read_image(str(tmp_path / "again.png")).rgb,
                                   images.read_image(str(tmp_path / "stored.png")).rgb)
@@ -239,6 +240,31 @@ def test_s3_content_and_output_go_through_scratch_files_that_are_removed(stylist
         stylist.stylize_file(f"{s3_bucket}/in/cut.jpg", style, f"{s3_bucket}/out/cut.png", recipe)
     assert list(scratch_parent.iterdir()) == []
     assert not storage.exists(f"{s3_bucket}/out/cut.png")
+
+
+def test_deciding_whether_an_s3_content_streams_costs_no_request_of_its_own(stylist, style, photo, tmp_path,
+                                                                           s3_bucket):
+    """A small content is read whole by the ranged GET that also decides; a larger one costs one
+    GET more, for the rest; a streamed one goes on to its download."""
+    from test_storage import requests_made
+
+    small, large = vips_save(photo, tmp_path / "small.jpg"), vips_save(photo, tmp_path / "large.png")
+    assert small.stat().st_size < bigimage.HEAD_BYTES < large.stat().st_size
+    for path in (small, large):
+        storage.upload(path, f"{s3_bucket}/in/{path.name}")
+    stylist.stylize_file(style, style, str(tmp_path / "warm.png"), Recipe(levels=(1,)))  # the style, prepared
+    sent: list[tuple[str, str]] = []
+    stop = requests_made(sent)
+    try:
+        for name in ("small.jpg", "large.png"):
+            stylist.stylize_file(f"{s3_bucket}/in/{name}", style, str(tmp_path / f"out-{name}.png"), Recipe(levels=(1,)))
+    finally:
+        stop()
+    assert sent == [("GetObject", "in/small.jpg"), ("GetObject", "in/large.png"), ("GetObject", "in/large.png")]
+    for path in (small, large):  # the bytes arrived whole: the same result as from the local file
+        stylist.stylize_file(str(path), style, str(tmp_path / "local.png"), Recipe(levels=(1,)))
+        np.testing.assert_array_equal(images.read_image(str(tmp_path / f"out-{path.name}.png")).rgb,
+                                      images.read_image(str(tmp_path / "local.png")).rgb)
 
 
 def test_a_streamed_deepzoom_reaches_s3_descriptor_last(stylist, style, photo, tmp_path, s3_bucket, scratch_parent):
@@ -293,7 +319,7 @@ def test_space_needed_counts_the_stage_buffers():
         12 * 2048 * 2048 * 2 + 1024 * 1024 * 32 * 4)
 
 
-def test_short_scratch_disk_recomputes_the_cheapest_stored_features():
+def test_short_scratch_disk_or_memory_recomputes_the_cheapest_stored_features():
     """The gigapixel cascade: 56 GB of stage buffers with every store, of which stage 2's features
     are 32 GB for 2.6% of the work; without them the peak is stage 3's, 40 GB."""
     from cdcore.modelset import load_model_set
@@ -308,6 +334,11 @@ def test_short_scratch_disk_recomputes_the_cheapest_stored_features():
     # The floor is the float images, 24 GB: stage 5's store (2 GB, beside one float image) never
     # sets the peak, so it is kept however short the disk.
     assert stages_to_recompute(models, levels, *size, 1024, budget=1e9) == {2, 3, 4}
+    # Buffers that outgrow memory reach the disk, where stage 2's features cost more to write and
+    # read back than to encode again; stages 3 to 5 still store theirs.
+    assert stages_to_recompute(models, levels, *size, 1024, budget=60e9, memory=20e9) == {2}
+    assert stages_to_recompute(models, levels, *size, 1024, budget=60e9, memory=100e9) == frozenset()
+    assert stages_to_recompute(models, levels, 4096, 10240, 1024, budget=60e9, memory=20e9) == frozenset()  # 42 MP
 
 
 def test_decompression_bombs_are_refused_whatever_the_pixel_limit(tmp_path):

@@ -251,3 +251,40 @@ def test_forked_child_builds_its_own_client(s3_bucket):
     os.waitpid(pid, 0)
     os.close(read_end)
     assert storage._client() is parent_client
+
+
+def requests_made(sent: list[tuple[str, str]]):
+    """Record (operation, key) of each S3 request this process's client makes, through botocore's
+    own event hook; returns the function that stops recording."""
+    def record(params, model, **_):
+        sent.append((model.name, params.get("Key", "")))
+
+    storage._client().meta.events.register("provide-client-params.s3", record)
+    return lambda: storage._client().meta.events.unregister("provide-client-params.s3", record)
+
+
+def test_a_read_goes_on_from_the_head_in_one_more_request_at_most(s3_bucket, configure):
+    configure(part_size=5 * MiB)
+    data = os.urandom(700 * 1024)
+    storage.write_bytes(f"{s3_bucket}/h/small", data[:1000])
+    storage.write_bytes(f"{s3_bucket}/h/medium", data)
+    sent: list[tuple[str, str]] = []
+    stop = requests_made(sent)
+    try:
+        head = storage.read_head(f"{s3_bucket}/h/small", 4096)
+        assert head.whole and storage.read_bytes(f"{s3_bucket}/h/small", head) == data[:1000]
+        assert sent == [("GetObject", "h/small")]  # the head was all of it
+        head = storage.read_head(f"{s3_bucket}/h/medium", 4096)
+        assert (head.size, len(head.data)) == (len(data), 4096) and not head.whole
+        assert storage.read_bytes(f"{s3_bucket}/h/medium", head) == data
+        assert sent[1:] == [("GetObject", "h/medium")] * 2  # no HeadObject, no second copy of the head
+    finally:
+        stop()
+
+
+def test_an_object_replaced_after_its_head_is_read_whole_again(s3_bucket):
+    uri = f"{s3_bucket}/h/changing"
+    storage.write_bytes(uri, b"a" * 10_000)
+    head = storage.read_head(uri, 100)
+    storage.write_bytes(uri, b"b" * 20_000)  # another version: the rest of the first no longer exists
+    assert storage.read_bytes(uri, head) == b"b" * 20_000

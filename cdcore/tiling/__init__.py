@@ -9,6 +9,7 @@ reflect-pads where the whole image does at the image's own edges.
     passes     the statistics and render passes of a stage (`StageRun`), and the cascade of stages
     buffers    the image between stages, in RAM or in raw files, read by window
     strokes    stroke scale: the coarse stages on a downscaled content
+    resample   Lanczos and bilinear resizes of buffers, a band of rows at a time
     progress   `TileProgress` reports and the heap guard
 
     engine = TiledEngine(models, tile_size=1024, progress=print)

@@ -31,6 +31,12 @@ PIXEL_WORK_MACS = 16_000
 # would cost at least this many MACs per stored value (a float written and read back): stages
 # 2-5 of the 16x set and VGG-19, not stage 1 (27 MACs per value for the 16x set).
 STORE_MACS_PER_VALUE = 100
+# Where a run's buffers outgrow the memory the page cache can keep them in (a gigapixel cascade's
+# 56 GB), a stored value goes to disk and back: storing then pays only above this. Stage 2 of the
+# 16x set (486 MACs per value) wrote its 32 GB of features at 1 GP at about 300 MB/s, 1.4x slower
+# than encoding them again; stage 3 (1,836) writes half as much in twice the compute, which the
+# disk keeps up with; stages 4 and 5 (7,700, 45,800) store (benchmarks/RESULTS.md, issue 15).
+DISK_STORE_MACS_PER_VALUE = 1000
 # Peak bytes per pixel of a network call, per channel of the models' widest full-resolution layer
 # (about 11 measured for the 16x set on the CPU, see benchmarks/RESULTS.md; rounded up).
 BYTES_PER_CHANNEL_PIXEL = 14
@@ -181,11 +187,16 @@ def pass_work(tiles: list[Tile], m: int, macs: float, pad: int = 0) -> float:
     return len(tiles) * area * (macs + PIXEL_WORK_MACS)
 
 
+def _macs_per_value(encoder: torch.nn.Module) -> float:
+    """What encoding a stage costs per feature value it makes."""
+    m = stage_multiple(encoder.stage)
+    return macs_per_pixel(encoder, encoder.stage) * m * m / encoder.out_channels
+
+
 def _stores_features(encoder: torch.nn.Module, m: int) -> bool:
     """Keep a stage's features between the passes where encoding them again would cost more than
     STORE_MACS_PER_VALUE multiply-accumulates per stored value."""
-    values_per_pixel = encoder.out_channels / (m * m)
-    return macs_per_pixel(encoder, encoder.stage) >= STORE_MACS_PER_VALUE * values_per_pixel
+    return _macs_per_value(encoder) >= STORE_MACS_PER_VALUE
 
 
 @dataclass(frozen=True)
@@ -269,17 +280,24 @@ def buffer_bytes(models: ModelSet, levels, height: int, width: int, tile_size: i
 
 
 def stages_to_recompute(models: ModelSet, levels, height: int, width: int, tile_size: int, budget: int,
-                        stroke_scale: float = 1.0) -> frozenset[int]:
-    """Stages whose features to encode again rather than store, so that `buffer_bytes` fits in
-    `budget` where it can: those that save the most bytes per extra multiply-accumulate first, and
-    only where they lower the peak. Recomputing stage 2 of the 16x set saves 32 B per pixel for
-    2.6% more work, and is what lets a gigapixel cascade fit 48 GB of scratch instead of 64."""
+                        stroke_scale: float = 1.0, memory: int | None = None) -> frozenset[int]:
+    """Stages whose features to encode again rather than store in a run's disk buffers:
+
+    - where the buffers outgrow `memory` (bytes the page cache may keep; None: no bound), those
+      cheaper to encode again than to write to disk and read back (DISK_STORE_MACS_PER_VALUE);
+    - then, so that `buffer_bytes` fits in `budget` where it can, those that save the most bytes
+      per extra multiply-accumulate, where they lower the peak. Recomputing stage 2 of the 16x
+      set saves 32 B per pixel for 2.6% more work: a gigapixel cascade needs 40 GB, not 56.
+    """
     def bytes_per_mac(k: int) -> float:
-        m = stage_multiple(k)
-        return models.encoder(k).out_channels / (m * m) / macs_per_pixel(models.encoder(k), k)
+        return 4 / _macs_per_value(models.encoder(k))
 
     recompute: frozenset[int] = frozenset()
     need = buffer_bytes(models, levels, height, width, tile_size, stroke_scale, recompute)
+    if memory is not None and need > memory:
+        recompute = frozenset(k for k in levels
+                              if STORE_MACS_PER_VALUE <= _macs_per_value(models.encoder(k)) < DISK_STORE_MACS_PER_VALUE)
+        need = buffer_bytes(models, levels, height, width, tile_size, stroke_scale, recompute)
     for k in sorted(levels, key=bytes_per_mac, reverse=True):
         if need <= budget:
             break
@@ -292,8 +310,9 @@ def stages_to_recompute(models: ModelSet, levels, height: int, width: int, tile_
 # ---------------------------------------------------------------- tile size
 
 
-def _available_memory(device: torch.device) -> int:
+def available_memory(device: torch.device | str = "cpu") -> int:
     """Bytes free on `device`: free GPU memory on CUDA, MemAvailable (Linux) or free pages on CPU."""
+    device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     try:
@@ -320,7 +339,7 @@ def choose_tile_size(height: int, width: int, device: torch.device | str = "cpu"
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive (got {height}x{width})")
     device = torch.device(device)
-    budget = MEMORY_SHARE * (available if available is not None else _available_memory(device))
+    budget = MEMORY_SHARE * (available if available is not None else available_memory(device))
     per_pixel = BYTES_PER_CHANNEL_PIXEL * channels
     if height * width * per_pixel <= budget:
         return 0

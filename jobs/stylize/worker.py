@@ -179,10 +179,14 @@ class Stylizer:
             if not self.config.overwrite and self._exists(row.output):
                 state.outcome["status"] = "skipped"
                 return False
-            if self.stylist.streams(row.content, row.output, row.recipe):  # holds little: no budget
+            timings = Timings()
+            with timings.phase("read_s"):
+                head = bigimage.peek(row.content)  # decides, and is where the read goes on from
+            if self.stylist.streams(row.content, row.output, row.recipe, head):  # holds little: no budget
                 state.streamed = True
                 return True
-            state.loaded = self.stylist.load(row.content, row.style, row.recipe, admit=lambda n: self._admit(state, n))
+            state.loaded = self.stylist.load(row.content, row.style, row.recipe, admit=lambda n: self._admit(state, n),
+                                             head=head, timings=timings)
         except StylizeError as e:
             state.fail(e)
             return False
