@@ -567,10 +567,11 @@ def _check_space(stylist: "Stylist", scratch: Scratch, header: Header, size: tup
     recompute = stages_to_recompute(models, levels, height, width, tile, budget, scale, available_memory("cpu"))
     need = files + buffer_bytes(models, levels, height, width, tile, scale, recompute)
     scratch.require(need, f"stylizing {width}x{height} streamed (spools, stage buffers, output)")
-    if buffer_bytes(models, levels, height, width, tile, scale) > budget:  # slower, not wrong: say so
+    every_store = buffer_bytes(models, levels, height, width, tile, scale)
+    if every_store > budget:  # slower, not wrong: say so
         stages = ", ".join(map(str, sorted(recompute)))
         warnings.warn(f"{output}: {scratch.directory} is short of space for every stage's stored features "
-                      f"({(files + buffer_bytes(models, levels, height, width, tile, scale)) / 1e9:.1f} GB in all); "
+                      f"({(files + every_store) / 1e9:.1f} GB in all); "
                       f"stage {stages} encodes them again instead (the same result, a little slower)",
                       RuntimeWarning, stacklevel=3)
     return recompute
