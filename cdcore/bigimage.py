@@ -37,6 +37,7 @@ import tempfile
 import uuid
 import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,8 +190,12 @@ class RegionReader(tiling.ImageBuffer):
     """An image file as an (H, W, 3) uint8 ImageBuffer in its displayed orientation, decoded on
     demand into spool files in `directory` (3 bytes per pixel, one more for alpha).
 
-    `read` (the colour), `read_alpha` and `alpha_image` take windows in displayed coordinates.
-    Grey images are repeated into three channels, as Pillow's convert("RGB") does.
+    `read` (the colour), `read_alpha` and `alpha_image` take windows in displayed coordinates,
+    from any thread. Grey images are repeated into three channels, as Pillow's convert("RGB") does.
+
+    libvips regions must be made, used and freed on one thread (they use its buffer cache), and
+    the engine reads windows from a helper thread (`tiling.overlap`), a new one each pass: so the
+    region lives on the reader's own decoding thread, which also serializes decoding.
     """
 
     def __init__(self, path: str | os.PathLike, name: str, directory: str):
@@ -201,7 +206,8 @@ class RegionReader(tiling.ImageBuffer):
                              f"alpha (got {header.kind})")
         super().__init__(shape=(header.height, header.width, 3), dtype=np.uint8)
         self.name, self.orientation = name, header.orientation
-        self._image, self._region, self._bands = image, pyvips.Region.new(image), image.bands
+        self._image, self._region, self._bands = image, None, image.bands
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="cdcore-decode")
         stored = (image.height, image.width)
         self.pixels = tiling.ImageBuffer.on_disk(directory, (*stored, 3), np.uint8)
         self.alpha = tiling.ImageBuffer.on_disk(directory, (*stored, 1), np.uint8) if image.bands in (2, 4) else None
@@ -242,8 +248,15 @@ class RegionReader(tiling.ImageBuffer):
 
     def _decode_until(self, stop: int) -> None:
         """Decode stored rows into the spool until `stop` of them are there."""
-        if self.decoded >= stop:
+        if self.decoded < stop:
+            self._decoder.submit(self._decode, stop).result()
+
+    def _decode(self, stop: int) -> None:
+        """On the decoding thread: `_decode_until`."""
+        if self.decoded >= stop:  # decoded meanwhile, for another thread's read
             return
+        if self._region is None:
+            self._region = pyvips.Region.new(self._image)
         width, height, bands = self._image.width, self._image.height, self._bands
         strip = max(1, STRIP_BYTES // (width * bands))
         while self.decoded < stop:
@@ -259,10 +272,17 @@ class RegionReader(tiling.ImageBuffer):
                 self.alpha.write(slice(y, y + h), slice(None), pixels[..., -1:])
             self.decoded += h
         if self.decoded == height:  # all in the spool: let the decoder and its file go
-            self._region = self._image = None
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """On the decoding thread: free the region (there) and the image."""
+        self._region = self._image = None
 
     def close(self) -> None:
-        self._region = self._image = None
+        if self._decoder is not None:
+            self._decoder.submit(self._let_go).result()
+            self._decoder.shutdown()
+            self._decoder = None
         for spool in (self.pixels, self.alpha):
             if spool is not None:
                 spool.close()

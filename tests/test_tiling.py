@@ -3,6 +3,7 @@ buffers on disk vs in RAM, bounded memory, stroke scale, and the Canvas writer."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -135,6 +136,19 @@ def test_disk_and_memory_buffers_give_the_same_image(models, content, adain, tmp
     in_ram = TiledEngine(models, 128, disk_buffer=False).stylize(content, adain)
     np.testing.assert_array_equal(on_disk, in_ram)
     assert list(tmp_path.iterdir()) == []  # the temporary directory went with the run
+
+
+def test_a_failed_buffer_write_fails_the_run_and_leaves_no_scratch(models, content, adain, tmp_path):
+    """Writes run on a helper thread (tiling.overlap): their error must still reach the caller."""
+    out = tiling.ImageBuffer.on_disk(str(tmp_path), (*content.shape[:2], 3), np.uint8)
+    os.close(out._fd)
+    out._fd = os.open(out.path, os.O_RDONLY)  # a real EBADF from every pwrite of the result
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with pytest.raises(OSError):
+        TiledEngine(models, 128, disk_buffer=True, temp_dir=str(scratch)).stylize(content, adain, out=out)
+    out.close()
+    assert list(scratch.iterdir()) == []
 
 
 def test_progress_reports_every_tile_with_a_finite_eta(models, content, adain):

@@ -92,7 +92,11 @@ class ImageBuffer:
 
     def store(self, rows: slice, cols: slice, image: torch.Tensor) -> None:
         """Write (1, C, h, w): as is into float buffers, rounded as `to_uint8` rounds into uint8."""
-        self.write(rows, cols, to_uint8(image) if self.dtype == np.uint8 else to_numpy(image))
+        self.write(rows, cols, self.block_of(image))
+
+    def block_of(self, image: torch.Tensor) -> np.ndarray:
+        """What `store` writes for (1, C, h, w) `image`: (h, w, C) of this buffer's dtype."""
+        return to_uint8(image) if self.dtype == np.uint8 else to_numpy(image)
 
     def __del__(self):
         # A buffer dropped by an error, unclosed, must not keep its deleted file's space.
@@ -163,15 +167,15 @@ class PaddedImage:
     height: int
     width: int
 
-    def window(self, rows: slice, cols: slice, device: torch.device) -> torch.Tensor:
-        """(1, 3, h, w) float32 in [0, 1] (uint8 images) on `device`; rows, cols in padded coordinates."""
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        """(h, w, 3) of the image's dtype; rows, cols in padded coordinates."""
         h, w = self.image.shape[:2]
         reflect = self.height - h < h and self.width - w < w
         ri, ci = _padded_index(rows, h, reflect), _padded_index(cols, w, reflect)
         block = self.image.read(slice(ri.min(), ri.max() + 1), slice(ci.min(), ci.max() + 1))
         if rows.stop > h or cols.stop > w:  # the window reaches into the padding
             block = block[np.ix_(ri - ri.min(), ci - ci.min())]
-        return to_tensor(block, device)
+        return block
 
 
 def _padded_index(span: slice, size: int, reflect: bool) -> np.ndarray:

@@ -8,7 +8,8 @@ A stage k of the cascade (`stylize.run_stage`) runs here in two passes over tile
    owns into the stage's output buffer.
 
 Where encoding is dear and the features small (stages 2 to 5), the statistics pass stores them
-and the render pass decodes from that store instead of encoding again.
+and the render pass decodes from that store instead of encoding again. Both passes read the next
+tile's window and write the last tile's result while the networks compute (`overlap`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..modelset import ModelSet
 from ..nets import Decoder, Encoder, stage_multiple
 from ..stylize import StyleStats, check_content_size, stylize
 from .buffers import Buffers, ImageBuffer, PaddedImage, read_whole, to_numpy, to_tensor
+from .overlap import WriteBehind, read_ahead
 from .planning import StagePlan, Tile, encoder_halo, expand, image_span, plan_stage, span_length
 from .progress import Meter
 
@@ -28,27 +30,28 @@ def _device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-def _encode(encoder: Encoder, source: PaddedImage, rows: slice, cols: slice, grid: tuple[int, int]) -> torch.Tensor:
-    """Features (1, C, h, w) of the feature window [rows, cols], encoded from the image under it:
-    exact but within `encoder_halo` of the window's edges inside the grid."""
-    m = stage_multiple(encoder.stage)
-    y, x = image_span(rows, m, grid[0], source.height), image_span(cols, m, grid[1], source.width)
-    return encoder(source.window(y, x, _device(encoder)))
+def _image_under(source: PaddedImage, k: int, rows: slice, cols: slice, grid: tuple[int, int]):
+    """The image pixels (h, w, 3) under stage k's feature window [rows, cols]."""
+    m = stage_multiple(k)
+    return source.read(image_span(rows, m, grid[0], source.height), image_span(cols, m, grid[1], source.width))
 
 
 def accumulate(encoder: Encoder, source: PaddedImage, grid: tuple[int, int], tiles: list[Tile], meter: Meter,
                store: ImageBuffer | None = None) -> transforms.Moments:
     """Moments of the features of the whole grid, summed tile by tile (and the features written to
     `store` when given). The caller starts the meter's pass."""
-    m = stage_multiple(encoder.stage)
-    total = None
-    for i, tile in enumerate(tiles):
-        feature = tile.kept(_encode(encoder, source, tile.rows, tile.cols, grid))
-        part = transforms.moments(feature)
-        total = part if total is None else total + part
-        if store is not None:
-            store.write(tile.keep_rows, tile.keep_cols, to_numpy(feature))
-        meter.tile_done(i, span_length(tile.keep_rows) * span_length(tile.keep_cols) * m * m)
+    k, device = encoder.stage, _device(encoder)
+    m, total = stage_multiple(k), None
+    with WriteBehind() as writes:
+        windows = read_ahead(tiles, lambda tile: _image_under(source, k, tile.rows, tile.cols, grid))
+        for i, (tile, block) in enumerate(windows):
+            # exact but within `encoder_halo` of the window's edges inside the grid: keep the rest
+            feature = tile.kept(encoder(to_tensor(block, device)))
+            part = transforms.moments(feature)
+            total = part if total is None else total + part
+            if store is not None:
+                writes.submit(store.write, tile.keep_rows, tile.keep_cols, to_numpy(feature))
+            meter.tile_done(i, span_length(tile.keep_rows) * span_length(tile.keep_cols) * m * m)
     return total
 
 
@@ -88,24 +91,32 @@ class StageRun:
         cropped to the unpadded image, in `dest`. Features come from `store`, or are encoded again."""
         k, plan, m = self.plan.k, self.plan, stage_multiple(self.plan.k)
         height, width = dest.shape[:2]
+        device = _device(self.decoder)
         self.meter.start_pass(k, "render", len(plan.render), plan.render_work)
-        for i, tile in enumerate(plan.render):
-            if store is not None:
-                feature = to_tensor(store.read(tile.rows, tile.cols), _device(self.decoder))
-            else:
-                feature = self._exact_features(tile.rows, tile.cols)
-            image = self.decoder(feature, affine=(a, b))
-            y = slice(tile.keep_rows.start * m, min(tile.keep_rows.stop * m, height))
-            x = slice(tile.keep_cols.start * m, min(tile.keep_cols.stop * m, width))
-            y0, x0 = y.start - tile.rows.start * m, x.start - tile.cols.start * m
-            dest.store(y, x, image[..., y0: y0 + span_length(y), x0: x0 + span_length(x)])
-            self.meter.tile_done(i, span_length(y) * span_length(x))
+        load = (lambda tile: store.read(tile.rows, tile.cols)) if store is not None else self._image_to_encode
+        with WriteBehind() as writes:
+            for i, (tile, block) in enumerate(read_ahead(plan.render, load)):
+                if store is not None:
+                    feature = to_tensor(block, device)
+                else:
+                    feature = self._encoder_window(tile).kept(self.encoder(to_tensor(block, device)))
+                image = self.decoder(feature, affine=(a, b))
+                y = slice(tile.keep_rows.start * m, min(tile.keep_rows.stop * m, height))
+                x = slice(tile.keep_cols.start * m, min(tile.keep_cols.stop * m, width))
+                y0, x0 = y.start - tile.rows.start * m, x.start - tile.cols.start * m
+                kept = image[..., y0: y0 + span_length(y), x0: x0 + span_length(x)]
+                writes.submit(dest.write, y, x, dest.block_of(kept))
+                self.meter.tile_done(i, span_length(y) * span_length(x))
 
-    def _exact_features(self, rows: slice, cols: slice) -> torch.Tensor:
-        """Features of [rows, cols] exact up to its edges: encoded with the encoder halo around it."""
+    def _encoder_window(self, tile: Tile) -> Tile:
+        """Where to encode a render tile's features [rows, cols] again, exact up to its edges: the
+        encoder halo around it."""
         halo, grid = encoder_halo(self.plan.k), self.plan.grid
-        window = Tile(expand(rows, halo, grid[0]), expand(cols, halo, grid[1]), rows, cols)
-        return window.kept(_encode(self.encoder, self.source, window.rows, window.cols, grid))
+        return Tile(expand(tile.rows, halo, grid[0]), expand(tile.cols, halo, grid[1]), tile.rows, tile.cols)
+
+    def _image_to_encode(self, tile: Tile):
+        window = self._encoder_window(tile)
+        return _image_under(self.source, self.plan.k, window.rows, window.cols, self.plan.grid)
 
 
 @dataclass

@@ -1,0 +1,65 @@
+"""A tiled pass's buffer reads and writes, done by helper threads while its networks compute.
+
+At a gigapixel a cascade's buffers (56 GB) outgrow the page cache, so a window read waits on the
+disk and a write waits for the kernel to flush dirty pages; done in line, every tile pays both
+(benchmarks/RESULTS.md, issue 15). pread and pwrite release the GIL, so one thread can read the
+next tile's window and another write the last tile's result while torch computes this one.
+Only I/O runs in the helpers: converting to and from tensors stays with the caller, whose torch
+threads already fill the cores.
+"""
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
+
+Item = TypeVar("Item")
+Loaded = TypeVar("Loaded")
+
+# Results waiting to be written: each holds a tile's output (12 MB for a 1024 float window), and
+# two keep the writer busy while the next tile computes.
+WRITES_IN_FLIGHT = 2
+
+
+def read_ahead(items: Iterable[Item], load: Callable[[Item], Loaded]) -> Iterator[tuple[Item, Loaded]]:
+    """(item, load(item)) in order, the next item's load running while the caller works on this one."""
+    with ThreadPoolExecutor(1, thread_name_prefix="cdcore-read") as pool:
+        items = iter(items)
+        pending: deque[tuple[Item, Future]] = deque()
+        for item in items:
+            pending.append((item, pool.submit(load, item)))
+            if len(pending) > 1:
+                ready, future = pending.popleft()
+                yield ready, future.result()
+        while pending:
+            ready, future = pending.popleft()
+            yield ready, future.result()
+
+
+class WriteBehind:
+    """Runs writes in order on one thread, at most WRITES_IN_FLIGHT waiting; leaving the `with`
+    waits for all of them (so what was written can be read, or its buffer closed) and raises the
+    first write's error, unless the block itself failed."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="cdcore-write")
+        self._pending: deque[Future] = deque()
+
+    def submit(self, write: Callable[..., None], *args) -> None:
+        while len(self._pending) >= WRITES_IN_FLIGHT:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(write, *args))
+
+    def __enter__(self) -> "WriteBehind":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            while self._pending:
+                future = self._pending.popleft()
+                if kind is None:
+                    future.result()
+                else:
+                    future.exception()  # wait, but let the block's own error through
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
