@@ -58,20 +58,25 @@ class HeapGuard:
     Between steps the heap keeps freed blocks so that the next step reuses them instead of
     page-faulting fresh memory, but the blocks do not always fit the next step's tensors, and the
     resident set can creep up by a step's working set every few steps. `start` trims the heap;
-    `step_done` notes where the resident set settled after the first step and trims again only
-    when it has grown past that by `slack` (a share of it).
+    `step_done` notes where the resident set settled, the most it reached over the first
+    `settle_steps` steps, and trims again only when it has grown past that by `slack` (a share of
+    it). One step is too few to settle on: right after a trim the heap grows back over two steps,
+    and a guard settled on the first trimmed every second tile of a gigapixel run, 50 million
+    page faults (benchmarks/RESULTS.md, issue 15).
     """
 
-    def __init__(self, slack: float = 0.1):
-        self.slack, self.settled = slack, None
+    def __init__(self, slack: float = 0.1, settle_steps: int = 3):
+        self.slack, self.settle_steps = slack, settle_steps
+        self.settled, self.steps = 0, 0
 
     def start(self) -> None:
         release_freed_memory()
-        self.settled = None
+        self.settled, self.steps = 0, 0
 
     def step_done(self) -> None:
         rss = resident_bytes()
-        if self.settled is None:
-            self.settled = rss
+        self.steps += 1
+        if self.steps <= self.settle_steps:
+            self.settled = max(self.settled, rss)
         elif rss > self.settled * (1 + self.slack):
             self.start()
