@@ -65,7 +65,7 @@ class HeapGuard:
     page faults (benchmarks/RESULTS.md, issue 15).
     """
 
-    def __init__(self, slack: float = 0.1, settle_steps: int = 3):
+    def __init__(self, slack: float = 0.05, settle_steps: int = 3):
         self.slack, self.settle_steps = slack, settle_steps
         self.settled, self.steps = 0, 0
 
