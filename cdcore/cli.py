@@ -9,7 +9,9 @@ neither.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
 
 from . import options
@@ -82,11 +84,20 @@ def cmd_models(args: argparse.Namespace) -> None:
         print(describe_model_set(args.dir))
 
 
+def _exit_on_sigterm(signum, frame):
+    # kill, timeout and batch schedulers stop a run with SIGTERM, whose default ends the process
+    # on the spot: a gigapixel run would leave tens of GB of scratch files behind. Leaving as an
+    # exception does removes them (and no partial output is ever written).
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import memory
 
     memory.reuse_freed_memory()
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _exit_on_sigterm) if on_main_thread else None
     try:
         if args.command == "stylize":
             cmd_stylize(args)
@@ -98,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("cdcore: interrupted")
         return 130
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
     return 0
 
 

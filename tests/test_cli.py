@@ -1,8 +1,10 @@
 """The `cdcore` command, run in-process through `main(argv)` and once as a real subprocess."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -164,3 +166,28 @@ def test_local_output_gets_ordinary_permissions(small_content, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.integration  # a subprocess
+def test_sigterm_removes_the_runs_scratch_files(tmp_path):
+    """`kill` or a scheduler stops a streamed run: its scratch directory goes, and no output."""
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (6000, 4500), (90, 120, 150)).save(big)  # 27 MP: streamed through scratch files
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = tmp_path / "out.jpg"
+    env = {**os.environ, "CDCORE_MODELS": str(MODELS), "TMPDIR": str(scratch)}
+    proc = subprocess.Popen([sys.executable, "-m", "cdcore.cli", "stylize", str(big), STYLE_IMG, "-o", str(out),
+                             "--device", "cpu"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(scratch.glob("cdcore-stream-*/*")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert any(scratch.glob("cdcore-stream-*/*")), "the run never made its scratch files"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert list(scratch.glob("cdcore-*")) == []  # (torch may keep a cache of its own there)
+    assert not out.exists()
