@@ -151,6 +151,21 @@ def test_a_failed_buffer_write_fails_the_run_and_leaves_no_scratch(models, conte
     assert list(scratch.iterdir()) == []
 
 
+def test_a_stage_that_stores_its_features_lets_its_input_go_before_rendering(models, content, wct, tmp_path):
+    """At a gigapixel the float image between stages is 12 GB of scratch and page cache: a stage
+    whose render pass decodes stored features no longer needs it."""
+    files = {}
+
+    def progress(p):
+        if p.step == "render":
+            files.setdefault(p.stage, len(list(tmp_path.rglob("*.raw"))))
+
+    TiledEngine(models, 128, disk_buffer=True, temp_dir=str(tmp_path), progress=progress).stylize(content, wct)
+    assert files[5] == 2  # stored features and the output; the input is the caller's array
+    assert files[4] == files[3] == files[2] == 2  # stored features and the output, not the input
+    assert files[1] == 1  # stage 1 encodes again from its input; its output is the caller's array
+
+
 def test_progress_reports_every_tile_with_a_finite_eta(models, content, adain):
     reports = []
     TiledEngine(models, 128, progress=reports.append).stylize(content, adain)
