@@ -86,8 +86,8 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 def _exit_on_sigterm(signum, frame):
     # kill, timeout and batch schedulers stop a run with SIGTERM, whose default ends the process
-    # on the spot: a gigapixel run would leave tens of GB of scratch files behind. Leaving as an
-    # exception does removes them (and no partial output is ever written).
+    # on the spot: a gigapixel run would leave tens of GB of scratch files behind. Leaving by an
+    # exception unwinds the `finally` blocks that remove them (no partial output is ever written).
     raise SystemExit(128 + signum)
 
 
