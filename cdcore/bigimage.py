@@ -33,7 +33,6 @@ import math
 import os
 import shutil
 import struct
-import tempfile
 import uuid
 import warnings
 import zlib
@@ -46,7 +45,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import numpy as np
 import pyvips
 
-from . import images, storage, tiling
+from . import images, storage, tempdirs, tiling
 from .images import ImageError
 from .options import Recipe
 from .tiling.planning import available_memory, buffer_bytes, stages_to_recompute
@@ -433,14 +432,13 @@ def _save_deepzoom(image: pyvips.Image, output: str, scratch: "Scratch") -> None
 
 class Scratch:
     """A run's temporary directory (under `parent`, default the system's: $TMPDIR), removed when the
-    run ends, also on failure."""
+    run ends, also on failure; making one removes those of runs that were killed (`tempdirs`)."""
 
     def __init__(self, parent: str | None = None):
-        self._dir = tempfile.TemporaryDirectory(prefix="cdcore-stream-", dir=parent)
-        self.directory = self._dir.name
+        self.directory = tempdirs.make(tempdirs.STREAM, parent)  # sweeps those of killed runs
 
     def close(self) -> None:
-        self._dir.cleanup()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def require(self, need: int, what: str, directory: str | None = None) -> None:
         """Raise an ImageError naming the path and the bytes when `directory` (default this one) has

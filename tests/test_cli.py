@@ -181,9 +181,9 @@ def test_sigterm_removes_the_runs_scratch_files(tmp_path):
                              "--device", "cpu"], env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not any(scratch.glob("cdcore-stream-*/*")) and time.monotonic() < deadline and proc.poll() is None:
+        while not any(scratch.glob("cdcore-stream-*/*.raw")) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
-        assert any(scratch.glob("cdcore-stream-*/*")), "the run never made its scratch files"
+        assert any(scratch.glob("cdcore-stream-*/*.raw")), "the run never made its scratch files"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     finally:

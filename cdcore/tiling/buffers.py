@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .. import tempdirs
 from ..stylize import to_uint8
 
 # An intermediate image larger than this goes to disk when `disk_buffer` is left to choose (about
@@ -153,7 +153,7 @@ class Buffers:
         if not on_disk:
             yield Buffers(None)
             return
-        with tempfile.TemporaryDirectory(prefix="cdcore-tiles-", dir=temp_dir) as directory:
+        with tempdirs.run_directory(tempdirs.TILES, temp_dir) as directory:
             yield Buffers(directory)
 
 
