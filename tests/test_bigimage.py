@@ -304,8 +304,8 @@ def test_too_little_space_is_refused_before_anything_is_written(stylist, style, 
 
 
 def test_space_needed_counts_the_stage_buffers():
-    """Stage 2 of 4 MP keeps its float input and output (12 B/px each) and 32 channels of
-    features at a quarter of the pixels: 40 B/px in all."""
+    """Stage 2 of (2, 1) at 4 MP keeps its float output (12 B/px; its input is the caller's) and
+    32 channels of features at a quarter of the pixels (32 B/px)."""
     from cdcore.modelset import load_model_set
 
     models = load_model_set(MODELS, stages=(3, 2, 1))
@@ -320,20 +320,23 @@ def test_space_needed_counts_the_stage_buffers():
 
 
 def test_short_scratch_disk_or_memory_recomputes_the_cheapest_stored_features():
-    """The gigapixel cascade: 56 GB of stage buffers with every store, of which stage 2's features
-    are 32 GB for 2.6% of the work; without them the peak is stage 3's, 40 GB."""
+    """The gigapixel cascade: 44 GB of stage buffers with every store (stage 2's 32 GB of features
+    beside one 12 GB float image: a stage that stores frees its input before writing its output),
+    and stage 2's features are 32 GB for 2.6% of the work; without them the peak is stage 3's,
+    16 GB of features and a float image, 28 GB."""
     from cdcore.modelset import load_model_set
 
     models = load_model_set(MODELS)
     levels, size = (5, 4, 3, 2, 1), (25_000, 40_000)
-    assert buffer_bytes(models, levels, *size, 1024) == 56e9
-    assert stages_to_recompute(models, levels, *size, 1024, budget=60e9) == frozenset()
-    assert stages_to_recompute(models, levels, *size, 1024, budget=50e9) == {2}
-    assert buffer_bytes(models, levels, *size, 1024, recompute={2}) == 40e9
-    assert stages_to_recompute(models, levels, *size, 1024, budget=30e9) == {2, 3, 4}
-    # The floor is the float images, 24 GB: stage 5's store (2 GB, beside one float image) never
-    # sets the peak, so it is kept however short the disk.
-    assert stages_to_recompute(models, levels, *size, 1024, budget=1e9) == {2, 3, 4}
+    assert buffer_bytes(models, levels, *size, 1024) == 44e9
+    assert stages_to_recompute(models, levels, *size, 1024, budget=44e9) == frozenset()
+    assert stages_to_recompute(models, levels, *size, 1024, budget=43e9) == {2}
+    assert buffer_bytes(models, levels, *size, 1024, recompute={2}) == 28e9
+    # Without stage 3's store it holds its input and output, 24 GB: the floor, since stages 4
+    # and 5 hold their features beside one float image (20 and 14 GB), so they keep them.
+    assert buffer_bytes(models, levels, *size, 1024, recompute={2, 3}) == 24e9
+    assert stages_to_recompute(models, levels, *size, 1024, budget=27e9) == {2, 3}
+    assert stages_to_recompute(models, levels, *size, 1024, budget=1e9) == {2, 3}
     # Buffers that outgrow memory reach the disk, where stage 2's features cost more to write and
     # read back than to encode again; stages 3 to 5 still store theirs.
     assert stages_to_recompute(models, levels, *size, 1024, budget=60e9, memory=20e9) == {2}

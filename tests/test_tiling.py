@@ -166,6 +166,20 @@ def test_a_stage_that_stores_its_features_lets_its_input_go_before_rendering(mod
     assert files[1] == 1  # stage 1 encodes again from its input; its output is the caller's array
 
 
+def test_scratch_disk_peaks_where_planning_says(models, content, wct, tmp_path):
+    """`planning.buffer_bytes` is what the streamed path checks free disk against: the blocks the
+    run's files take, seen after every tile, must reach it (a few tiles' writes may be in flight)
+    and never pass it."""
+    used = []
+
+    def progress(p):
+        used.append(sum(f.stat().st_blocks * 512 for f in tmp_path.rglob("*.raw")))
+
+    TiledEngine(models, 128, disk_buffer=True, temp_dir=str(tmp_path), progress=progress).stylize(content, wct)
+    need = planning.buffer_bytes(models, (5, 4, 3, 2, 1), H, W, 128)
+    assert 0.9 * need <= max(used) <= need + 4 * 4096  # at most a block more per file
+
+
 def test_progress_reports_every_tile_with_a_finite_eta(models, content, adain):
     reports = []
     TiledEngine(models, 128, progress=reports.append).stylize(content, adain)

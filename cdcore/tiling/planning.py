@@ -32,10 +32,11 @@ PIXEL_WORK_MACS = 16_000
 # 2-5 of the 16x set and VGG-19, not stage 1 (27 MACs per value for the 16x set).
 STORE_MACS_PER_VALUE = 100
 # Where a run's buffers outgrow the memory the page cache can keep them in (a gigapixel cascade's
-# 56 GB), a stored value goes to disk and back: storing then pays only above this. Stage 2 of the
-# 16x set (486 MACs per value) wrote its 32 GB of features at 1 GP at about 300 MB/s, 1.4x slower
-# than encoding them again; stage 3 (1,836) writes half as much in twice the compute, which the
-# disk keeps up with; stages 4 and 5 (7,700, 45,800) store (benchmarks/RESULTS.md, issue 15).
+# 28-44 GB), a stored value goes to disk and back: storing then pays only above this. Stage 2 of
+# the 16x set (486 MACs per value) writes its 32 GB of features at 1 GP as fast as the disk takes
+# them (360 MB/s here), no faster overall than encoding them again, even with the writes on a
+# helper thread; stage 3 (1,836) writes half as much in twice the compute, which the disk keeps up
+# with; stages 4 and 5 (7,700, 45,800) store (benchmarks/RESULTS.md, issue 15).
 DISK_STORE_MACS_PER_VALUE = 1000
 # Peak bytes per pixel of a network call, per channel of the models' widest full-resolution layer
 # (about 11 measured for the 16x set on the CPU, see benchmarks/RESULTS.md; rounded up).
@@ -248,16 +249,22 @@ def coarse_shape(height: int, width: int, stroke_scale: float) -> tuple[int, int
 
 
 def _cascade_bytes(models: ModelSet, levels, height: int, width: int, tile_size: int, recompute) -> int:
-    """Peak bytes of a tiled cascade's buffers: a stage holds its float input (unless it is the
-    caller's content), its float output (unless it is the caller's result) and its stored features."""
+    """Peak bytes of a tiled cascade's buffers. A stage holds its float input (unless it is the
+    caller's content) and its float output (unless it is the caller's result); one that stores
+    its features frees its input before its output is written (`StageRun.run`), so it holds the
+    features beside one of the two at a time."""
     if tile_size == 0:
         return 0
     peak = 0
     for i, k in enumerate(levels):
         plan = plan_stage(models, k, height, width, tile_size, k not in recompute)
-        images_held = (i > 0) + (i < len(levels) - 1)
-        store = math.prod(plan.grid) * models.encoder(k).out_channels * 4 if plan.stored else 0
-        peak = max(peak, images_held * FLOAT_PIXEL_BYTES * height * width + store)
+        held_in, held_out = i > 0, i < len(levels) - 1
+        if plan.stored:
+            store = math.prod(plan.grid) * models.encoder(k).out_channels * 4
+            need = store + FLOAT_PIXEL_BYTES * height * width * max(held_in, held_out)
+        else:
+            need = FLOAT_PIXEL_BYTES * height * width * (held_in + held_out)
+        peak = max(peak, need)
     return peak
 
 
@@ -287,7 +294,7 @@ def stages_to_recompute(models: ModelSet, levels, height: int, width: int, tile_
       cheaper to encode again than to write to disk and read back (DISK_STORE_MACS_PER_VALUE);
     - then, so that `buffer_bytes` fits in `budget` where it can, those that save the most bytes
       per extra multiply-accumulate, where they lower the peak. Recomputing stage 2 of the 16x
-      set saves 32 B per pixel for 2.6% more work: a gigapixel cascade needs 40 GB, not 56.
+      set saves 32 B per pixel for 2.6% more work: a gigapixel cascade needs 28 GB, not 44.
     """
     def bytes_per_mac(k: int) -> float:
         return 4 / _macs_per_value(models.encoder(k))
