@@ -431,14 +431,10 @@ def _save_deepzoom(image: pyvips.Image, output: str, scratch: "Scratch") -> None
 # ---------------------------------------------------------------------------------------- scratch
 
 class Scratch:
-    """A run's temporary directory (under `parent`, default the system's: $TMPDIR), removed when the
-    run ends, also on failure; making one removes those of runs that were killed (`tempdirs`)."""
+    """A run's temporary directory, made by `scratch_space`."""
 
-    def __init__(self, parent: str | None = None):
-        self.directory = tempdirs.make(tempdirs.STREAM, parent)  # sweeps those of killed runs
-
-    def close(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+    def __init__(self, directory: str):
+        self.directory = directory
 
     def require(self, need: int, what: str, directory: str | None = None) -> None:
         """Raise an ImageError naming the path and the bytes when `directory` (default this one) has
@@ -473,11 +469,10 @@ def require_space(directory: str, need: int, what: str) -> None:
 
 @contextmanager
 def scratch_space(parent: str | None = None) -> Iterator[Scratch]:
-    scratch = Scratch(parent)
-    try:
-        yield scratch
-    finally:
-        scratch.close()
+    """A run's scratch under `parent` (default the system's: $TMPDIR), removed when the run ends,
+    also on failure; making it removes the scratch of runs that were killed (`tempdirs`)."""
+    with tempdirs.run_directory(tempdirs.STREAM, parent) as directory:
+        yield Scratch(directory)
 
 
 def _stream_tile_size(stylist: "Stylist", levels, height: int, width: int) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cdcore import tempdirs
-from cdcore.bigimage import Scratch
+from cdcore.bigimage import scratch_space
 from cdcore.tiling.buffers import Buffers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,12 +31,9 @@ def _killed_run(parent: Path, prefix: str = tempdirs.STREAM) -> Path:
 
 def test_a_killed_runs_scratch_is_swept_by_the_next_run(tmp_path):
     stream, tiles = _killed_run(tmp_path), _killed_run(tmp_path, tempdirs.TILES)
-    scratch = Scratch(str(tmp_path))
-    try:
+    with scratch_space(str(tmp_path)) as scratch:
         assert not stream.exists() and not tiles.exists()
         assert Path(scratch.directory).exists()
-    finally:
-        scratch.close()
     assert list(tmp_path.iterdir()) == []
 
 
