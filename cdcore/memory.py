@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import threading
+from collections import Counter
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # mallopt parameters, glibc's malloc.h
 _KEEP = 1 << 30  # bytes: blocks up to this size are served from, and returned to, the heap
@@ -63,20 +65,35 @@ class HeapGuard:
     it). One step is too few to settle on: right after a trim the heap grows back over two steps,
     and a guard settled on the first trimmed every second tile of a gigapixel run, 50 million
     page faults (benchmarks/RESULTS.md, issue 15).
+
+    Two things move the resident set without creeping, and do not count against the slack:
+    - steps of different kinds taking turns (a stage's render and the next stage's statistics
+      pass run band by band, `tiling.passes`): the guard settles over the first steps of every
+      kind it has seen since the last trim;
+    - arrays waiting for a writer thread (`hold`), which pile up while the disk is slow: the most
+      held at once since the last trim is allowed on top of the slack.
     """
 
     def __init__(self, slack: float = 0.05, settle_steps: int = 3):
         self.slack, self.settle_steps = slack, settle_steps
-        self.settled, self.steps = 0, 0
+        self._lock = threading.Lock()
+        self.held = self.held_peak = self.settled = 0
+        self.steps: Counter = Counter()
 
     def start(self) -> None:
         release_freed_memory()
-        self.settled, self.steps = 0, 0
+        self.settled, self.steps, self.held_peak = 0, Counter(), self.held
 
-    def step_done(self) -> None:
+    def hold(self, nbytes: int) -> None:
+        """Bytes now waiting in a pipeline (negative: no longer); any thread may call it."""
+        with self._lock:
+            self.held += nbytes
+            self.held_peak = max(self.held_peak, self.held)
+
+    def step_done(self, kind=None) -> None:
         rss = resident_bytes()
-        self.steps += 1
-        if self.steps <= self.settle_steps:
+        self.steps[kind] += 1
+        if self.steps[kind] <= self.settle_steps:
             self.settled = max(self.settled, rss)
-        elif rss > self.settled * (1 + self.slack):
+        elif rss > self.settled * (1 + self.slack) + self.held_peak:
             self.start()

@@ -184,8 +184,9 @@ def test_a_short_scratch_disk_encodes_features_again_for_the_same_pixels(stylist
     recipe = Recipe(levels=(3, 1))
     stylist.stylize_file(str(content), style, str(tmp_path / "stored.png"), recipe)
     stores = []
-    run = passes.StageRun.run
-    monkeypatch.setattr(passes.StageRun, "run", lambda self, *a: (stores.append(self.plan.stored), run(self, *a))[1])
+    start = passes.StageRun.start
+    monkeypatch.setattr(passes.StageRun, "start", classmethod(
+        lambda cls, models, plan, *a: (stores.append(plan.stored), start(models, plan, *a))[1]))
     spools = 333 * 517 * (3 + 1 + 3 + 4)  # content, alpha and result spools; the output beside them
     monkeypatch.setattr(bigimage, "free_bytes", lambda directory: spools + 12 * 333 * 517)
     with pytest.warns(RuntimeWarning, match="short of space .* stage 3 encodes them again"):
@@ -320,20 +321,20 @@ def test_space_needed_counts_the_stage_buffers():
 
 
 def test_short_scratch_disk_or_memory_recomputes_the_cheapest_stored_features():
-    """The gigapixel cascade: 44 GB of stage buffers with every store (stage 2's 32 GB of features
-    beside one 12 GB float image: a stage that stores frees its input before writing its output),
-    and stage 2's features are 32 GB for 2.6% of the work; without them the peak is stage 3's,
-    16 GB of features and a float image, 28 GB."""
+    """The gigapixel cascade: with every store, stage 3's render runs beside stage 2's statistics
+    pass and holds 16 GB of stage 3's features, a band of 2,008 float rows between them (0.96 GB)
+    and stage 2's 32 GB of features; stage 2's are 32 GB for 2.6% of the work, and without them
+    the peak is stage 3's features beside its whole float output, 28 GB."""
     from cdcore.modelset import load_model_set
 
     models = load_model_set(MODELS)
     levels, size = (5, 4, 3, 2, 1), (25_000, 40_000)
-    assert buffer_bytes(models, levels, *size, 1024) == 44e9
-    assert stages_to_recompute(models, levels, *size, 1024, budget=44e9) == frozenset()
-    assert stages_to_recompute(models, levels, *size, 1024, budget=43e9) == {2}
+    assert buffer_bytes(models, levels, *size, 1024) == 48e9 + 2008 * 40_000 * 12
+    assert stages_to_recompute(models, levels, *size, 1024, budget=49e9) == frozenset()
+    assert stages_to_recompute(models, levels, *size, 1024, budget=48e9) == {2}
     assert buffer_bytes(models, levels, *size, 1024, recompute={2}) == 28e9
-    # Without stage 3's store it holds its input and output, 24 GB: the floor, since stages 4
-    # and 5 hold their features beside one float image (20 and 14 GB), so they keep them.
+    # Without stage 3's store it holds its input and output, 24 GB: the floor, since stage 4 holds
+    # its features beside one float image (20 GB) and stage 5 less, so they keep them.
     assert buffer_bytes(models, levels, *size, 1024, recompute={2, 3}) == 24e9
     assert stages_to_recompute(models, levels, *size, 1024, budget=27e9) == {2, 3}
     assert stages_to_recompute(models, levels, *size, 1024, budget=1e9) == {2, 3}

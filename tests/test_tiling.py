@@ -151,19 +151,26 @@ def test_a_failed_buffer_write_fails_the_run_and_leaves_no_scratch(models, conte
     assert list(scratch.iterdir()) == []
 
 
-def test_a_stage_that_stores_its_features_lets_its_input_go_before_rendering(models, content, wct, tmp_path):
-    """At a gigapixel the float image between stages is 12 GB of scratch and page cache: a stage
-    whose render pass decodes stored features no longer needs it."""
-    files = {}
+def test_the_image_between_stages_is_a_band_of_rows_where_the_next_stage_stores_features(models, content, wct,
+                                                                                        tmp_path):
+    """At a gigapixel the float image between stages is 12 GB of scratch and page cache. A stage's
+    render runs fused with the next stage's statistics pass, so where that stage stores its
+    features, only a band of the image's rows is ever kept (`RowRing`); a stage that stores frees
+    its input before rendering. Seen at each stage's first render tile: (files, whole images)."""
+    files, whole = {}, 12 * H * W
 
     def progress(p):
         if p.step == "render":
-            files.setdefault(p.stage, len(list(tmp_path.rglob("*.raw"))))
+            sizes = [f.stat().st_size for f in tmp_path.rglob("*.raw")]
+            files.setdefault(p.stage, (len(sizes), sizes.count(whole)))
 
     TiledEngine(models, 128, disk_buffer=True, temp_dir=str(tmp_path), progress=progress).stylize(content, wct)
-    assert files[5] == 2  # stored features and the output; the input is the caller's array
-    assert files[4] == files[3] == files[2] == 2  # stored features and the output, not the input
-    assert files[1] == 1  # stage 1 encodes again from its input; its output is the caller's array
+    # 5: its features, its output (whole: a band of stage 4's windows is all 333 rows), stage 4's features
+    assert files[5] == (3, 1)
+    # 4, 3: their features, a band of their output's rows, the next stage's features
+    assert files[4] == files[3] == (3, 0)
+    assert files[2] == (2, 1)  # its features and its whole output: stage 1 reads it twice
+    assert files[1] == (1, 1)  # stage 1 encodes again from its input; its output is the caller's
 
 
 def test_scratch_disk_peaks_where_planning_says(models, content, wct, tmp_path):

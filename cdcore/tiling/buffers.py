@@ -114,6 +114,48 @@ class ImageBuffer:
             self.path = None
 
 
+class RowRing(ImageBuffer):
+    """The last `capacity` rows written of an (H, W, C) image, kept in a buffer of that many rows.
+
+    What flows from a stage's render to a next stage that stores its features: that stage's
+    statistics pass reads each band a window's height behind the render (`passes.Cascade`) and
+    never again, so the 12 GB float image of a gigapixel cascade needs only a band of rows
+    (`planning.ring_rows`). Rows are written in order, a band at a time; reading rows no longer
+    (or not yet) held is an error, never stale pixels.
+    """
+
+    def __init__(self, backing: ImageBuffer, height: int):
+        super().__init__(shape=(height, *backing.shape[1:]), dtype=backing.dtype)
+        self.backing, self.capacity, self.written = backing, backing.shape[0], 0
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        y0, y1 = self._span(rows, 0)
+        if y0 < self.written - self.capacity or y1 > self.written:
+            raise RuntimeError(f"rows {y0}-{y1} are not in the ring, which holds rows "
+                               f"{max(0, self.written - self.capacity)}-{self.written}")
+        parts = [self.backing.read(ring, cols) for ring, _ in self._pieces(y0, y1)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def write(self, rows: slice, cols: slice, block: np.ndarray) -> None:
+        y0, y1 = self._span(rows, 0)
+        if y1 - y0 > self.capacity:
+            raise ValueError(f"{y1 - y0} rows do not fit a ring of {self.capacity}")
+        for ring, part in self._pieces(y0, y1):
+            self.backing.write(ring, cols, block[part])
+        self.written = max(self.written, y1)
+
+    def _pieces(self, y0: int, y1: int):
+        """(ring rows, block rows) of image rows y0..y1: one piece, or two where they wrap."""
+        start = y0 % self.capacity
+        first = min(y1 - y0, self.capacity - start)
+        yield slice(start, start + first), slice(0, first)
+        if first < y1 - y0:
+            yield slice(0, y1 - y0 - first), slice(first, y1 - y0)
+
+    def close(self) -> None:
+        self.backing.close()
+
+
 def _read_exactly(fd: int, out: np.ndarray, offset: int) -> None:
     """Fill contiguous `out` from the file at `offset` (a sparse part reads as zeros)."""
     view, done = memoryview(out).cast("B"), 0
@@ -143,6 +185,13 @@ class Buffers:
         if self.directory:
             return ImageBuffer.on_disk(self.directory, shape, dtype)
         return ImageBuffer.in_memory(shape, dtype)
+
+    def rows(self, height: int, capacity: int, shape: tuple[int, ...], dtype=np.float32) -> ImageBuffer:
+        """A buffer for an image of `height` rows of which only the last `capacity` written are
+        ever read (a `RowRing`), or a whole one where the ring would be no smaller."""
+        if capacity >= height:
+            return self.new((height, *shape), dtype)
+        return RowRing(self.new((capacity, *shape), dtype), height)
 
     @staticmethod
     @contextmanager

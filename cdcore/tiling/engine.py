@@ -100,8 +100,8 @@ class TiledEngine:
         stages = {}
         meter.heap.start()
         for k, (grid, tiles, work) in plans.items():
-            meter.start_pass(k, "style", len(tiles), work)
-            moments = accumulate(self.models.encoder(k), source, grid, tiles, meter)
+            counts = meter.start_pass(k, "style", len(tiles), work)
+            moments = accumulate(self.models.encoder(k), source, grid, tiles, counts)
             stages[k] = transforms.style_stage(moments, method)
         return StyleStats(method, self.models.model_id, stages)
 

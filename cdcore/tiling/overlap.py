@@ -37,29 +37,48 @@ def read_ahead(items: Iterable[Item], load: Callable[[Item], Loaded]) -> Iterato
 
 
 class WriteBehind:
-    """Runs writes in order on one thread, at most WRITES_IN_FLIGHT waiting; leaving the `with`
-    waits for all of them (so what was written can be read, or its buffer closed) and raises the
-    first write's error, unless the block itself failed."""
+    """Runs writes in order on one thread, at most WRITES_IN_FLIGHT waiting; `drain` and leaving
+    the `with` wait for all of them (so what was written can be read, or its buffer closed) and
+    raise the first write's error, unless the block itself failed.
 
-    def __init__(self) -> None:
+    guard: told of the bytes of the arrays waiting to be written (`memory.HeapGuard.hold`), which
+    come and go with the disk's pace rather than creep."""
+
+    def __init__(self, guard=None) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="cdcore-write")
         self._pending: deque[Future] = deque()
+        self._guard = guard
 
     def submit(self, write: Callable[..., None], *args) -> None:
         while len(self._pending) >= WRITES_IN_FLIGHT:
             self._pending.popleft().result()
-        self._pending.append(self._pool.submit(write, *args))
+        held = sum(a.nbytes for a in args if hasattr(a, "nbytes"))
+        if self._guard is not None:
+            self._guard.hold(held)
+        future = self._pool.submit(write, *args)
+        if self._guard is not None:
+            future.add_done_callback(lambda _: self._guard.hold(-held))
+        self._pending.append(future)
+
+    def drain(self) -> None:
+        """Wait for every write submitted so far; raise the first one's error."""
+        while self._pending:
+            self._pending.popleft().result()
 
     def __enter__(self) -> "WriteBehind":
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
+        self.close(failed=kind is not None)
+
+    def close(self, failed: bool = False) -> None:
+        """What leaving the `with` does; `failed`: only wait, the caller's own error goes on."""
         try:
             while self._pending:
                 future = self._pending.popleft()
-                if kind is None:
-                    future.result()
-                else:
+                if failed:
                     future.exception()  # wait, but let the block's own error through
+                else:
+                    future.result()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)

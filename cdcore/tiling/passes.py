@@ -10,11 +10,20 @@ A stage k of the cascade (`stylize.run_stage`) runs here in two passes over tile
 Where encoding is dear and the features small (stages 2 to 5), the statistics pass stores them
 and the render pass decodes from that store instead of encoding again. Both passes read the next
 tile's window and write the last tile's result while the networks compute (`overlap`).
+
+A stage's render and the next stage's statistics pass run fused, a band of rows at a time: once
+the render has written a band, the statistics pass encodes every window whose rows are all
+written. So the next stage reads its image while it is still in the page cache; and where that
+stage stores its features it never reads the image again, so only a band of its rows is kept (a
+`RowRing`): at a gigapixel, a 12 GB float image neither written to disk nor read back, twice
+(benchmarks/RESULTS.md, issue 15).
 """
 from __future__ import annotations
 
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from typing import Callable
+
 import torch
 
 from .. import transforms
@@ -23,8 +32,9 @@ from ..nets import Decoder, Encoder, stage_multiple
 from ..stylize import StyleStats, check_content_size, stylize
 from .buffers import Buffers, ImageBuffer, PaddedImage, read_whole, to_numpy, to_tensor
 from .overlap import WriteBehind, read_ahead
-from .planning import StagePlan, Tile, encoder_halo, expand, image_span, plan_stage, span_length
-from .progress import Meter
+from .planning import (StagePlan, Tile, encoder_halo, expand, image_span, plan_stage, ring_rows, span_length,
+                       window_rows)
+from .progress import Meter, PassMeter
 
 
 def _device(module: torch.nn.Module) -> torch.device:
@@ -37,82 +47,109 @@ def _image_under(source: PaddedImage, k: int, rows: slice, cols: slice, grid: tu
     return source.read(image_span(rows, m, grid[0], source.height), image_span(cols, m, grid[1], source.width))
 
 
-def accumulate(encoder: Encoder, source: PaddedImage, grid: tuple[int, int], tiles: list[Tile], meter: Meter,
-               store: ImageBuffer | None = None) -> transforms.Moments:
-    """Moments of the features of the whole grid, summed tile by tile (and the features written to
-    `store` when given). The caller starts the meter's pass."""
-    k, device = encoder.stage, _device(encoder)
-    m, total = stage_multiple(k), None
-    with WriteBehind() as writes:
-        windows = read_ahead(tiles, lambda tile: _image_under(source, k, tile.rows, tile.cols, grid))
-        for i, (tile, block) in enumerate(windows):
+class Statistics:
+    """Stage k's statistics pass over an image that may still be being written: `advance` encodes
+    the windows whose rows are written, `moments` the rest, and returns the features' `Moments`
+    (written to `store` too, when given). Closing it (or leaving its `with`) stops its writer."""
+
+    def __init__(self, encoder: Encoder, source: PaddedImage, grid: tuple[int, int], tiles: list[Tile],
+                 meter: PassMeter, store: ImageBuffer | None = None, guard=None):
+        self.encoder, self.source, self.grid, self.tiles = encoder, source, grid, tiles
+        self.meter, self.store = meter, store
+        self.encoded, self.total = 0, None
+        self.writes = WriteBehind(guard)
+
+    def advance(self, written: int) -> None:
+        """Encode every window not yet encoded that lies within the image's first `written` rows."""
+        k, device = self.encoder.stage, _device(self.encoder)
+        m, rows = stage_multiple(k), self.source.image.shape[0]
+        ready = self.encoded
+        while ready < len(self.tiles) and window_rows(self.tiles[ready], m, rows).stop <= written:
+            ready += 1
+        load = lambda tile: _image_under(self.source, k, tile.rows, tile.cols, self.grid)  # noqa: E731
+        for tile, block in read_ahead(self.tiles[self.encoded: ready], load):
             # exact but within `encoder_halo` of the window's edges inside the grid: keep the rest
-            feature = tile.kept(encoder(to_tensor(block, device)))
+            feature = tile.kept(self.encoder(to_tensor(block, device)))
             part = transforms.moments(feature)
-            total = part if total is None else total + part
-            if store is not None:
-                writes.submit(store.write, tile.keep_rows, tile.keep_cols, to_numpy(feature))
-            meter.tile_done(i, span_length(tile.keep_rows) * span_length(tile.keep_cols) * m * m)
-    return total
+            self.total = part if self.total is None else self.total + part
+            if self.store is not None:
+                self.writes.submit(self.store.write, tile.keep_rows, tile.keep_cols, to_numpy(feature))
+            self.meter.tile_done(self.encoded, span_length(tile.keep_rows) * span_length(tile.keep_cols) * m * m)
+            self.encoded += 1
+
+    def moments(self) -> transforms.Moments:
+        """Encode the windows left (the image is whole by now); wait for the stored features."""
+        self.advance(self.source.image.shape[0])
+        self.writes.drain()
+        return self.total
+
+    def __enter__(self) -> "Statistics":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.writes.close(failed=kind is not None)
+
+
+def accumulate(encoder: Encoder, source: PaddedImage, grid: tuple[int, int], tiles: list[Tile],
+               meter: PassMeter) -> transforms.Moments:
+    """Moments of the features of the whole grid of a whole image, summed tile by tile."""
+    with Statistics(encoder, source, grid, tiles, meter) as statistics:
+        return statistics.moments()
 
 
 @dataclass
 class StageRun:
-    """Stage k, tiled, over one image: `run` equals `stylize.run_stage` on the whole image."""
+    """Stage k, tiled, over one image: its statistics pass, begun as the stage starts and fed as
+    its image is written, then its render; together they equal `stylize.run_stage`."""
 
-    encoder: Encoder
     decoder: Decoder
     plan: StagePlan
-    source: PaddedImage
+    statistics: Statistics
+    store: ImageBuffer | None  # the features, where the plan stores them
     meter: Meter
 
     @classmethod
-    def over(cls, models: ModelSet, k: int, image: ImageBuffer, tile_size: int, meter: Meter,
-             store: bool = True) -> "StageRun":
-        plan = plan_stage(models, k, *image.shape[:2], tile_size, store)
-        m = stage_multiple(k)
+    def start(cls, models: ModelSet, plan: StagePlan, image: ImageBuffer, buffers: Buffers,
+              meter: Meter) -> "StageRun":
+        m, encoder = stage_multiple(plan.k), models.encoder(plan.k)
+        store = buffers.new((*plan.grid, encoder.out_channels)) if plan.stored else None
         source = PaddedImage(image, plan.grid[0] * m, plan.grid[1] * m)
-        return cls(models.encoder(k), models.decoder(k), plan, source, meter)
+        counts = meter.start_pass(plan.k, "statistics", len(plan.statistics), plan.statistics_work)
+        statistics = Statistics(encoder, source, plan.grid, plan.statistics, counts, store, meter.heap)
+        return cls(models.decoder(plan.k), plan, statistics, store, meter)
 
-    def run(self, dest: ImageBuffer, style: StyleStats, alpha: float, buffers: Buffers,
-            release: Callable[[], None] | None = None) -> None:
-        """image -> dest (H, W, 3), through the content's exact statistics. `release` frees the
-        image as soon as the stage is done with it: after the statistics pass where the features
-        are stored, which at a gigapixel gives 12 GB of page cache and scratch back a pass early."""
-        k, plan = self.plan.k, self.plan
-        store = buffers.new((*plan.grid, self.encoder.out_channels)) if plan.stored else None
-        try:
-            self.meter.start_pass(k, "statistics", len(plan.statistics), plan.statistics_work)
-            content = accumulate(self.encoder, self.source, plan.grid, plan.statistics, self.meter, store)
-            if store is not None and release is not None:
-                release()
-            a, b = transforms.affine_map(content, style.stages[k], alpha, style.method)
-            self.render(a, b, dest, store)
-        finally:
-            if store is not None:
-                store.close()
+    @property
+    def image(self) -> ImageBuffer:
+        return self.statistics.source.image
 
-    def render(self, a: torch.Tensor, b: torch.Tensor, dest: ImageBuffer, store: ImageBuffer | None) -> None:
+    def render(self, a: torch.Tensor, b: torch.Tensor, dest: ImageBuffer,
+               band_done: Callable[[int], None] | None = None) -> None:
         """Decode every tile's window of features, moved by A f + b; keep the part the tile owns,
-        cropped to the unpadded image, in `dest`. Features come from `store`, or are encoded again."""
+        cropped to the unpadded image, in `dest`. Features come from the store, or are encoded
+        again. `band_done(rows)`: called once the first `rows` rows of `dest` are written."""
         k, plan, m = self.plan.k, self.plan, stage_multiple(self.plan.k)
         height, width = dest.shape[:2]
         device = _device(self.decoder)
-        self.meter.start_pass(k, "render", len(plan.render), plan.render_work)
+        counts = self.meter.start_pass(k, "render", len(plan.render), plan.render_work)
+        store, tiles = self.store, plan.render
         load = (lambda tile: store.read(tile.rows, tile.cols)) if store is not None else self._image_to_encode
-        with WriteBehind() as writes:
-            for i, (tile, block) in enumerate(read_ahead(plan.render, load)):
+        with WriteBehind(self.meter.heap) as writes:
+            for i, (tile, block) in enumerate(read_ahead(tiles, load)):
                 if store is not None:
                     feature = to_tensor(block, device)
                 else:
-                    feature = self._encoder_window(tile).kept(self.encoder(to_tensor(block, device)))
+                    encoder = self.statistics.encoder
+                    feature = self._encoder_window(tile).kept(encoder(to_tensor(block, device)))
                 image = self.decoder(feature, affine=(a, b))
                 y = slice(tile.keep_rows.start * m, min(tile.keep_rows.stop * m, height))
                 x = slice(tile.keep_cols.start * m, min(tile.keep_cols.stop * m, width))
                 y0, x0 = y.start - tile.rows.start * m, x.start - tile.cols.start * m
                 kept = image[..., y0: y0 + span_length(y), x0: x0 + span_length(x)]
                 writes.submit(dest.write, y, x, dest.block_of(kept))
-                self.meter.tile_done(i, span_length(y) * span_length(x))
+                counts.tile_done(i, span_length(y) * span_length(x))
+                if band_done is not None and (i + 1 == len(tiles) or tiles[i + 1].keep_rows != tile.keep_rows):
+                    writes.drain()
+                    band_done(y.stop)
 
     def _encoder_window(self, tile: Tile) -> Tile:
         """Where to encode a render tile's features [rows, cols] again, exact up to its edges: the
@@ -122,7 +159,21 @@ class StageRun:
 
     def _image_to_encode(self, tile: Tile):
         window = self._encoder_window(tile)
-        return _image_under(self.source, self.plan.k, window.rows, window.cols, self.plan.grid)
+        return _image_under(self.statistics.source, self.plan.k, window.rows, window.cols, self.plan.grid)
+
+    def __enter__(self) -> "StageRun":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.close(failed=kind is not None)
+
+    def close(self, failed: bool = False) -> None:
+        """Stop the statistics pass's writer and free the stored features (again is harmless)."""
+        try:
+            self.statistics.writes.close(failed)
+        finally:
+            if self.store is not None:
+                self.store.close()
 
 
 @dataclass
@@ -138,19 +189,36 @@ class Cascade:
 
     def run(self, image: ImageBuffer, dest: ImageBuffer, levels: tuple[int, ...], tile_size: int) -> None:
         """Stages `levels` in order from `image` to `dest` (uint8 or float32, (H, W, 3)). Each
-        stage's float result, unclamped, is the next one's input, in a buffer freed once read."""
+        stage's float result, unclamped, is the next one's input, in a buffer freed once read;
+        each stage's render runs fused with the next stage's statistics pass."""
         if tile_size == 0:
             dest.store(slice(None), slice(None), stylize(self.models, read_whole(image), self.style,
                                                          self.alpha, levels))
             return
-        check_content_size(*image.shape[:2], levels)
+        height, width = image.shape[:2]
+        check_content_size(height, width, levels)
+        plans = [plan_stage(self.models, k, height, width, tile_size, k not in self.recompute) for k in levels]
         self.meter.heap.start()
-        current = image
-        for i, k in enumerate(levels):
-            out = dest if i == len(levels) - 1 else self.buffers.new((*image.shape[:2], 3))
-            stage = StageRun.over(self.models, k, current, tile_size, self.meter, k not in self.recompute)
-            release = current.close if current is not image else None  # the caller's image stays
-            stage.run(out, self.style, self.alpha, self.buffers, release)
-            if release is not None:
-                release()
-            current = out
+        with ExitStack() as held:  # on an error: every writer stopped, every buffer freed
+            stage = held.enter_context(StageRun.start(self.models, plans[0], image, self.buffers, self.meter))
+            for i, plan in enumerate(plans):
+                content = stage.statistics.moments()
+                if stage.store is not None and stage.image is not image:
+                    stage.image.close()  # read for the last time: at a gigapixel 12 GB of scratch back
+                a, b = transforms.affine_map(content, self.style.stages[plan.k], self.alpha, self.style.method)
+                follower, out = None, dest
+                if i + 1 < len(plans):
+                    out = held.enter_context(closing(self._between(plan, plans[i + 1], height, width)))
+                    follower = held.enter_context(StageRun.start(self.models, plans[i + 1], out, self.buffers,
+                                                                 self.meter))
+                stage.render(a, b, out, follower.statistics.advance if follower is not None else None)
+                stage.close()
+                if stage.image is not image:
+                    stage.image.close()
+                stage = follower
+
+    def _between(self, plan: StagePlan, follower: StagePlan, height: int, width: int) -> ImageBuffer:
+        """The float image from one stage to the next: a band of rows where the next stage stores
+        its features, since its statistics pass reads each row once, right behind the render."""
+        capacity = ring_rows(plan, follower, height) if follower.stored else height
+        return self.buffers.rows(height, capacity, (width, 3))

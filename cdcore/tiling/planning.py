@@ -248,23 +248,57 @@ def coarse_shape(height: int, width: int, stroke_scale: float) -> tuple[int, int
     return max(1, round(height / stroke_scale)), max(1, round(width / stroke_scale))
 
 
+def window_rows(tile: Tile, m: int, height: int) -> slice:
+    """The image rows a statistics window of a stage with pooling multiple m reads from an image of
+    `height` rows: to the image's last row where it reaches into the padding, which reflects the
+    rows above it."""
+    return slice(tile.rows.start * m, min(tile.rows.stop * m, height))
+
+
+def ring_rows(render: StagePlan, follower: StagePlan, height: int) -> int:
+    """Image rows the buffer between a stage's render and the next stage's statistics pass must
+    hold when the two run fused (`passes.Cascade`): the render writes a band of rows at a time,
+    and after each band the statistics pass encodes every window whose rows are then written. As
+    a band is written, the buffer still holds every row from the top of the first window not yet
+    encoded."""
+    m, n = stage_multiple(render.k), stage_multiple(follower.k)
+    bands = sorted({min(tile.keep_rows.stop * m, height) for tile in render.render})
+    windows = [window_rows(tile, n, height) for tile in follower.statistics]  # row-major: in order
+    most, encoded, written = 0, 0, 0
+    for stop in bands:
+        top = windows[encoded].start if encoded < len(windows) else written
+        most = max(most, stop - min(top, written))
+        while encoded < len(windows) and windows[encoded].stop <= stop:
+            encoded += 1
+        written = stop
+    return most
+
+
 def _cascade_bytes(models: ModelSet, levels, height: int, width: int, tile_size: int, recompute) -> int:
-    """Peak bytes of a tiled cascade's buffers. A stage holds its float input (unless it is the
-    caller's content) and its float output (unless it is the caller's result); one that stores
-    its features frees its input before its output is written (`StageRun.run`), so it holds the
-    features beside one of the two at a time."""
+    """Peak bytes of a tiled cascade's buffers. The first stage's statistics pass holds its stored
+    features; then each stage's render runs beside the next stage's statistics pass
+    (`passes.Cascade`), holding at once: its stored features, or else its float input (unless that
+    is the caller's content); its float output (unless it is the caller's result), of which only
+    `ring_rows` where the next stage stores features; and those features as they are written. A
+    stage that stores its features has freed its input by then."""
     if tile_size == 0:
         return 0
-    peak = 0
-    for i, k in enumerate(levels):
-        plan = plan_stage(models, k, height, width, tile_size, k not in recompute)
-        held_in, held_out = i > 0, i < len(levels) - 1
-        if plan.stored:
-            store = math.prod(plan.grid) * models.encoder(k).out_channels * 4
-            need = store + FLOAT_PIXEL_BYTES * height * width * max(held_in, held_out)
+    plans = [plan_stage(models, k, height, width, tile_size, k not in recompute) for k in levels]
+
+    def store(plan: StagePlan | None) -> int:
+        stored = plan is not None and plan.stored
+        return math.prod(plan.grid) * models.encoder(plan.k).out_channels * 4 if stored else 0
+
+    row = FLOAT_PIXEL_BYTES * width
+    peak = store(plans[0])
+    for i, plan in enumerate(plans):
+        follower = plans[i + 1] if i + 1 < len(plans) else None
+        held_in = row * height if i > 0 and not plan.stored else 0
+        if follower is None:
+            out = 0
         else:
-            need = FLOAT_PIXEL_BYTES * height * width * (held_in + held_out)
-        peak = max(peak, need)
+            out = row * (min(height, ring_rows(plan, follower, height)) if follower.stored else height)
+        peak = max(peak, store(plan) + held_in + out + store(follower))
     return peak
 
 

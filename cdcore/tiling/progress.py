@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import memory
@@ -45,17 +45,35 @@ class Meter:
         self.started = time.perf_counter()
         self.heap = memory.HeapGuard()
 
-    def start_pass(self, stage: int, step: str, tiles: int, work: float) -> None:
-        self.stage, self.step, self.tiles, self.tile_work = stage, step, tiles, work / tiles
-        self.pass_started, self.pass_pixels = time.perf_counter(), 0
+    def start_pass(self, stage: int, step: str, tiles: int, work: float) -> "PassMeter":
+        """A pass begins; its tiles are reported through what this returns. Two passes may take
+        turns (a render and the next stage's statistics), each with its own count and rate."""
+        return PassMeter(self, stage, step, tiles, work / tiles)
 
-    def tile_done(self, index: int, pixels: int) -> None:
-        self.heap.step_done()
-        self.done += self.tile_work
-        self.pass_pixels += pixels
+    def _tile_done(self, done: "PassMeter", index: int) -> None:
+        self.heap.step_done((done.stage, done.step))
+        self.done += done.tile_work
         if self.callback is None:
             return
         now = time.perf_counter()
-        rate = self.pass_pixels / 1e6 / max(now - self.pass_started, 1e-9)
+        rate = done.pixels / 1e6 / max(now - done.started, 1e-9)
         eta = (now - self.started) * max(self.total - self.done, 0.0) / max(self.done, 1e-9)
-        self.callback(TileProgress(self.stage, self.step, index + 1, self.tiles, rate, eta))
+        self.callback(TileProgress(done.stage, done.step, index + 1, done.tiles, rate, eta))
+
+
+@dataclass
+class PassMeter:
+    """One pass of a `Meter`'s run: its tiles, and the image pixels done since it began (its
+    rate counts the time of any pass it takes turns with)."""
+
+    meter: Meter
+    stage: int
+    step: str
+    tiles: int
+    tile_work: float
+    started: float = field(default_factory=time.perf_counter)
+    pixels: int = 0
+
+    def tile_done(self, index: int, pixels: int) -> None:
+        self.pixels += pixels
+        self.meter._tile_done(self, index)
