@@ -69,7 +69,8 @@ class HeapGuard:
     Two things move the resident set without creeping, and do not count against the slack:
     - steps of different kinds taking turns (a stage's render and the next stage's statistics
       pass run band by band, `tiling.passes`): the guard settles over the first steps of every
-      kind it has seen since the last trim;
+      kind since the last trim. A kind it has not seen before (a new pass) starts with a trim, so
+      that a pass does not settle on top of what the passes before it left in the heap;
     - arrays waiting for a writer thread (`hold`), which pile up while the disk is slow: the most
       held at once since the last trim is allowed on top of the slack.
     """
@@ -79,6 +80,7 @@ class HeapGuard:
         self._lock = threading.Lock()
         self.held = self.held_peak = self.settled = 0
         self.steps: Counter = Counter()
+        self.kinds: set = set()  # of the passes under way
 
     def start(self) -> None:
         release_freed_memory()
@@ -90,10 +92,20 @@ class HeapGuard:
             self.held += nbytes
             self.held_peak = max(self.held_peak, self.held)
 
-    def step_done(self, kind=None) -> None:
+    def step_done(self, kind=None, last: bool = False) -> None:
+        """A step of `kind` is done; `last`: the last of its kind (its pass is over)."""
         rss = resident_bytes()
+        if kind not in self.kinds:
+            self.kinds.add(kind)
+            self.start()
+            rss = resident_bytes()
         self.steps[kind] += 1
         if self.steps[kind] <= self.settle_steps:
             self.settled = max(self.settled, rss)
-        elif rss > self.settled * (1 + self.slack) + self.held_peak:
+        elif self._grown(rss):
             self.start()
+        if last:
+            self.kinds.discard(kind)
+
+    def _grown(self, rss: int) -> bool:
+        return rss > self.settled * (1 + self.slack) + self.held_peak

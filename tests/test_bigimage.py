@@ -305,38 +305,42 @@ def test_too_little_space_is_refused_before_anything_is_written(stylist, style, 
 
 
 def test_space_needed_counts_the_stage_buffers():
-    """Stage 2 of (2, 1) at 4 MP keeps its float output (12 B/px; its input is the caller's) and
-    32 channels of features at a quarter of the pixels (32 B/px)."""
+    """Stage 2 of (2, 1) at 4 MP stores 32 channels of features at a quarter of the pixels
+    (32 B/px); its render discards them band by band as its float output (12 B/px; its input is
+    the caller's) grows, so the peak is the features as the render starts."""
     from cdcore.modelset import load_model_set
 
     models = load_model_set(MODELS, stages=(3, 2, 1))
     need = buffer_bytes(models, (2, 1), 2048, 2048, 1024)
-    assert need == 12 * 2048 * 2048 + 1024 * 1024 * 32 * 4
+    assert need == 1024 * 1024 * 32 * 4
     assert buffer_bytes(models, (1,), 2048, 2048, 1024) == 0  # content and result are the caller's
     assert buffer_bytes(models, (2, 1), 2048, 2048, 1024, recompute={2}) == 12 * 2048 * 2048
     # A stroke scale of 2: the fine stages at full size on the upsampled float image (12 B/px)
-    # and the float result of stage 2 (12 B/px) outweigh the coarse stage at a quarter of the pixels.
+    # beside stage 2's features outweigh the coarse stage at a quarter of the pixels.
     assert buffer_bytes(models, (3, 2, 1), 2048, 2048, 1024, stroke_scale=2) == (
-        12 * 2048 * 2048 * 2 + 1024 * 1024 * 32 * 4)
+        12 * 2048 * 2048 + 1024 * 1024 * 32 * 4)
 
 
 def test_short_scratch_disk_or_memory_recomputes_the_cheapest_stored_features():
-    """The gigapixel cascade: with every store, stage 3's render runs beside stage 2's statistics
-    pass and holds 16 GB of stage 3's features, a band of 2,008 float rows between them (0.96 GB)
-    and stage 2's 32 GB of features; stage 2's are 32 GB for 2.6% of the work, and without them
-    the peak is stage 3's features beside its whole float output, 28 GB."""
+    """The gigapixel cascade, whose renders discard what they have read band by band. With every
+    store, the peak is as stage 3's render ends: stage 2's 32 GB of features, written by its
+    statistics pass fused with that render, a band of 2,008 float rows between them (0.96 GB) and
+    stage 3's last window band of features (256 of 6,250 rows of 16 GB). Stage 2's features are
+    32 GB for 2.6% of the work; without them the peak is as stage 4's render ends: stage 3's
+    16 GB of features, a band of 1,944 rows and 128 of stage 4's 3,125 rows of 8 GB."""
     from cdcore.modelset import load_model_set
 
     models = load_model_set(MODELS)
     levels, size = (5, 4, 3, 2, 1), (25_000, 40_000)
-    assert buffer_bytes(models, levels, *size, 1024) == 48e9 + 2008 * 40_000 * 12
-    assert stages_to_recompute(models, levels, *size, 1024, budget=49e9) == frozenset()
-    assert stages_to_recompute(models, levels, *size, 1024, budget=48e9) == {2}
-    assert buffer_bytes(models, levels, *size, 1024, recompute={2}) == 28e9
-    # Without stage 3's store it holds its input and output, 24 GB: the floor, since stage 4 holds
-    # its features beside one float image (20 GB) and stage 5 less, so they keep them.
-    assert buffer_bytes(models, levels, *size, 1024, recompute={2, 3}) == 24e9
-    assert stages_to_recompute(models, levels, *size, 1024, budget=27e9) == {2, 3}
+    row = 12 * 40_000
+    assert buffer_bytes(models, levels, *size, 1024) == 32e9 + 2008 * row + 16e9 * 256 / 6250
+    assert stages_to_recompute(models, levels, *size, 1024, budget=34e9) == frozenset()
+    assert stages_to_recompute(models, levels, *size, 1024, budget=33e9) == {2}
+    assert buffer_bytes(models, levels, *size, 1024, recompute={2}) == 16e9 + 1944 * row + 8e9 * 128 / 3125
+    # Without stage 3's store, stage 4's render ends beside its whole float output: 12.5 GB, the
+    # floor, since encoding stages 4 and 5 again lowers it no further.
+    assert buffer_bytes(models, levels, *size, 1024, recompute={2, 3}) == 12_503_040_000
+    assert stages_to_recompute(models, levels, *size, 1024, budget=17e9) == {2, 3}
     assert stages_to_recompute(models, levels, *size, 1024, budget=1e9) == {2, 3}
     # Buffers that outgrow memory reach the disk, where stage 2's features cost more to write and
     # read back than to encode again; stages 3 to 5 still store theirs.

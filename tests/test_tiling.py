@@ -18,6 +18,7 @@ from PIL import Image
 from cdcore import tiling
 from cdcore.images import Canvas
 from cdcore.tiling import TiledEngine, passes, planning
+from cdcore.tiling.buffers import Buffers, ImageBuffer, RowRing
 from cdcore.images import ImageError, read_image
 from cdcore.modelset import load_model_set
 from cdcore.stylize import run_stage, style_statistics, stylize, to_tensor, to_uint8
@@ -171,6 +172,36 @@ def test_the_image_between_stages_is_a_band_of_rows_where_the_next_stage_stores_
     assert files[4] == files[3] == (3, 0)
     assert files[2] == (2, 1)  # its features and its whole output: stage 1 reads it twice
     assert files[1] == (1, 1)  # stage 1 encodes again from its input; its output is the caller's
+
+
+def test_a_row_ring_keeps_the_last_rows_written_and_refuses_the_rest(tmp_path):
+    image = np.random.default_rng(0).random((50, 7, 3), dtype=np.float32)
+    ring = Buffers(str(tmp_path)).rows(50, 12, (7, 3))
+    assert isinstance(ring, RowRing) and ring.shape == (50, 7, 3)
+    assert os.path.getsize(ring.backing.path) == 12 * 7 * 3 * 4
+    with pytest.raises(RuntimeError, match="rows 0-5 are not in the ring, which holds rows 0-0"):
+        ring.read(slice(0, 5), slice(0, 7))  # not written yet
+    for y in range(0, 50, 5):  # bands of 5 rows, wrapping around the ring's 12
+        ring.write(slice(y, y + 5), slice(0, 7), image[y: y + 5])
+        top = max(0, y + 5 - 12)
+        np.testing.assert_array_equal(ring.read(slice(top, y + 5), slice(2, 6)), image[top: y + 5, 2:6])
+    with pytest.raises(RuntimeError, match="rows 30-40 are not in the ring, which holds rows 38-50"):
+        ring.read(slice(30, 40), slice(0, 7))  # written over
+    ring.close()
+    assert list(tmp_path.iterdir()) == []
+    assert not isinstance(Buffers(None).rows(10, 12, (7, 3)), RowRing)  # no smaller than the image
+
+
+def test_discarded_rows_give_their_disk_blocks_back(tmp_path):
+    buffer = ImageBuffer.on_disk(str(tmp_path), (64, 1024, 3))
+    buffer.write(slice(0, 64), slice(0, 1024), np.ones((64, 1024, 3), np.float32))
+    os.fsync(buffer._fd)
+    before = os.stat(buffer.path).st_blocks
+    buffer.discard(slice(0, 48))
+    assert os.stat(buffer.path).st_blocks <= before // 4 + 8
+    np.testing.assert_array_equal(buffer.read(slice(40, 64), slice(0, 1024))[:8], 0)  # a hole reads as zeros
+    np.testing.assert_array_equal(buffer.read(slice(48, 64), slice(0, 1024)), 1)
+    buffer.close()
 
 
 def test_scratch_disk_peaks_where_planning_says(models, content, wct, tmp_path):

@@ -7,6 +7,7 @@ whole-image path pads the content.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import uuid
@@ -23,6 +24,13 @@ from ..stylize import to_uint8
 # An intermediate image larger than this goes to disk when `disk_buffer` is left to choose (about
 # 5.6 MP of float32 RGB): reading a tile window from the page cache costs far less than encoding it.
 DISK_BUFFER_BYTES = 64 << 20
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_FALLOCATE = getattr(_LIBC, "fallocate", None)  # Linux: frees a file's blocks in place
+if _FALLOCATE is not None:
+    _FALLOCATE.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_PUNCH_HOLE = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, linux/falloc.h
 
 
 class ImageBuffer:
@@ -77,6 +85,16 @@ class ImageBuffer:
             return
         for i, offset in enumerate(self._offsets(y0, y1, x0)):
             os.pwrite(self._fd, memoryview(np.ascontiguousarray(block[i])).cast("B"), offset)
+
+    def discard(self, rows: slice) -> None:
+        """Rows that will not be read again: a file gives their disk blocks and page cache back at
+        once (they read as zeros after), so that a gigapixel pass leaves the page cache to what is
+        still to come instead of making the kernel evict for every page it writes."""
+        (y0, y1), row = self._span(rows, 0), self.dtype.itemsize * math.prod(self.shape[1:])
+        if self._fd is None or y1 <= y0:
+            return
+        if _FALLOCATE is None or _FALLOCATE(self._fd, _PUNCH_HOLE, y0 * row, (y1 - y0) * row) != 0:
+            os.posix_fadvise(self._fd, y0 * row, (y1 - y0) * row, os.POSIX_FADV_DONTNEED)  # the cache, at least
 
     def _span(self, span: slice, axis: int) -> tuple[int, int]:
         start, stop, step = span.indices(self.shape[axis])
@@ -143,6 +161,9 @@ class RowRing(ImageBuffer):
         for ring, part in self._pieces(y0, y1):
             self.backing.write(ring, cols, block[part])
         self.written = max(self.written, y1)
+
+    def discard(self, rows: slice) -> None:
+        """Nothing: the ring's rows are written over."""
 
     def _pieces(self, y0: int, y1: int):
         """(ring rows, block rows) of image rows y0..y1: one piece, or two where they wrap."""

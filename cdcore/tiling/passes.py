@@ -11,12 +11,13 @@ Where encoding is dear and the features small (stages 2 to 5), the statistics pa
 and the render pass decodes from that store instead of encoding again. Both passes read the next
 tile's window and write the last tile's result while the networks compute (`overlap`).
 
-A stage's render and the next stage's statistics pass run fused, a band of rows at a time: once
-the render has written a band, the statistics pass encodes every window whose rows are all
-written. So the next stage reads its image while it is still in the page cache; and where that
-stage stores its features it never reads the image again, so only a band of its rows is kept (a
-`RowRing`): at a gigapixel, a 12 GB float image neither written to disk nor read back, twice
-(benchmarks/RESULTS.md, issue 15).
+Where the next stage stores its features, a stage's render and that stage's statistics pass run
+fused, a band of rows at a time: once the render has written a band, the statistics pass encodes
+every window whose rows are all written. That stage never reads its image again, so only a band
+of its rows is kept (a `RowRing`): at a gigapixel, a 12 GB float image neither written to disk nor
+read back, at two stages. A next stage that encodes again reads its image twice, so the image is
+whole, and fusing gains nothing measurable there while the two full-resolution working sets
+(stages 2 and 1) raise the peak resident set by about 0.1 GB (benchmarks/RESULTS.md, issue 15).
 """
 from __future__ import annotations
 
@@ -61,13 +62,11 @@ class Statistics:
 
     def advance(self, written: int) -> None:
         """Encode every window not yet encoded that lies within the image's first `written` rows."""
-        k, device = self.encoder.stage, _device(self.encoder)
-        m, rows = stage_multiple(k), self.source.image.shape[0]
+        device, m, rows = _device(self.encoder), stage_multiple(self.encoder.stage), self.source.image.shape[0]
         ready = self.encoded
         while ready < len(self.tiles) and window_rows(self.tiles[ready], m, rows).stop <= written:
             ready += 1
-        load = lambda tile: _image_under(self.source, k, tile.rows, tile.cols, self.grid)  # noqa: E731
-        for tile, block in read_ahead(self.tiles[self.encoded: ready], load):
+        for tile, block in read_ahead(self.tiles[self.encoded: ready], self._window):
             # exact but within `encoder_halo` of the window's edges inside the grid: keep the rest
             feature = tile.kept(self.encoder(to_tensor(block, device)))
             part = transforms.moments(feature)
@@ -76,6 +75,9 @@ class Statistics:
                 self.writes.submit(self.store.write, tile.keep_rows, tile.keep_cols, to_numpy(feature))
             self.meter.tile_done(self.encoded, span_length(tile.keep_rows) * span_length(tile.keep_cols) * m * m)
             self.encoded += 1
+
+    def _window(self, tile: Tile):
+        return _image_under(self.source, self.encoder.stage, tile.rows, tile.cols, self.grid)
 
     def moments(self) -> transforms.Moments:
         """Encode the windows left (the image is whole by now); wait for the stored features."""
@@ -123,10 +125,12 @@ class StageRun:
         return self.statistics.source.image
 
     def render(self, a: torch.Tensor, b: torch.Tensor, dest: ImageBuffer,
-               band_done: Callable[[int], None] | None = None) -> None:
+               band_done: Callable[[int], None] | None = None, discard_input: bool = False) -> None:
         """Decode every tile's window of features, moved by A f + b; keep the part the tile owns,
         cropped to the unpadded image, in `dest`. Features come from the store, or are encoded
-        again. `band_done(rows)`: called once the first `rows` rows of `dest` are written."""
+        again from the image, whose rows no window reads again are discarded where
+        `discard_input`; the store's always are. `band_done(rows)`: called once the first `rows`
+        rows of `dest` are written."""
         k, plan, m = self.plan.k, self.plan, stage_multiple(self.plan.k)
         height, width = dest.shape[:2]
         device = _device(self.decoder)
@@ -147,9 +151,20 @@ class StageRun:
                 kept = image[..., y0: y0 + span_length(y), x0: x0 + span_length(x)]
                 writes.submit(dest.write, y, x, dest.block_of(kept))
                 counts.tile_done(i, span_length(y) * span_length(x))
-                if band_done is not None and (i + 1 == len(tiles) or tiles[i + 1].keep_rows != tile.keep_rows):
+                if i + 1 < len(tiles) and tiles[i + 1].keep_rows == tile.keep_rows:
+                    continue  # the band goes on
+                if i + 1 < len(tiles):
+                    self._discard_above(tiles[i + 1], discard_input)
+                if band_done is not None:
                     writes.drain()
                     band_done(y.stop)
+
+    def _discard_above(self, tile: Tile, discard_input: bool) -> None:
+        """Let go of the rows above `tile`'s window, the first of a band: no later window reads them."""
+        if self.store is not None:
+            self.store.discard(slice(0, tile.rows.start))
+        elif discard_input:
+            self.image.discard(slice(0, self._encoder_window(tile).rows.start * stage_multiple(self.plan.k)))
 
     def _encoder_window(self, tile: Tile) -> Tile:
         """Where to encode a render tile's features [rows, cols] again, exact up to its edges: the
@@ -190,7 +205,8 @@ class Cascade:
     def run(self, image: ImageBuffer, dest: ImageBuffer, levels: tuple[int, ...], tile_size: int) -> None:
         """Stages `levels` in order from `image` to `dest` (uint8 or float32, (H, W, 3)). Each
         stage's float result, unclamped, is the next one's input, in a buffer freed once read;
-        each stage's render runs fused with the next stage's statistics pass."""
+        a stage's render runs fused with the next stage's statistics pass where that stage stores
+        its features."""
         if tile_size == 0:
             dest.store(slice(None), slice(None), stylize(self.models, read_whole(image), self.style,
                                                          self.alpha, levels))
@@ -211,7 +227,9 @@ class Cascade:
                     out = held.enter_context(closing(self._between(plan, plans[i + 1], height, width)))
                     follower = held.enter_context(StageRun.start(self.models, plans[i + 1], out, self.buffers,
                                                                  self.meter))
-                stage.render(a, b, out, follower.statistics.advance if follower is not None else None)
+                fused = follower is not None and follower.plan.stored
+                stage.render(a, b, out, follower.statistics.advance if fused else None,
+                             discard_input=stage.image is not image)
                 stage.close()
                 if stage.image is not image:
                     stage.image.close()

@@ -32,11 +32,12 @@ PIXEL_WORK_MACS = 16_000
 # 2-5 of the 16x set and VGG-19, not stage 1 (27 MACs per value for the 16x set).
 STORE_MACS_PER_VALUE = 100
 # Where a run's buffers outgrow the memory the page cache can keep them in (a gigapixel cascade's
-# 28-44 GB), a stored value goes to disk and back: storing then pays only above this. Stage 2 of
+# 17-34 GB), a stored value goes to disk and back: storing then pays only above this. Stage 2 of
 # the 16x set (486 MACs per value) writes its 32 GB of features at 1 GP as fast as the disk takes
-# them (360 MB/s here), no faster overall than encoding them again, even with the writes on a
-# helper thread; stage 3 (1,836) writes half as much in twice the compute, which the disk keeps up
-# with; stages 4 and 5 (7,700, 45,800) store (benchmarks/RESULTS.md, issue 15).
+# them (360 MB/s here), no faster overall than encoding them again, whether its statistics pass
+# runs alone or fused with stage 3's render; stage 3 (1,836) writes half as much in twice the
+# compute, which the disk keeps up with; stages 4 and 5 (7,700, 45,800) store
+# (benchmarks/RESULTS.md, issue 15).
 DISK_STORE_MACS_PER_VALUE = 1000
 # Peak bytes per pixel of a network call, per channel of the models' widest full-resolution layer
 # (about 11 measured for the 16x set on the CPU, see benchmarks/RESULTS.md; rounded up).
@@ -276,11 +277,15 @@ def ring_rows(render: StagePlan, follower: StagePlan, height: int) -> int:
 
 def _cascade_bytes(models: ModelSet, levels, height: int, width: int, tile_size: int, recompute) -> int:
     """Peak bytes of a tiled cascade's buffers. The first stage's statistics pass holds its stored
-    features; then each stage's render runs beside the next stage's statistics pass
-    (`passes.Cascade`), holding at once: its stored features, or else its float input (unless that
-    is the caller's content); its float output (unless it is the caller's result), of which only
-    `ring_rows` where the next stage stores features; and those features as they are written. A
-    stage that stores its features has freed its input by then."""
+    features. Then each stage's render reads its stored features (or else its float input, unless
+    that is the caller's content) band by band and discards what it has read
+    (`ImageBuffer.discard`), while its float output grows band by band (unless it is the caller's
+    result), and where the next stage stores features, only `ring_rows` of it beside those
+    features, which the next stage's statistics pass, fused with the render (`passes.Cascade`),
+    writes band by band. So the bytes held run about linearly from what is read plus the ring, as
+    the render starts, to the output, the next stage's features and a window's band of what is
+    read, as it ends; the peak is at one end or the other. A stage that stores its features has
+    freed its input by then."""
     if tile_size == 0:
         return 0
     plans = [plan_stage(models, k, height, width, tile_size, k not in recompute) for k in levels]
@@ -293,12 +298,21 @@ def _cascade_bytes(models: ModelSet, levels, height: int, width: int, tile_size:
     peak = store(plans[0])
     for i, plan in enumerate(plans):
         follower = plans[i + 1] if i + 1 < len(plans) else None
-        held_in = row * height if i > 0 and not plan.stored else 0
+        window = span_length(plan.render[0].rows)  # feature rows of a render window
+        if plan.stored:
+            read, band = store(plan), store(plan) * window // plan.grid[0]
+        elif i > 0:
+            m = stage_multiple(plan.k)
+            read, band = row * height, row * min(height, (window + 2 * encoder_halo(plan.k)) * m)
+        else:  # the caller's content
+            read = band = 0
         if follower is None:
-            out = 0
+            ring = out = 0
+        elif follower.stored:
+            ring = out = row * min(height, ring_rows(plan, follower, height))
         else:
-            out = row * (min(height, ring_rows(plan, follower, height)) if follower.stored else height)
-        peak = max(peak, store(plan) + held_in + out + store(follower))
+            ring, out = 0, row * height
+        peak = max(peak, read + ring, band + out + store(follower))
     return peak
 
 

@@ -51,7 +51,7 @@ class Meter:
         return PassMeter(self, stage, step, tiles, work / tiles)
 
     def _tile_done(self, done: "PassMeter", index: int) -> None:
-        self.heap.step_done((done.stage, done.step))
+        self.heap.step_done((done.stage, done.step), last=index + 1 == done.tiles)
         self.done += done.tile_work
         if self.callback is None:
             return
