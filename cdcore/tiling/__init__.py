@@ -7,7 +7,7 @@ reflect-pads where the whole image does at the image's own edges.
     engine     `TiledEngine`: stylize an image, or compute a style's statistics, tile by tile
     planning   where the windows go (halos, `plan_tiles`), their work, and the tile size
     passes     the statistics and render passes of a stage (`StageRun`), and the cascade of stages
-    buffers    the image between stages, in RAM or in raw files, read by window
+    buffers    the image between stages, in RAM or in raw files, read by window (or a ring of rows)
     overlap    a pass's window reads and result writes, on helper threads beside the networks
     strokes    stroke scale: the coarse stages on a downscaled content
     resample   Lanczos and bilinear resizes of buffers, a band of rows at a time

@@ -318,8 +318,9 @@ def _cascade_bytes(models: ModelSet, levels, height: int, width: int, tile_size:
 
 def buffer_bytes(models: ModelSet, levels, height: int, width: int, tile_size: int, stroke_scale: float = 1.0,
                  recompute=()) -> int:
-    """Peak bytes of the buffers `TiledEngine.stylize` keeps over a run (in files, for large
-    images): the images between stages and the stored features. The content and the result are
+    """Peak bytes of the files `TiledEngine.stylize` keeps over a run with disk buffers: the images
+    between stages and the stored features (buffers in RAM, which cannot be discarded a band at
+    a time, hold more as a render goes). The content and the result are
     the caller's. With a stroke scale S: the content shrunk by S (8-bit, and an 8-bit image
     between Lanczos' two passes), the coarse stages' float result at that size, and the full-size
     float image they are upsampled into for the fine stages."""

@@ -33,11 +33,11 @@ class Meter:
     The ETA extrapolates the time spent so far by work (`planning.pass_work`) done and planned, so
     it weighs a stage 5 tile as the heavy one it is.
 
-    `heap` trims the malloc heap as a run starts, and again only when the resident set creeps
+    `heap` trims the malloc heap as each pass starts, and again only when the resident set creeps
     more than 5% past where it settled over a few tiles (`memory.HeapGuard`), which happens when
-    tiles, or the next stage's shapes, fit the heap's holes badly. Never trimming lets large runs
-    creep up; trimming after every tile makes each tile page-fault its working set in again (both
-    measured in benchmarks/RESULTS.md).
+    tiles fit the heap's holes badly. Never trimming lets large runs creep up; trimming after
+    every tile makes each tile page-fault its working set in again (both measured in
+    benchmarks/RESULTS.md).
     """
 
     def __init__(self, callback: Callable[[TileProgress], None] | None, total_work: float):
