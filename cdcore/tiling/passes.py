@@ -16,8 +16,8 @@ fused, a band of rows at a time: once the render has written a band, the statist
 every window whose rows are all written. That stage never reads its image again, so only a band
 of its rows is kept (a `RowRing`): at a gigapixel, a 12 GB float image neither written to disk nor
 read back, at two stages. A next stage that encodes again reads its image twice, so the image is
-whole, and fusing gains nothing measurable there while the two full-resolution working sets
-(stages 2 and 1) raise the peak resident set by about 0.1 GB (benchmarks/RESULTS.md, issue 15).
+whole; fusing gained nothing measurable there (benchmarks/RESULTS.md, issue 15) and would hold two
+full-resolution working sets (stages 2 and 1) at once, so it is not done.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from .. import transforms
+from .. import memory, transforms
 from ..modelset import ModelSet
 from ..nets import Decoder, Encoder, stage_multiple
 from ..stylize import StyleStats, check_content_size, stylize
@@ -234,6 +234,9 @@ class Cascade:
                 if stage.image is not image:
                     stage.image.close()
                 stage = follower
+        # The heap's free blocks served the tiles; what comes next (encoding the result, another
+        # image) need not carry them: the 42 MP run peaked while encoding, on 0.8 GB of them.
+        memory.release_freed_memory()
 
     def _between(self, plan: StagePlan, follower: StagePlan, height: int, width: int) -> ImageBuffer:
         """The float image from one stage to the next: a band of rows where the next stage stores
