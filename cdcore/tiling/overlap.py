@@ -1,6 +1,6 @@
 """A tiled pass's buffer reads and writes, done by helper threads while its networks compute.
 
-At a gigapixel a cascade's buffers (28-44 GB) outgrow the page cache, so a window read waits on the
+At a gigapixel a cascade's buffers (17-34 GB) outgrow the page cache, so a window read waits on the
 disk and a write waits for the kernel to flush dirty pages; done in line, every tile pays both
 (benchmarks/RESULTS.md, issue 15). pread and pwrite release the GIL, so one thread can read the
 next tile's window and another write the last tile's result while torch computes this one.
@@ -74,11 +74,9 @@ class WriteBehind:
     def close(self, failed: bool = False) -> None:
         """What leaving the `with` does; `failed`: only wait, the caller's own error goes on."""
         try:
+            if not failed:
+                self.drain()
             while self._pending:
-                future = self._pending.popleft()
-                if failed:
-                    future.exception()  # wait, but let the block's own error through
-                else:
-                    future.result()
+                self._pending.popleft().exception()  # wait, but let the caller's own error through
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)

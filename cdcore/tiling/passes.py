@@ -89,7 +89,11 @@ class Statistics:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        self.writes.close(failed=kind is not None)
+        self.close(failed=kind is not None)
+
+    def close(self, failed: bool = False) -> None:
+        """Stop the writer, after its writes (only waiting for them where `failed`)."""
+        self.writes.close(failed)
 
 
 def accumulate(encoder: Encoder, source: PaddedImage, grid: tuple[int, int], tiles: list[Tile],
@@ -185,7 +189,7 @@ class StageRun:
     def close(self, failed: bool = False) -> None:
         """Stop the statistics pass's writer and free the stored features (again is harmless)."""
         try:
-            self.statistics.writes.close(failed)
+            self.statistics.close(failed)
         finally:
             if self.store is not None:
                 self.store.close()
