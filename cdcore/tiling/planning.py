@@ -343,7 +343,8 @@ def stages_to_recompute(models: ModelSet, levels, height: int, width: int, tile_
       cheaper to encode again than to write to disk and read back (DISK_STORE_MACS_PER_VALUE);
     - then, so that `buffer_bytes` fits in `budget` where it can, those that save the most bytes
       per extra multiply-accumulate, where they lower the peak. Recomputing stage 2 of the 16x
-      set spares its 32 B per pixel of features for 2.6% more work: a gigapixel cascade needs 17 GB, not 34.
+      set spares its 32 B per pixel of features for 2.6% more work: a gigapixel cascade needs
+      17 GB, not 34.
     """
     def bytes_per_mac(k: int) -> float:
         return 4 / _macs_per_value(models.encoder(k))
