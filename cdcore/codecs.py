@@ -5,8 +5,11 @@ plain JPEG straight to RGB about twice as fast as Pillow, to identical pixels (b
 libjpeg-turbo with the same settings), while Pillow encodes faster and keeps our 4:4:4 chroma. So:
 
 - decode: torchvision for a plain JPEG (8-bit RGB or grey, no EXIF rotation), on the GPU (nvJPEG)
-  when the caller holds one; Pillow for everything else (`images.decode`): CMYK, EXIF orientation,
-  16-bit, alpha and every other format keep exactly today's behaviour;
+  when the caller holds one and the JPEG has full-resolution chroma; Pillow for everything else
+  (`images.decode`): CMYK, EXIF orientation, 16-bit, alpha and every other format keep exactly
+  today's behaviour. nvJPEG upsamples subsampled chroma (4:2:0 and 4:2:2, what most cameras
+  write) otherwise than libjpeg-turbo: up to 16 levels apart on an H200, and the stylized result
+  35.5 dB from the CPU's (benchmarks/RESULTS.md, issue 15);
 - encode: nvJPEG on a GPU; Pillow on the CPU.
 
 torchvision is imported on first use, so commands that never decode stay quick to start.
@@ -31,11 +34,26 @@ def load() -> None:
     import torchvision.io  # noqa: F401
 
 
-def is_plain_jpeg(img: Image.Image) -> bool:
-    """A JPEG that torchvision decodes to exactly what `images.decode` makes of it with Pillow."""
+def is_plain_jpeg(img: Image.Image, device=None) -> bool:
+    """A JPEG that torchvision decodes on `device` (None: the CPU) to exactly what `images.decode`
+    makes of it with Pillow."""
     if img.format != "JPEG" or img.mode not in PLAIN_MODES:
         return False
-    return img.getexif().get(EXIF_ORIENTATION, 1) == 1
+    if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        return False
+    return device is None or torch_device(device).type == "cpu" or full_chroma(img)
+
+
+def full_chroma(img: Image.Image) -> bool:
+    """Whether every component of a JPEG has the same sampling factors (4:4:4, or grey)."""
+    layers = getattr(img, "layer", None)  # Pillow's (id, h, v, table) per component
+    return bool(layers) and len({(h, v) for _, h, v, _ in layers}) == 1
+
+
+def torch_device(device):
+    import torch
+
+    return torch.device(device)
 
 
 def decode_jpeg(data: bytes, device=None) -> np.ndarray:

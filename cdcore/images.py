@@ -82,7 +82,8 @@ def _to_8bit_gray(img: Image.Image) -> np.ndarray:
 
 def decode(data: bytes | io.IOBase, name: str, max_pixels: int = DEFAULT_MAX_PIXELS, device=None) -> Picture:
     """Decode an image file into a Picture, honouring EXIF orientation. A plain JPEG given as bytes
-    is decoded by torchvision (`codecs`), on `device` when that is a GPU: the same pixels, faster."""
+    is decoded by torchvision (`codecs`), on `device` when that is a GPU and nvJPEG gives the
+    same pixels: faster."""
     stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     try:
         img = Image.open(stream)
@@ -91,7 +92,7 @@ def decode(data: bytes | io.IOBase, name: str, max_pixels: int = DEFAULT_MAX_PIX
     check_pixels(name, *img.size, _length(stream), max_pixels)
     if img.mode not in SUPPORTED_MODES:
         raise ImageError(f"{name}: unsupported image mode {img.mode}")
-    if isinstance(data, (bytes, bytearray)) and codecs.is_plain_jpeg(img):
+    if isinstance(data, (bytes, bytearray)) and codecs.is_plain_jpeg(img, device):
         try:
             return Picture(codecs.decode_jpeg(data, device))
         except RuntimeError:

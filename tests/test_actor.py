@@ -177,6 +177,16 @@ def test_plain_jpegs_decode_to_exactly_what_pillow_gives(mode, options):
     np.testing.assert_array_equal(images.decode(data, "x.jpg").rgb, pillow_rgb(data))
 
 
+@pytest.mark.parametrize("mode, options, on_gpu", [("RGB", {"subsampling": 0}, True), ("L", {}, True),
+                                                   ("RGB", {"subsampling": 1}, False), ("RGB", {}, False)])
+def test_only_jpegs_of_full_chroma_are_decoded_on_a_gpu(mode, options, on_gpu):
+    # nvJPEG upsamples 4:2:2 and 4:2:0 chroma otherwise than libjpeg-turbo (16 levels apart on an
+    # H200): those keep the host's decoder. The choice reads the header alone, so no GPU is needed.
+    img = Image.open(io.BytesIO(jpeg(Image.open(CONTENT / "harbor_420.jpg").convert(mode), **options)))
+    assert codecs.is_plain_jpeg(img, "cuda") == on_gpu
+    assert codecs.is_plain_jpeg(img, "cpu") and codecs.is_plain_jpeg(img)
+
+
 def test_rotated_and_cmyk_jpegs_keep_the_pillow_path():
     photo = Image.open(CONTENT / "harbor_420.jpg").convert("RGB")
     exif = Image.Exif()
