@@ -92,6 +92,21 @@ def test_plan_tiles_spends_little_on_halos_of_a_wide_image():
     assert area <= 1.2 * 80 * 200
 
 
+def test_a_stage_wide_at_full_resolution_gets_smaller_windows(models):
+    """The 16x set's stage 1 is 24 channels wide at full resolution, the others 16: its windows
+    shrink by sqrt(16/24), so that a window of every stage holds about the same activations."""
+    assert [planning.window_side(models, k, 1024) for k in (1, 2, 3, 4, 5)] == [836, 1024, 1024, 1024, 1024]
+    plan = planning.plan_stage(models, 1, 4096, 10240, 1024)
+    assert max(span_area(t) for t in plan.statistics + plan.render) <= 836 * 836
+    assert max(span_area(t) for t in plan.render) > 0.9 * 836 * 836
+    alone = load_model_set(MODELS, stages=(1,))  # no narrower stage to hold it to
+    assert planning.window_side(alone, 1, 1024) == 1024
+
+
+def span_area(tile: tiling.Tile) -> int:
+    return (tile.rows.stop - tile.rows.start) * (tile.cols.stop - tile.cols.start)
+
+
 @pytest.mark.parametrize("stage", [5, 4, 3, 2, 1])
 def test_tiled_stage_equals_whole_image_stage(models, content, wct, stage):
     """Floats, one stage, a tile size (100) that neither divides the image nor is a multiple of 16."""

@@ -15,7 +15,8 @@ from ..options import stroke_scale as check_stroke_scale
 from ..stylize import StyleStats, check_style, check_style_size, style_statistics
 from .buffers import Buffers, ImageBuffer, PaddedImage, as_buffer, read_whole
 from .passes import Cascade, accumulate
-from .planning import cascade_work, encoder_halo, macs_per_pixel, pass_work, plan_tiles, resolve_tile_size
+from .planning import (cascade_work, encoder_halo, macs_per_pixel, pass_work, plan_tiles, resolve_tile_size,
+                       window_side)
 from .progress import Meter, TileProgress
 from .strokes import stylize_stroke_scaled
 
@@ -26,8 +27,9 @@ class TiledEngine:
     (`stylize.stylize`, `stylize.style_statistics`) up to float rounding.
 
     tile_size: bounds what one network call sees, and so the memory: every window of stage k
-        holds at most tile_size^2 image pixels (side counted in its pooling multiple 2^(k-1),
-        rounded down, and at least 4 halos), shaped by `plan_tiles`. 0 runs the whole image at
+        holds at most tile_size^2 image pixels, fewer where the stage is wider at full
+        resolution than the others (`planning.window_side`; side counted in its pooling multiple
+        2^(k-1), rounded down, and at least 4 halos), shaped by `plan_tiles`. 0 runs the whole image at
         once; None picks a size per image with `choose_tile_size` from the memory free on the
         models' device (the whole image when it fits).
     disk_buffer: keep the image between stages (and stored features) in raw files in a
@@ -93,7 +95,7 @@ class TiledEngine:
         for k in levels:  # unpadded: pooling floors the style's size, as for the whole style
             m = stage_multiple(k)
             grid = (height // m, width // m)
-            tiles = plan_tiles(grid, encoder_halo(k), max(1, tile_size // m))
+            tiles = plan_tiles(grid, encoder_halo(k), max(1, window_side(self.models, k, tile_size) // m))
             plans[k] = grid, tiles, pass_work(tiles, m, macs_per_pixel(self.models.encoder(k), k))
         meter = Meter(self.progress, sum(work for _, _, work in plans.values()))
         source = PaddedImage(image, height, width)

@@ -44,7 +44,11 @@ DISK_STORE_MACS_PER_VALUE = 1000
 BYTES_PER_CHANNEL_PIXEL = 14
 # Windows larger than this gain little speed on a CPU and cost memory (benchmarks/RESULTS.md).
 MAX_CPU_TILE = 1024
-MAX_CUDA_TILE = 4096
+# On a GPU the host reads, writes and stores each window, so host memory grows with the square of
+# the side: streaming 200 MP on an H200, windows of 4096 held 4.2 GB and ran no faster than 2048
+# (2.2 GB; 1024: 1.7 GB, 1.6x slower). In memory, tiles of 2048 were also faster at 42 MP
+# (benchmarks/RESULTS.md, issues 11 and 15).
+MAX_CUDA_TILE = 2048
 MIN_TILE = 64
 # choose_tile_size keeps whole images and tile windows to this share of the available memory.
 MEMORY_SHARE = 0.25
@@ -216,14 +220,34 @@ class StagePlan:
     render_work: float
 
 
+def full_resolution_width(models: ModelSet, k: int) -> int:
+    """Channels of the widest layer of stage k's networks at full resolution (before a pool)."""
+    layers = stage_layers(k)
+    full = layers[: layers.index("pool")] if "pool" in layers else layers
+    return max(models.encoder(k).widths.for_stage(k)[name] for name in full)
+
+
+def window_side(models: ModelSet, k: int, tile_size: int) -> int:
+    """The side in image pixels of stage k's windows for tiles of `tile_size`.
+
+    A window's activations grow with its full-resolution width, so a stage wider there than the
+    models' narrowest stage gets windows shrunk by the square root of the ratio: every stage's
+    windows then hold about as much as tile_size^2 pixels of the narrowest. The 16x set's stage 1
+    (24 channels against 16) gets 836 at tiles of 1024, which took 160 MB off its passes' heap
+    at a gigapixel, at no cost in speed (benchmarks/RESULTS.md, issue 15)."""
+    narrowest = min(full_resolution_width(models, j) for j in models.stages)
+    return max(1, math.isqrt(tile_size * tile_size * narrowest // full_resolution_width(models, k)))
+
+
 def plan_stage(models: ModelSet, k: int, height: int, width: int, tile_size: int, store: bool = True) -> StagePlan:
     """The plan for a content of height x width, padded to a multiple of m = 2^(k-1), with windows
-    of at most tile_size x tile_size image pixels. `store=False` encodes again rather than store
-    the features even where storing would be cheaper (to spare scratch disk)."""
+    of at most `window_side` squared image pixels (tile_size, or less where stage k is wide).
+    `store=False` encodes again rather than store the features even where storing would be cheaper
+    (to spare scratch disk)."""
     m = stage_multiple(k)
     encoder, decoder = models.encoder(k), models.decoder(k)
     grid = (-(-height // m), -(-width // m))
-    side = max(1, tile_size // m)
+    side = max(1, window_side(models, k, tile_size) // m)
     statistics, render = plan_tiles(grid, encoder_halo(k), side), plan_tiles(grid, decoder_halo(k), side)
     stored = store and _stores_features(encoder, m)
     encoder_macs = macs_per_pixel(encoder, k)
