@@ -2,7 +2,7 @@
 
     python benchmarks/ultra_resolution.py [--sizes 4,16,42] [--tile-sizes 1024] [--threads 2]
                                           [--modes reference,whole,tiled,streamed] [--levels 5,4,3,2,1]
-                                          [--stroke-scale S]
+                                          [--stroke-scale S] [--device cpu|cuda]
 
 Each configuration runs in a fresh subprocess that does what `cdcore stylize` does: read the
 content (a real photo upscaled to the size, written once to --workdir as JPEG), stylize it with
@@ -20,6 +20,9 @@ happen while it stylizes, so its seconds and MP/s include them. Sizes 200 (20000
 (40000x25000, 1 GP) are made with libvips, which upscales without holding the image. A streamed
 run also reports the most scratch disk it used (free space sampled every second) and the stages
 that encoded their features again for want of it; `--stroke-scale S` runs it with a stroke scale.
+`--device cuda` runs the streamed mode on a GPU (networks on the device, buffers and codecs on the
+host), where `--tile-sizes auto` lets the engine choose from the device's free memory; sizes that
+fit the device whole are not streamed there and are skipped.
 """
 from __future__ import annotations
 
@@ -36,13 +39,16 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(ROOT))  # cdcore, installed or not
+# ../shared beside the checkout, or a copy carried inside it (.gpu/shared) to a lent GPU machine.
+SHARED = next((p for p in (ROOT.parent / "shared", ROOT / ".gpu" / "shared") if p.is_dir()), ROOT.parent / "shared")
 # Sizes with the 2.5:1 aspect of the issue's 10240x4096 (42 MP).
 SIZES = {4: (3200, 1280), 16: (6400, 2560), 42: (10240, 4096), 200: (20000, 10000), 1000: (40000, 25000)}
 # Whole-image peak RSS per pixel, rounded up from this machine (6.2 GB at 16 MP, with the runtime),
 # and the reference pipeline's (the issue quotes about 12 GB for 8 MP).
 WHOLE_BYTES_PER_PIXEL = 400
 REFERENCE_BYTES_PER_PIXEL = 1500
+AUTO = -1  # --tile-sizes auto: the engine chooses
 
 
 def make_content(mp: int, workdir: Path) -> Path:
@@ -107,17 +113,21 @@ def child(args) -> None:
 
 def streamed_child(args) -> None:
     """`Stylist.stylize_file` on a streamed content: one call, decoding and encoding included."""
-    from cdcore import bigimage, memory
+    from cdcore import memory
     from cdcore.options import Recipe
     from cdcore.pipeline import Stylist
 
     memory.reuse_freed_memory()  # as `cdcore stylize` does
-    stylist = Stylist(args.models, "cpu", tile_size=args.tile_size, max_pixels=2_000_000_000)
+    tile_size = None if args.tile_size == AUTO else args.tile_size
+    stylist = Stylist(args.models, args.device, tile_size=tile_size, max_pixels=2_000_000_000)
     style = str(SHARED / "images" / "style" / "style_b_512.jpg")
     recipe = Recipe(levels=args.levels, stroke_scale=args.stroke_scale)
     stylist.stylize_file(style, style, str(args.workdir / "warm.jpg"), recipe.replace(stroke_scale=1.0))  # the style
-    assert bigimage.streams(args.content, args.output, recipe), "not a streamed content"
+    if not stylist.streams(args.content, args.output, recipe):
+        print(json.dumps({"skipped": f"fits the {args.device} device whole: not streamed"}))
+        return
     progress = (lambda p: print(p, file=sys.stderr, flush=True)) if args.verbose else None
+    ready = memory.resident_bytes()  # the runtime, models and style loaded: what any run holds
     t0, cpu0 = time.perf_counter(), cpu_seconds()
     with DiskWatch(tempfile.gettempdir()) as disk, warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
@@ -125,7 +135,7 @@ def streamed_child(args) -> None:
     seconds = time.perf_counter() - t0
     os.unlink(args.output)
     print(json.dumps({"read_s": 0.0, "stylize_s": seconds, "write_s": 0.0, "mp": done.width * done.height / 1e6,
-                      "peak_rss": peak_rss(), "cpu_s": cpu_seconds() - cpu0, "scratch": disk.peak,
+                      "peak_rss": peak_rss(), "ready_rss": ready, "cpu_s": cpu_seconds() - cpu0, "scratch": disk.peak,
                       "warnings": [str(w.message) for w in said]}))
 
 
@@ -168,7 +178,7 @@ def run_child(content: Path, mode: str, tile_size: int, args) -> dict:
     cmd = [sys.executable, __file__, "--child", "--content", str(content), "--tile-size", str(tile_size),
            "--output", str(args.workdir / f"out_{os.getpid()}.jpg"), "--threads", str(args.threads),
            "--models", args.models, "--levels", ",".join(map(str, args.levels)),
-           "--workdir", str(args.workdir), "--stroke-scale", str(args.stroke_scale)] + (["--verbose"] if args.verbose else [])
+           "--workdir", str(args.workdir), "--stroke-scale", str(args.stroke_scale), "--device", args.device] + (["--verbose"] if args.verbose else [])
     cmd += ["--reference"] if mode == "reference" else []
     cmd += ["--streamed"] if mode == "streamed" else []
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT)
@@ -199,6 +209,7 @@ def main() -> None:
     p.add_argument("--models", default=str(SHARED / "models" / "cd16x"))
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cdcore-bench",
                    help="where the upscaled contents are kept between runs")
+    p.add_argument("--device", default="cpu", help="where the streamed mode runs the networks: cpu or cuda")
     p.add_argument("--verbose", action="store_true", help="print tile progress to stderr")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--content", help=argparse.SUPPRESS)
@@ -209,16 +220,22 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child(args)
+    if args.device != "cpu":
+        import torch
+
+        print(f"device: {torch.cuda.get_device_name(torch.device(args.device))}, streamed mode only", flush=True)
     print("| size | mode | stylize s | MP/s | read + write s | peak RSS GB | MP per CPU s | scratch GB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for mp in (int(s) for s in args.sizes.split(",")):
         content = make_content(mp, args.workdir)
         w, h = SIZES[mp]
         tiled = ("tiled", "streamed")
-        runs = [(mode, 0) if mode not in tiled else (mode, int(t)) for mode in args.modes.split(",")
+        runs = [(mode, 0) if mode not in tiled else (mode, AUTO if t == "auto" else int(t))
+                for mode in args.modes.split(",")
                 for t in (args.tile_sizes.split(",") if mode in tiled else ["0"])]
         for mode, tile in runs:
-            label = {"whole": "whole image", "reference": "reference whole image"}.get(mode, f"{mode} {tile}")
+            label = {"whole": "whole image", "reference": "reference whole image"}.get(
+                mode, f"{mode} {'auto' if tile == AUTO else tile}")
             need = w * h * (REFERENCE_BYTES_PER_PIXEL if mode == "reference" else WHOLE_BYTES_PER_PIXEL)
             if tile == 0 and need > mem_available() / 2:
                 print(f"| {w}x{h} ({w * h / 1e6:.1f} MP) | {label} | skipped: needs about {need / 1e9:.0f} "
@@ -227,10 +244,15 @@ def main() -> None:
             if mode == "streamed" and args.stroke_scale > 1:
                 label += f", stroke scale {args.stroke_scale:g}"
             r = run_child(content, mode, tile, args)
+            if "skipped" in r:
+                print(f"| {w}x{h} ({w * h / 1e6:.1f} MP) | {label} | skipped: {r['skipped']} | | | | | |", flush=True)
+                continue
             scratch = f"{r['scratch'] / 1e9:.1f}" if "scratch" in r else ""
             print(f"| {w}x{h} ({r['mp']:.1f} MP) | {label} | {r['stylize_s']:.1f} | "
                   f"{r['mp'] / r['stylize_s']:.3f} | {r['read_s']:.1f} + {r['write_s']:.1f} | "
                   f"{r['peak_rss'] / 1e9:.2f} | {cpu_rate(r)} | {scratch} |", flush=True)
+            if "ready_rss" in r:
+                print(f"  (resident before the call: {r['ready_rss'] / 1e9:.2f} GB)", flush=True)
             for line in r.get("warnings", []):
                 print(f"  ({line})", flush=True)
 
