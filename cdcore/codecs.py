@@ -41,19 +41,17 @@ def is_plain_jpeg(img: Image.Image, device=None) -> bool:
         return False
     if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
         return False
-    return device is None or torch_device(device).type == "cpu" or full_chroma(img)
+    if device is None:
+        return True
+    import torch
+
+    return torch.device(device).type == "cpu" or full_chroma(img)
 
 
 def full_chroma(img: Image.Image) -> bool:
     """Whether every component of a JPEG has the same sampling factors (4:4:4, or grey)."""
     layers = getattr(img, "layer", None)  # Pillow's (id, h, v, table) per component
     return bool(layers) and len({(h, v) for _, h, v, _ in layers}) == 1
-
-
-def torch_device(device):
-    import torch
-
-    return torch.device(device)
 
 
 def decode_jpeg(data: bytes, device=None) -> np.ndarray:
