@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cdcore import tiling
+from cdcore import memory, tiling
 from cdcore.images import Canvas
 from cdcore.tiling import TiledEngine, passes, planning
 from cdcore.tiling.buffers import Buffers, ImageBuffer, RowRing
@@ -231,6 +231,22 @@ def test_scratch_disk_peaks_where_planning_says(models, content, wct, tmp_path):
     TiledEngine(models, 128, disk_buffer=True, temp_dir=str(tmp_path), progress=progress).stylize(content, wct)
     need = planning.buffer_bytes(models, (5, 4, 3, 2, 1), H, W, 128)
     assert 0.9 * need <= max(used) <= need + 4 * 4096  # at most a block more per file
+
+
+def test_each_pass_after_a_render_starts_on_a_trimmed_heap(models, content, wct, monkeypatch):
+    """A pass that starts once a render is over (stage 1 after stage 2, which are not fused) must
+    not run its first window on the render's free blocks: the heap is trimmed in between."""
+    events = []
+    monkeypatch.setattr(memory, "release_freed_memory", lambda: events.append("trim"))
+    hook = models.encoder(1).register_forward_pre_hook(lambda *_: events.append("encode 1"))
+    try:
+        TiledEngine(models, 128, progress=lambda p: events.append((p.stage, p.step))).stylize(content, wct)
+    finally:
+        hook.remove()
+    last_of_stage_2 = max(i for i, e in enumerate(events) if e == (2, "render"))
+    first_of_stage_1 = events.index("encode 1")
+    assert last_of_stage_2 < first_of_stage_1
+    assert "trim" in events[last_of_stage_2 + 1: first_of_stage_1]
 
 
 def test_progress_reports_every_tile_with_a_finite_eta(models, content, adain):
