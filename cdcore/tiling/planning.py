@@ -45,9 +45,9 @@ BYTES_PER_CHANNEL_PIXEL = 14
 # Windows larger than this gain little speed on a CPU and cost memory (benchmarks/RESULTS.md).
 MAX_CPU_TILE = 1024
 # On a GPU the host reads, writes and stores each window, so host memory grows with the square of
-# the side: streaming 200 MP on an H200, windows of 4096 held 4.2 GB and ran no faster than 2048
-# (2.2 GB; 1024: 1.7 GB, 1.6x slower). In memory, tiles of 2048 were also faster at 42 MP
-# (benchmarks/RESULTS.md, issues 11 and 15).
+# the side: streaming on an H200, windows of 4096 held 4.2-4.7 GB of it against 2.2-2.4 GB at 2048,
+# for the same speed at 200 MP and 15% more at 1 GP (1024: 1.7 GB, 1.6x slower). Several actors
+# share a GPU node's host, so the default takes the smaller (benchmarks/RESULTS.md, issues 11, 15).
 MAX_CUDA_TILE = 2048
 MIN_TILE = 64
 # choose_tile_size keeps whole images and tile windows to this share of the available memory.
