@@ -178,7 +178,8 @@ def run_child(content: Path, mode: str, tile_size: int, args) -> dict:
     cmd = [sys.executable, __file__, "--child", "--content", str(content), "--tile-size", str(tile_size),
            "--output", str(args.workdir / f"out_{os.getpid()}.jpg"), "--threads", str(args.threads),
            "--models", args.models, "--levels", ",".join(map(str, args.levels)),
-           "--workdir", str(args.workdir), "--stroke-scale", str(args.stroke_scale), "--device", args.device] + (["--verbose"] if args.verbose else [])
+           "--workdir", str(args.workdir), "--stroke-scale", str(args.stroke_scale), "--device", args.device]
+    cmd += ["--verbose"] if args.verbose else []
     cmd += ["--reference"] if mode == "reference" else []
     cmd += ["--streamed"] if mode == "streamed" else []
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT)

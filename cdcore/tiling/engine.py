@@ -27,11 +27,11 @@ class TiledEngine:
     (`stylize.stylize`, `stylize.style_statistics`) up to float rounding.
 
     tile_size: bounds what one network call sees, and so the memory: every window of stage k
-        holds at most tile_size^2 image pixels, fewer where the stage is wider at full
-        resolution than the others (`planning.window_side`; side counted in its pooling multiple
-        2^(k-1), rounded down, and at least 4 halos), shaped by `plan_tiles`. 0 runs the whole image at
-        once; None picks a size per image with `choose_tile_size` from the memory free on the
-        models' device (the whole image when it fits).
+        holds at most tile_size^2 image pixels, fewer where the stage is wider at full resolution
+        than the others (`planning.window_side`); the side is counted in its pooling multiple
+        2^(k-1), rounded down, and at least 4 halos, and windows are shaped by `plan_tiles`. 0 runs
+        the whole image at once; None picks a size per image with `choose_tile_size` from the
+        memory free on the models' device (the whole image when it fits).
     disk_buffer: keep the image between stages (and stored features) in raw files in a
         temporary directory under `temp_dir` (True), in RAM (False), or decide by size (None: on
         disk above buffers.DISK_BUFFER_BYTES per image). Use a disk-backed `temp_dir` where /tmp
