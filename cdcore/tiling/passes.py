@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from .. import memory, transforms
+from .. import transforms
 from ..modelset import ModelSet
 from ..nets import Decoder, Encoder, stage_multiple
 from ..stylize import StyleStats, check_content_size, stylize
@@ -237,14 +237,13 @@ class Cascade:
                 stage.close()
                 if stage.image is not image:
                     stage.image.close()
-                # The guard trims as a new pass's first tile ends; the heap is trimmed of the render's
-                # blocks before it starts, too: at 1 GP stage 1's first window, run on top of them,
-                # set the run's peak (1.42 GB, against 1.34 for any pass; benchmarks/RESULTS.md).
+                # The heap's free blocks served the render's tiles; what comes next need not carry
+                # them. The guard trims only once a new pass's first tile is done, and at 1 GP stage
+                # 1's first window, run on stage 2's blocks, set the run's peak (1.42 GB, against
+                # 1.34 for any pass); after the last render, encoding the result peaked on them at
+                # 42 MP (0.8 GB of them; benchmarks/RESULTS.md, issue 15).
                 self.meter.heap.start()
                 stage = follower
-        # The heap's free blocks served the tiles; what comes next (encoding the result, another
-        # image) need not carry them: the 42 MP run peaked while encoding, on 0.8 GB of them.
-        memory.release_freed_memory()
 
     def _between(self, plan: StagePlan, follower: StagePlan, height: int, width: int) -> ImageBuffer:
         """The float image from one stage to the next: a band of rows where the next stage stores

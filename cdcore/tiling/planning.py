@@ -234,7 +234,8 @@ def window_side(models: ModelSet, k: int, tile_size: int) -> int:
     models' narrowest stage gets windows shrunk by the square root of the ratio: every stage's
     windows then hold about as much as tile_size^2 pixels of the narrowest. The 16x set's stage 1
     (24 channels against 16) gets 836 at tiles of 1024, which took 160 MB off its passes' heap
-    at a gigapixel, at no cost in speed (benchmarks/RESULTS.md, issue 15)."""
+    at a gigapixel, for about 1 s more at 42 MP (65 windows a pass, not 40; benchmarks/RESULTS.md,
+    issue 15)."""
     narrowest = min(full_resolution_width(models, j) for j in models.stages)
     return max(1, math.isqrt(tile_size * tile_size * narrowest // full_resolution_width(models, k)))
 
