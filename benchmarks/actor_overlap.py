@@ -27,7 +27,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cdcore.architecture import CD16X, stage_layers  # noqa: E402
+from cdcore.models.architecture import CD16X, stage_layers  # noqa: E402
 from cdcore.options import Recipe  # noqa: E402
 from cdcore.pipeline import Stylist  # noqa: E402
 from cdcore.timings import PHASES  # noqa: E402

@@ -33,10 +33,10 @@ import ray
 import torch
 from PIL import Image
 
-from cdcore import images
-from cdcore.modelset import load_model_set
+from cdcore.io import images
+from cdcore.models.modelset import load_model_set
 from cdcore.options import levels as parse_levels
-from cdcore.stylize import style_statistics, stylize, to_tensor, to_uint8
+from cdcore.transfer.stylize import style_statistics, stylize, to_tensor, to_uint8
 from jobs.stylize.driver import build_parser, prepare, run
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -28,9 +28,9 @@ import numpy as np
 import ray
 import torch
 
-from cdcore import images
-from cdcore.modelset import ModelSet, load_model_set
-from cdcore.stylize import style_statistics, stylize, to_tensor
+from cdcore.io import images
+from cdcore.models.modelset import ModelSet, load_model_set
+from cdcore.transfer.stylize import style_statistics, stylize, to_tensor
 from cdcore.training import pruning, trainset
 from cdcore.training.losses import LossWeights
 from jobs.distill import driver as job

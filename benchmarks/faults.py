@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the fault injection fixtures
 from faults import S3Proxy  # noqa: E402
 from local_s3 import moto_server, point_at  # noqa: E402
 
-from cdcore import images, storage  # noqa: E402
+from cdcore.io import images, storage  # noqa: E402
 from jobs.stylize.driver import build_parser, prepare, run  # noqa: E402
 
 SHARED = ROOT.parent / "shared"

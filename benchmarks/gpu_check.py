@@ -30,10 +30,12 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cdcore import images, precision, tiling  # noqa: E402
+from cdcore.io import images  # noqa: E402
+from cdcore.models import precision  # noqa: E402
+from cdcore import tiling  # noqa: E402
 from cdcore.options import PRECISIONS, Recipe  # noqa: E402
 from cdcore.pipeline import Loaded, Stylist  # noqa: E402
-from cdcore.stylize import pick_device  # noqa: E402
+from cdcore.transfer.stylize import pick_device  # noqa: E402
 from cdcore.timings import Timings  # noqa: E402
 
 # ../shared beside the checkout, or a copy carried inside it (.gpu/shared) to a lent machine.
@@ -125,7 +127,7 @@ def check_codecs(shared: Path, device: torch.device, megapixels: float) -> list[
     """JPEG decode and encode, Pillow against torchvision here: MP/s and how the pixels compare."""
     import io
 
-    from cdcore import codecs
+    from cdcore.io import codecs
 
     rgb = content_of(shared, megapixels)
     canvas = images.Canvas(*rgb.shape[:2])
@@ -180,7 +182,7 @@ def row_storage(directory: Path):
 
 def check_job(shared: Path, device: torch.device, models: str, rows: int, megapixels: float,
               extension: str, thread_counts: list[int]) -> tuple[list[str], list[dict]]:
-    from cdcore import storage
+    from cdcore.io import storage
     from jobs.stylize.manifest import Row
     from jobs.stylize.worker import Stylizer, WorkerConfig
 

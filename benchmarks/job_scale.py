@@ -96,7 +96,7 @@ def listing_table(objects: int) -> None:
     import boto3
     from local_s3 import moto_server, point_at
 
-    from cdcore import storage
+    from cdcore.io import storage
 
     with moto_server() as endpoint:
         point_at(endpoint)

@@ -3,7 +3,7 @@ keeps of the photo, and how long it takes; plus a contact sheet to see it.
 
 For every shared content x style pair (../shared/images), every variant below is run through
 `cdcore.pipeline.Stylist` (the flow the command, the job and the library use; 8-bit output) and
-judged with `cdcore.quality`:
+judged with `cdcore.transfer.quality`:
 
     style     mean relative Gram error at relu1_1..relu5_1 against the style (lower: more stylized),
               by the models' own encoder 5 and, as a second opinion, by another model set's
@@ -28,12 +28,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from cdcore import memory, quality
-from cdcore.images import read_image, resize_to
-from cdcore.modelset import load_model_set
+from cdcore import memory
+from cdcore.transfer import quality
+from cdcore.io.images import read_image, resize_to
+from cdcore.models.modelset import load_model_set
 from cdcore.options import Recipe
 from cdcore.pipeline import Stylist
-from cdcore.stylize import to_tensor
+from cdcore.transfer.stylize import to_tensor
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 THUMB = 160  # contact-sheet cell side in pixels: the sheet stays a few hundred KB for the README

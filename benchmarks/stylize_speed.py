@@ -26,7 +26,7 @@ def naive_stylize(models, content, style, alpha=1.0):
     import torch
     import torch.nn.functional as F
 
-    from cdcore.nets import LAYERS
+    from cdcore.models.nets import LAYERS
 
     def run(module, x, plan):
         for name in plan:
@@ -64,8 +64,8 @@ def run_one(megapixels: float, layout: str, models: str, repeat: int) -> dict:
     import torch
     from PIL import Image
 
-    from cdcore.modelset import load_model_set
-    from cdcore.stylize import style_statistics, stylize, to_tensor, to_uint8
+    from cdcore.models.modelset import load_model_set
+    from cdcore.transfer.stylize import style_statistics, stylize, to_tensor, to_uint8
 
     side = int(round((megapixels * 1e6) ** 0.5 / 16)) * 16  # the naive baseline needs multiples of 16
 

@@ -42,10 +42,10 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from cdcore import images, storage
-from cdcore.architecture import TEACHER
-from cdcore.modelset import load_model_set
-from cdcore.nets import Decoder, Encoder
+from cdcore.io import images, storage
+from cdcore.models.architecture import TEACHER
+from cdcore.models.modelset import load_model_set
+from cdcore.models.nets import Decoder, Encoder
 from cdcore.training import losses, pruning, trainset
 from jobs.distill import driver as job
 from jobs.distill.config import DistillConfig

@@ -76,9 +76,10 @@ def child(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from cdcore import images, memory, tiling
-    from cdcore.modelset import load_model_set
-    from cdcore.stylize import style_statistics, to_tensor, to_uint8
+    from cdcore.io import images
+    from cdcore import memory, tiling
+    from cdcore.models.modelset import load_model_set
+    from cdcore.transfer.stylize import style_statistics, to_tensor, to_uint8
 
     if args.streamed:
         return streamed_child(args)

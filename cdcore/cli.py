@@ -75,7 +75,7 @@ def cmd_stylize(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    from .modelfiles import describe_model_set, fetch_published
+    from .models.modelfiles import describe_model_set, fetch_published
 
     if args.models_command == "fetch":
         dest = fetch_published(args.dest, args.source, log=lambda msg: _say(f"cdcore: {msg}"))

@@ -20,19 +20,19 @@ METHODS = ("wct", "adain", "gatys")
 DEFAULT_LEVELS = {"wct": (5, 4, 3, 2, 1), "adain": (5, 4, 3, 2, 1)}
 GATYS_LEVELS = (5,)  # gatys optimizes pixels against encoder 5 as its loss network
 # Gatys's defaults, chosen with benchmarks/quality.py; the weight multiplies the relative style
-# term against the relative content term (see cdcore.gatys).
+# term against the relative content term (see cdcore.transfer.gatys).
 DEFAULT_ITERATIONS = 200
 DEFAULT_STYLE_WEIGHT = 100.0
 INITS = ("content", "noise")  # what gatys starts from
 # Stages whose strokes a stroke scale enlarges: their receptive fields (about 40 to 300 image
 # pixels) set the size of the style's patterns; stages 2 and 1 refine edges and texture.
 COARSE_STAGES = (5, 4, 3)
-# Images this large are streamed (cdcore.bigimage) in memory that does not grow with them, so the
+# Images this large are streamed (cdcore.streaming.bigimage) in memory that does not grow with them, so the
 # limit is no longer memory but scratch disk (checked before a run) and time: 2 GP covers the
 # gigapixel panoramas people make. Decompression bombs are refused apart from it
 # (images.check_pixels).
 DEFAULT_MAX_PIXELS = 2_000_000_000
-# Network precision (cdcore.precision): fp32 reproduces the reference; fp16 runs the convolutions
+# Network precision (cdcore.models.precision): fp32 reproduces the reference; fp16 runs the convolutions
 # under autocast (statistics and maps stay float64). bf16 is not offered: its 8-bit mantissa put
 # results 26.6 to 29.9 dB from fp32 on an H100 (4 to 42 MP), under the 30 dB bar (RESULTS.md,
 # issue 11); fp16 stayed at 38.5 to 42.9 dB.

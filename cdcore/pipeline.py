@@ -26,14 +26,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import bigimage, codecs, images, storage, tiling
-from . import precision as precisions
+from .streaming import bigimage
+from .io import codecs, images, storage
+from . import tiling
+from .models import precision as precisions
 from .timings import Timings
-from .gatys import gatys
-from .modelset import ModelSet, load_model_set
+from .transfer.gatys import gatys
+from .models.modelset import ModelSet, load_model_set
 from .options import DEFAULT_MAX_PIXELS, Recipe
 from .options import tile_size as check_tile_size
-from .stylize import StyleStats, pick_device, stylize, to_tensor, to_uint8
+from .transfer.stylize import StyleStats, pick_device, stylize, to_tensor, to_uint8
 
 Progress = Callable[[object], None]  # called with a tiling.TileProgress or gatys.IterationProgress
 
@@ -123,7 +125,7 @@ class Stylist:
         the whole image, N bounds the exact tiled engine's windows to N x N pixels.
     max_pixels: inputs with more pixels are refused before they are decoded.
     style_cache: prepared styles kept, by URI and recipe, for the files that use them again.
-    precision: fp32, bf16 or fp16 for the networks (`cdcore.precision`); a mode this device runs
+    precision: fp32, bf16 or fp16 for the networks (`cdcore.models.precision`); a mode this device runs
         no faster than fp32 falls back to fp32 with a warning.
 
     `stylize_file` is three steps that a caller may also run apart, as the job's actors do to

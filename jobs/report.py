@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from cdcore import images, storage
+from cdcore.io import images, storage
 from cdcore.timings import PHASES
 
 from .stylize.results import STATUSES, read_results

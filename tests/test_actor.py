@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cdcore import codecs, images, precision
+from cdcore.io import codecs, images
+from cdcore.models import precision
 from cdcore.cli import main as cdcore_main
 from cdcore.pipeline import Stylist
 from jobs.stylize.manifest import Options

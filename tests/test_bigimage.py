@@ -1,4 +1,4 @@
-"""cdcore.bigimage: streamed reading and writing of images too large to hold, against the Pillow
+"""cdcore.streaming.bigimage: streamed reading and writing of images too large to hold, against the Pillow
 path; S3 through scratch files; the space check, the bomb guard, and memory on a 100+ MP image."""
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import pytest
 import pyvips
 from PIL import Image
 
-from cdcore import bigimage, images, storage, tiling
+from cdcore.streaming import bigimage
+from cdcore.io import images, storage
+from cdcore import tiling
 from cdcore.options import DEFAULT_MAX_PIXELS, Recipe
 from cdcore.pipeline import Stylist, StylizeError
 from cdcore.tiling.planning import buffer_bytes, stages_to_recompute
@@ -308,7 +310,7 @@ def test_space_needed_counts_the_stage_buffers():
     """Stage 2 of (2, 1) at 4 MP stores 32 channels of features at a quarter of the pixels
     (32 B/px); its render discards them band by band as its float output (12 B/px; its input is
     the caller's) grows, so the peak is the features as the render starts."""
-    from cdcore.modelset import load_model_set
+    from cdcore.models.modelset import load_model_set
 
     models = load_model_set(MODELS, stages=(3, 2, 1))
     need = buffer_bytes(models, (2, 1), 2048, 2048, 1024)
@@ -328,7 +330,7 @@ def test_short_scratch_disk_or_memory_recomputes_the_cheapest_stored_features():
     stage 3's last window band of features (256 of 6,250 rows of 16 GB). Stage 2's features are
     32 GB for 2.6% of the work; without them the peak is as stage 4's render ends: stage 3's
     16 GB of features, a band of 1,944 rows and 128 of stage 4's 3,125 rows of 8 GB."""
-    from cdcore.modelset import load_model_set
+    from cdcore.models.modelset import load_model_set
 
     models = load_model_set(MODELS)
     levels, size = (5, 4, 3, 2, 1), (25_000, 40_000)
@@ -431,8 +433,8 @@ def test_streamed_memory_stays_bounded_on_a_100_megapixel_image(tmp_path, recipe
 def test_tiled_with_disk_buffers_equals_whole_image_on_4_megapixels():
     """The exactness the streamed path rests on: tiles of 1024 and disk buffers against the whole
     image, on a 2048 x 2048 photo, with the full WCT cascade."""
-    from cdcore.modelset import load_model_set
-    from cdcore.stylize import style_statistics, stylize, to_tensor, to_uint8
+    from cdcore.models.modelset import load_model_set
+    from cdcore.transfer.stylize import style_statistics, stylize, to_tensor, to_uint8
 
     models = load_model_set(MODELS)
     rgb = np.asarray(Image.open(CONTENT / "bridge_512.jpg").convert("RGB").resize((2048, 2048), Image.BICUBIC))

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from cdcore.cli import main
-from cdcore.images import read_image
-from cdcore.nets import Decoder, student_widths
+from cdcore.io.images import read_image
+from cdcore.models.nets import Decoder, student_widths
 from shared import CONTENT, MODELS, STYLE
 
 STYLE_IMG = str(STYLE / "style_a_570.jpg")
@@ -150,7 +150,7 @@ def test_tiled_and_whole_image_agree(small_content, tmp_path):
 
 
 def test_s3_inputs_and_output(s3_bucket):
-    from cdcore import storage
+    from cdcore.io import storage
 
     content, style, out = (f"{s3_bucket}/in/content.jpg", f"{s3_bucket}/in/style.jpg",
                            f"{s3_bucket}/out/result.webp")

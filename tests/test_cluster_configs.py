@@ -49,7 +49,7 @@ def test_runtime_env_is_valid_and_uploads_only_the_code():
         package = Path(tmp) / "package.zip"
         create_package(str(REPO), package, include_gitignore=False, excludes=env["excludes"])
         names = zipfile.ZipFile(package).namelist()
-        assert "jobs/stylize/__main__.py" in names and "cdcore/stylize.py" in names
+        assert "jobs/stylize/__main__.py" in names and "cdcore/transfer/stylize.py" in names
         assert not [n for n in names if n.startswith((".venv/", ".git/"))]
         assert package.stat().st_size < 20 * 2**20
 

@@ -18,7 +18,7 @@ import ray
 import torch
 from safetensors.torch import load as load_safetensors
 
-from cdcore.modelset import load_model_set
+from cdcore.models.modelset import load_model_set
 from faults import S3Proxy
 from jobs.distill import driver as job
 from jobs.distill.config import DistillConfig

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cdcore import storage
+from cdcore.io import storage
 from faults import S3Proxy
 from jobs.stylize.driver import build_parser, prepare, run
 from shared import CONTENT, MODELS, STYLE

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cdcore import images
+from cdcore.io import images
 
 
 def encoded(img: Image.Image, fmt: str, **kw) -> bytes:

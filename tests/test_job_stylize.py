@@ -25,9 +25,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cdcore import storage
+from cdcore.io import storage
 from cdcore.cli import main as cdcore_main
-from cdcore.images import read_image
+from cdcore.io.images import read_image
 from cdcore.options import DEFAULT_LEVELS, Recipe
 from jobs.stylize.manifest import Options, Row, derived_output, read_manifest
 from jobs.stylize.plan import plan_rows, plan_table

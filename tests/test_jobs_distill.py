@@ -20,9 +20,9 @@ import torch
 import torchvision
 from PIL import Image
 
-from cdcore import images, storage
-from cdcore.modelset import load_model_set
-from cdcore.stylize import stylize, style_statistics, to_tensor
+from cdcore.io import images, storage
+from cdcore.models.modelset import load_model_set
+from cdcore.transfer.stylize import stylize, style_statistics, to_tensor
 from cdcore.training import losses, pruning, trainset
 from jobs.distill import driver as job
 from jobs.distill.config import DistillConfig

@@ -1,12 +1,12 @@
-"""cdcore.modelfiles: what a model set's files say without torch, checked against torch's reading."""
+"""cdcore.models.modelfiles: what a model set's files say without torch, checked against torch's reading."""
 import pickle
 
 import pytest
 import torch
 
-from cdcore.modelfiles import ModelError, describe_model_set, tensor_shapes
-from cdcore.modelset import load_model_set, save_stage
-from cdcore.nets import Decoder, Encoder, student_widths
+from cdcore.models.modelfiles import ModelError, describe_model_set, tensor_shapes
+from cdcore.models.modelset import load_model_set, save_stage
+from cdcore.models.nets import Decoder, Encoder, student_widths
 from shared import BASE_MODELS, MODELS
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cdcore.nets import CD16X, TEACHER, Decoder, Encoder, conv3x3_reflect, student_widths
+from cdcore.models.nets import CD16X, TEACHER, Decoder, Encoder, conv3x3_reflect, student_widths
 
 
 def n_params(module, aux=False):

@@ -47,7 +47,8 @@ def test_the_command_and_the_job_offer_the_same_image_options(capsys, monkeypatc
 
 
 def test_output_extensions_in_the_help_are_the_writable_ones():
-    from cdcore import cli, images
+    from cdcore import cli
+    from cdcore.io import images
 
     assert cli.OUTPUT_EXTENSIONS == ", ".join([*images.FORMATS, *images.STREAMED_FORMATS])
 

@@ -1,4 +1,4 @@
-"""cdcore.patientfs: a pyarrow filesystem that waits out storage outages, against moto's S3 server
+"""cdcore.io.patientfs: a pyarrow filesystem that waits out storage outages, against moto's S3 server
 through the loopback proxy of tests/faults.py (blackouts cut every connection, throttling answers
 503 SlowDown)."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import boto3
 import pyarrow.fs as pafs
 import pytest
 
-from cdcore import patientfs, storage
+from cdcore.io import patientfs, storage
 from faults import S3Proxy
 
 logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cdcore.images import read_image
+from cdcore.io.images import read_image
 from cdcore.options import Recipe
 from cdcore.pipeline import Stylist, StylizeError
 from shared import CONTENT, MODELS, STYLE

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cdcore.nets import CD16X, TEACHER, Decoder, Encoder, Widths
+from cdcore.models.nets import CD16X, TEACHER, Decoder, Encoder, Widths
 from cdcore.training import pruning
 
 
@@ -82,7 +82,7 @@ def test_divisor_one_reproduces_the_teacher_with_identity_aux():
 
 
 def test_pruning_works_from_a_loaded_model_set():
-    from cdcore.modelset import load_model_set
+    from cdcore.models.modelset import load_model_set
 
     models = load_model_set("../shared/models/cd16x", stages=[1])
     student, decoder = pruning.prune_stage(models.encoder(1), models.decoder(1), 2)

@@ -1,4 +1,4 @@
-"""cdcore.quality, and the promise it measures: every method's default visibly stylizes.
+"""cdcore.transfer.quality, and the promise it measures: every method's default visibly stylizes.
 
 "Visibly" is pinned as the issue states it: the default output's style distance is at most half
 the unstylized content photo's own, on a shared pair. The images are small to keep the unit tier
@@ -7,11 +7,11 @@ fast; benchmarks/quality.py checks the shared pairs at full size.
 import numpy as np
 import pytest
 
-from cdcore import quality
-from cdcore.images import read_image, resize_to
+from cdcore.transfer import quality
+from cdcore.io.images import read_image, resize_to
 from cdcore.options import METHODS, Recipe
 from cdcore.pipeline import Stylist
-from cdcore.stylize import to_tensor
+from cdcore.transfer.stylize import to_tensor
 from shared import CONTENT, MODELS, STYLE
 
 SIDE = 256  # shorter side of the test pair, content and style

@@ -2,8 +2,8 @@
 import botocore.exceptions
 import pytest
 
-from cdcore import storage
-from cdcore.images import ImageError
+from cdcore.io import storage
+from cdcore.io.images import ImageError
 from jobs.stylize.retries import RETRY_FIRST_S, Breaker, Retries, death_cause
 
 

@@ -1,4 +1,4 @@
-"""cdcore.storage against local disk and a real HTTP S3 server (moto, see conftest.s3_endpoint)."""
+"""cdcore.io.storage against local disk and a real HTTP S3 server (moto, see conftest.s3_endpoint)."""
 from __future__ import annotations
 
 import http.server
@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cdcore import storage
-from cdcore.storage import MiB, NotFound, StorageError
+from cdcore.io import storage
+from cdcore.io.storage import MiB, NotFound, StorageError
 
 
 @pytest.fixture(params=["path", "file", pytest.param("s3", marks=pytest.mark.integration)])

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from cdcore import transforms
-from cdcore.gatys import gatys, gram
-from cdcore.images import read_image, resize_to
-from cdcore.modelset import load_model_set
+from cdcore.transfer import transforms
+from cdcore.transfer.gatys import gatys, gram
+from cdcore.io.images import read_image, resize_to
+from cdcore.models.modelset import load_model_set
 from cdcore.options import levels as parse_levels
-from cdcore.stylize import style_statistics, stylize, to_tensor, to_uint8
+from cdcore.transfer.stylize import style_statistics, stylize, to_tensor, to_uint8
 from shared import CONTENT, GOLDEN, MODELS, STYLE, psnr
 
 

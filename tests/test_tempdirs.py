@@ -1,4 +1,4 @@
-"""Run directories carry their owner, and making one sweeps those of killed runs (cdcore.tempdirs)."""
+"""Run directories carry their owner, and making one sweeps those of killed runs (cdcore.io.tempdirs)."""
 from __future__ import annotations
 
 import os
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cdcore import tempdirs
-from cdcore.bigimage import scratch_space
+from cdcore.io import tempdirs
+from cdcore.streaming.bigimage import scratch_space
 from cdcore.tiling.buffers import Buffers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _killed_run(parent: Path, prefix: str = tempdirs.STREAM) -> Path:
     """A real process that makes a run directory, writes a buffer into it and dies by SIGKILL."""
-    code = ("import os, signal, sys; from cdcore import tempdirs; "
+    code = ("import os, signal, sys; from cdcore.io import tempdirs; "
             f"d = tempdirs.make({prefix!r}, sys.argv[1]); open(os.path.join(d, 'x.raw'), 'wb').write(bytes(4096)); "
             "print(d, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
     proc = subprocess.run([sys.executable, "-c", code, str(parent)], cwd=ROOT, capture_output=True, text=True)

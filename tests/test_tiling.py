@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cdcore import memory, tiling
-from cdcore.images import Canvas
+from cdcore.io.images import Canvas
 from cdcore.tiling import TiledEngine, passes, planning
 from cdcore.tiling.buffers import Buffers, ImageBuffer, RowRing
-from cdcore.images import ImageError, read_image
-from cdcore.modelset import load_model_set
-from cdcore.stylize import run_stage, style_statistics, stylize, to_tensor, to_uint8
+from cdcore.io.images import ImageError, read_image
+from cdcore.models.modelset import load_model_set
+from cdcore.transfer.stylize import run_stage, style_statistics, stylize, to_tensor, to_uint8
 from shared import CONTENT, MODELS, STYLE, psnr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -266,9 +266,9 @@ MEMORY_CHILD = textwrap.dedent("""
     import numpy as np, torch
     torch.set_num_threads(1)
     from cdcore import tiling
-    from cdcore.images import read_image
-    from cdcore.modelset import load_model_set
-    from cdcore.stylize import style_statistics, to_tensor
+    from cdcore.io.images import read_image
+    from cdcore.models.modelset import load_model_set
+    from cdcore.transfer.stylize import style_statistics, to_tensor
     models = load_model_set(sys.argv[1], stages=(1,))
     photo = read_image(sys.argv[2]).rgb
     style = style_statistics(models, to_tensor(photo), "wct", (1,))

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cdcore import transforms
-from cdcore.nets import CD16X, Decoder, Encoder
+from cdcore.transfer import transforms
+from cdcore.models.nets import CD16X, Decoder, Encoder
 from cdcore.training import losses, pruning
 
 

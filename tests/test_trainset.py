@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cdcore import storage
+from cdcore.io import storage
 from cdcore.training import trainset
 
 TRAIN = "../shared/images/train"

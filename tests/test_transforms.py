@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cdcore import transforms as T
+from cdcore.transfer import transforms as T
 
 
 def reference_wct(fc, fs, alpha):

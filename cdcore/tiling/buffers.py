@@ -18,8 +18,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .. import tempdirs
-from ..stylize import to_uint8
+from ..io import tempdirs
+from ..transfer.stylize import to_uint8
 
 # An intermediate image larger than this goes to disk when `disk_buffer` is left to choose (about
 # 5.6 MP of float32 RGB): reading a tile window from the page cache costs far less than encoding it.

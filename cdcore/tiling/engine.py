@@ -7,12 +7,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .. import transforms
-from ..modelset import ModelSet
-from ..architecture import stage_multiple
+from ..transfer import transforms
+from ..models.modelset import ModelSet
+from ..models.architecture import stage_multiple
 from ..options import DEFAULT_LEVELS
 from ..options import stroke_scale as check_stroke_scale
-from ..stylize import StyleStats, check_style, check_style_size, style_statistics
+from ..transfer.stylize import StyleStats, check_style, check_style_size, style_statistics
 from .buffers import Buffers, ImageBuffer, PaddedImage, as_buffer, read_whole
 from .passes import Cascade, accumulate
 from .planning import (cascade_work, encoder_halo, macs_per_pixel, pass_work, plan_tiles, resolve_tile_size,

@@ -27,10 +27,10 @@ from typing import Callable
 
 import torch
 
-from .. import transforms
-from ..modelset import ModelSet
-from ..nets import Decoder, Encoder, stage_multiple
-from ..stylize import StyleStats, check_content_size, stylize
+from ..transfer import transforms
+from ..models.modelset import ModelSet
+from ..models.nets import Decoder, Encoder, stage_multiple
+from ..transfer.stylize import StyleStats, check_content_size, stylize
 from .buffers import Buffers, ImageBuffer, PaddedImage, read_whole, to_numpy, to_tensor
 from .overlap import WriteBehind, read_ahead
 from .planning import (StagePlan, Tile, encoder_halo, expand, image_span, plan_stage, ring_rows, span_length,

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..modelset import ModelSet
-from ..architecture import stage_layers, stage_multiple
+from ..models.modelset import ModelSet
+from ..models.architecture import stage_layers, stage_multiple
 from ..options import split_levels
 
 # Time per window pixel that does not grow with the networks (copies, pooling, upsampling, the

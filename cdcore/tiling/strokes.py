@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..options import split_levels
-from ..stylize import StyleStats
+from ..transfer.stylize import StyleStats
 from .buffers import Buffers, ImageBuffer
 from .passes import Cascade
 from .planning import cascade_work, coarse_shape, resolve_tile_size

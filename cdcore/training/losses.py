@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import transforms
-from ..nets import Decoder, Encoder
+from ..transfer import transforms
+from ..models.nets import Decoder, Encoder
 
 
 @dataclass(frozen=True)

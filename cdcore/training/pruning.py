@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..nets import Decoder, Encoder, Widths
+from ..models.nets import Decoder, Encoder, Widths
 
 
 def divided_widths(teacher: Widths, stage: int, divisor: int) -> Widths:

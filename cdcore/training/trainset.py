@@ -32,7 +32,7 @@ import torch
 import torch.utils.data
 from PIL import Image
 
-from .. import images, storage
+from ..io import images, storage
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Generator stream tags, so the permutation of epoch n and the crop at position n differ.

@@ -14,8 +14,8 @@ import io
 
 import torch
 
-from .. import storage
-from ..nets import LAYERS, TEACHER, Encoder, check_stage
+from ..io import storage
+from ..models.nets import LAYERS, TEACHER, Encoder, check_stage
 
 # torchvision.transforms.Normalize values that VGG-19's ImageNet weights were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

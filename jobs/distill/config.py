@@ -4,8 +4,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from cdcore.storage import join
-from cdcore.nets import check_stage
+from cdcore.io.storage import join
+from cdcore.models.nets import check_stage
 from cdcore.training.losses import LossWeights
 
 # --mode -> the phases it runs, in order. "joint" is the plain baseline: the pruned encoder and

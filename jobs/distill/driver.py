@@ -29,9 +29,9 @@ import torch
 from PIL import Image
 from ray.train.torch import TorchTrainer
 
-from cdcore import patientfs, storage
-from cdcore.modelset import save_stage
-from cdcore.stylize import to_uint8
+from cdcore.io import patientfs, storage
+from cdcore.models.modelset import save_stage
+from cdcore.transfer.stylize import to_uint8
 from cdcore.training import figures, trainset
 from cdcore.training.losses import LossWeights
 

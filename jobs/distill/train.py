@@ -27,10 +27,10 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from cdcore import storage
-from cdcore.modelset import load_model_set
-from cdcore.nets import Decoder, Encoder
-from cdcore.patientfs import patiently
+from cdcore.io import storage
+from cdcore.models.modelset import load_model_set
+from cdcore.models.nets import Decoder, Encoder
+from cdcore.io.patientfs import patiently
 from cdcore.training import losses, pruning, trainset, vgg
 
 from .config import DistillConfig
@@ -303,8 +303,8 @@ def checkpoint_uploader(run_dir: str):
     copy_files) can lose a file to a storage blip without saying so: with connections cut partway
     through a multipart upload, copy_files returned normally and the object was never stored
     (pyarrow 26, through tests/faults.py's proxy). This one writes each file through
-    cdcore.storage (whole objects or aborted multipart uploads, errors raised) and tries transient
-    failures again, with backoff, for up to 5 minutes (cdcore.patientfs.PATIENCE_S)."""
+    cdcore.io.storage (whole objects or aborted multipart uploads, errors raised) and tries transient
+    failures again, with backoff, for up to 5 minutes (cdcore.io.patientfs.PATIENCE_S)."""
 
     def upload(checkpoint: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:
         destination = storage.join(run_dir, name)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from cdcore import images, storage
+from cdcore.io import images, storage
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp")
 DEFAULT_NAME = "{stem}+{style}{ext}"

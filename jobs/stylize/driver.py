@@ -23,9 +23,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 
-from cdcore import options, storage
-from cdcore.modelfiles import ModelError, default_models_dir
-from cdcore.modelset import load_model_set
+from cdcore import options
+from cdcore.io import storage
+from cdcore.models.modelfiles import ModelError, default_models_dir
+from cdcore.models.modelset import load_model_set
 
 from .dataset import DEFAULT_EXTENSIONS, DEFAULT_NAME, Dataset, DatasetError, expand
 from .manifest import ManifestError, Options, read_manifest, resolve

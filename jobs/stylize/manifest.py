@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from cdcore import images, storage
+from cdcore.io import images, storage
 from cdcore.options import ROW_FIELDS, Recipe
 
 REQUIRED_COLUMNS = ("content", "style")

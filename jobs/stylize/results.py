@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cdcore import storage
+from cdcore.io import storage
 from cdcore.timings import PHASES
 
 from .manifest import Row

@@ -20,7 +20,9 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from cdcore import bigimage, memory, storage
+from cdcore.streaming import bigimage
+from cdcore import memory
+from cdcore.io import storage
 from cdcore.options import DEFAULT_MAX_PIXELS
 from cdcore.pipeline import Loaded, Stylist, StylizeError, Timings
 
@@ -207,7 +209,7 @@ class Stylizer:
             state.loaded = None
 
     def _stream(self, state: _RowState) -> None:
-        """A streamed row (cdcore.bigimage) reads, stylizes and writes on the device's turn, in
+        """A streamed row (cdcore.streaming.bigimage) reads, stylizes and writes on the device's turn, in
         memory that does not grow with the image; nothing is left for the saving threads."""
         row = state.row
         try:

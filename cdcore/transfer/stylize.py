@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from . import transforms
-from .modelset import ModelSet
-from .architecture import stage_multiple
-from .options import DEFAULT_LEVELS
+from ..models.modelset import ModelSet
+from ..models.architecture import stage_multiple
+from ..options import DEFAULT_LEVELS
 
 
 def pick_device(name: str = "auto") -> torch.device:

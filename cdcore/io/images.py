@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from . import codecs, storage
-from .options import DEFAULT_MAX_PIXELS
+from ..options import DEFAULT_MAX_PIXELS
 
 # Pillow's own decompression-bomb guard would refuse legitimate ultra-resolution inputs far below
 # the limit a user chose; `decode` checks `max_pixels` itself, before decoding, instead.
@@ -34,7 +34,7 @@ FORMATS = {
     ".tiff": ("TIFF", True, {"compression": "tiff_deflate"}),
     ".webp": ("WEBP", True, {"quality": 95}),
 }
-# Written only by the streamed path (cdcore.bigimage): a DeepZoom pyramid for browser viewers.
+# Written only by the streamed path (cdcore.streaming.bigimage): a DeepZoom pyramid for browser viewers.
 STREAMED_FORMATS = (".dzi",)
 # Modes with a faithful RGB rendering in Pillow. LAB is not among them: Pillow's convert() copies
 # its channels into RGB without a colour transform, which would silently give wrong colours.
@@ -188,8 +188,8 @@ def scaled_size(width: int, height: int, shorter_side: int | None) -> tuple[int,
 def resize_to(picture: Picture, shorter_side: int | None) -> Picture:
     """Scale (Lanczos) so the shorter side is `shorter_side` pixels (None or 0: unchanged), band
     by band as the streamed path resizes (`tiling.resample`), so both give the same pixels."""
-    from .tiling.buffers import ImageBuffer  # torch comes with the buffers: import it only to resize
-    from .tiling.resample import lanczos
+    from ..tiling.buffers import ImageBuffer  # torch comes with the buffers: import it only to resize
+    from ..tiling.resample import lanczos
 
     w, h = picture.size
     size = scaled_size(w, h, shorter_side)

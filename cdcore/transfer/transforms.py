@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .options import alpha as check_alpha
+from ..options import alpha as check_alpha
 
 METHODS = ("wct", "adain")
 # Eigenvalues below this are dropped, as in the reference WCT: a flat image has a zero covariance

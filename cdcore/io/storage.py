@@ -174,7 +174,7 @@ def _from_client_error(label: str, e: botocore.exceptions.ClientError) -> Storag
 
 def transient_answer(code: str, status: int | None) -> bool:
     """Whether an S3 error answer, by its code (such as "SlowDown") or HTTP status, means "not now"
-    rather than "no". Shared by every client of S3 here (boto3, and pyarrow in cdcore.patientfs)."""
+    rather than "no". Shared by every client of S3 here (boto3, and pyarrow in cdcore.io.patientfs)."""
     return code in _TRANSIENT_CODES or status == 429 or (status or 0) >= 500
 
 

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import torch
 
-from .options import precision as check_precision
+from ..options import precision as check_precision
 
 DTYPES = {"fp16": torch.float16}
 

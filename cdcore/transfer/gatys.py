@@ -11,7 +11,7 @@ activation scale or the image size:
     content = ||F_4(x) - F_4(content)||^2 / ||F_4(content)||^2
     loss    = style_weight * style + content
 
-These are the style and content distances that `benchmarks/quality.py` reports (`cdcore.quality`),
+These are the style and content distances that `benchmarks/quality.py` reports (`cdcore.transfer.quality`),
 so `style_weight` says directly how much style distance a unit of content distance may buy.
 """
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Callable
 
 import torch
 
-from .architecture import stage_multiple
-from .modelset import ModelSet
-from .options import DEFAULT_ITERATIONS, DEFAULT_STYLE_WEIGHT, INITS
+from ..models.architecture import stage_multiple
+from ..models.modelset import ModelSet
+from ..options import DEFAULT_ITERATIONS, DEFAULT_STYLE_WEIGHT, INITS
 
 CONTENT_LAYER = 4  # relu4_1; the style term uses every layer encoder 5 has, relu1_1..relu5_1
 NOISE_SEED = 0  # a fixed seed: the same inputs always give the same pixels, as for wct and adain

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from . import storage
+from ..io import storage
 from .modelfiles import (FORMAT, MANIFEST, ModelError, check_directory, check_partners, default_models_dir,
                          file_layout, infer_widths, model_id, read_file)
 from .nets import STAGES, Decoder, Encoder, check_stage

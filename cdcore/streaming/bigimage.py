@@ -45,14 +45,15 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import numpy as np
 import pyvips
 
-from . import images, storage, tempdirs, tiling
-from .images import ImageError
-from .options import Recipe
-from .tiling.planning import available_memory, buffer_bytes, stages_to_recompute
-from .tiling.resample import lanczos
+from ..io import images, storage, tempdirs
+from .. import tiling
+from ..io.images import ImageError
+from ..options import Recipe
+from ..tiling.planning import available_memory, buffer_bytes, stages_to_recompute
+from ..tiling.resample import lanczos
 
 if TYPE_CHECKING:
-    from .pipeline import Stylist, Stylized
+    from ..pipeline import Stylist, Stylized
 
 # Above this many pixels a content is streamed: the in-memory path then holds more than about
 # 170 MB of image, and one more such copy per actor adds up on a shared GPU node.
@@ -492,9 +493,9 @@ def stylize_file(stylist: "Stylist", content: str, style: str, output: str, reci
     band by band (`--content-size`), stylize with the tiled engine into a disk buffer, encode by
     strips. Every temporary file lives in one scratch directory under `temp_dir` ($TMPDIR by
     default), checked for space first and removed afterwards."""
-    from .pipeline import Stylized, StylizeError, _naming  # the pipeline imports this module
-    from .precision import networks
-    from .timings import Timings
+    from ..pipeline import Stylized, StylizeError, _naming  # the pipeline imports this module
+    from ..models.precision import networks
+    from ..timings import Timings
 
     with _naming(output):
         ext = check_output(output)

@@ -25,7 +25,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from . import storage
+from ..io import storage
 from .architecture import STAGES, TEACHER_WIDTHS, Widths, stage_convs
 
 MANIFEST = "model.json"

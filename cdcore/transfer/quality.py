@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .gatys import CONTENT_LAYER, gram, relative_error
-from .modelset import ModelSet
+from ..models.modelset import ModelSet
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ checkpoints back through the pyarrow filesystem a run is given, and one failed c
 whole training run. pyarrow's own S3 retries ride out seconds of an outage (6 tries: about 14 s),
 and in Ray Train's controller and workers, which get the filesystem pickled, less: an unpickled
 S3FileSystem has lost its retry strategy and gives up after 3 tries, in 2 to 3 s (pyarrow 26). `patient(fs)` wraps a filesystem so that every call failing transiently (classified as
-cdcore.storage classifies S3 answers: no answer, 5xx, "slow down") is tried again, with backoff,
+cdcore.io.storage classifies S3 answers: no answer, 5xx, "slow down") is tried again, with backoff,
 for up to `patience_s` seconds; the wrapper survives pickling.
 
 Transfers are whole, so that a retry never continues half of one: a file is read into memory in
@@ -23,7 +23,7 @@ from typing import Callable, TypeVar
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from cdcore import storage
+from cdcore.io import storage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,7 +43,7 @@ _NO_ANSWER = {"NETWORK_CONNECTION", "REQUEST_TIMEOUT", "INTERNAL_FAILURE"}
 def arrow_error(error: OSError) -> storage.StorageError:
     """`error`, raised by a pyarrow filesystem, as a StorageError that says whether it is transient.
     The S3 SDK's error names are S3's error codes in upper snake case (SLOW_DOWN is SlowDown), so
-    cdcore.storage's list of transient codes decides; errors that are not S3 answers are not."""
+    cdcore.io.storage's list of transient codes decides; errors that are not S3 answers are not."""
     if isinstance(error, storage.StorageError):
         return error
     text = " ".join(str(error).split())
@@ -56,7 +56,7 @@ def arrow_error(error: OSError) -> storage.StorageError:
 
 
 def patiently(action: Callable[[], T], patience_s: float = PATIENCE_S) -> T:
-    """`action()`, tried again with backoff while it fails transiently (cdcore.storage's
+    """`action()`, tried again with backoff while it fails transiently (cdcore.io.storage's
     StorageErrors, or pyarrow's errors as `arrow_error` classifies them), for up to `patience_s`
     seconds; any other error, or a transient one past the deadline, is raised as it came."""
     delay, deadline = FIRST_DELAY_S, time.monotonic() + patience_s
