@@ -21,8 +21,13 @@ Loaded = TypeVar("Loaded")
 WRITES_IN_FLIGHT = 2
 
 
-def read_ahead(items: Iterable[Item], load: Callable[[Item], Loaded]) -> Iterator[tuple[Item, Loaded]]:
-    """(item, load(item)) in order, the next item's load running while the caller works on this one."""
+def read_ahead(items: Iterable[Item], load: Callable[[Item], Loaded],
+               threaded: bool = True) -> Iterator[tuple[Item, Loaded]]:
+    """(item, load(item)) in order, the next item's load running while the caller works on this one
+    (`threaded`), or in line where a load only queues work on a device (a window of a device buffer)."""
+    if not threaded:
+        yield from ((item, load(item)) for item in items)
+        return
     with ThreadPoolExecutor(1, thread_name_prefix="cdcore-read") as pool:
         items = iter(items)
         pending: deque[tuple[Item, Future]] = deque()

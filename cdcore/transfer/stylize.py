@@ -42,8 +42,12 @@ def to_tensor(rgb: np.ndarray, device: torch.device | str = "cpu") -> torch.Tens
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """(1, 3, H, W) float -> (H, W, 3) uint8: clamped to [0, 1], rounded half up (in float32 at
     least: a bf16 result has too few digits to round to 8 bits)."""
-    x = image[0].float().clamp(0, 1).mul(255.0).add_(0.5).to(torch.uint8)
-    return x.permute(1, 2, 0).contiguous().cpu().numpy()
+    return uint8_image(image).contiguous().cpu().numpy()
+
+
+def uint8_image(image: torch.Tensor) -> torch.Tensor:
+    """What `to_uint8` gives, as an (H, W, 3) uint8 tensor left on the image's device."""
+    return image[0].float().clamp(0, 1).mul(255.0).add_(0.5).to(torch.uint8).permute(1, 2, 0)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
