@@ -34,8 +34,8 @@ from ..transfer.stylize import StyleStats, check_content_size, stylize
 from .buffers import Buffers, ImageBuffer, PaddedImage, read_whole
 from .devices import as_input, to_device
 from .overlap import WriteBehind, read_ahead
-from .planning import (StagePlan, Tile, encoder_halo, expand, image_span, plan_stage, ring_rows, span_length,
-                       window_rows)
+from .planning import (BYTES_PER_CHANNEL_PIXEL, StagePlan, Tile, encoder_halo, expand, full_resolution_width,
+                       image_span, plan_stage, ring_rows, span_length, window_rows, window_side)
 from .progress import Meter, PassMeter
 
 
@@ -236,6 +236,7 @@ class Cascade:
         height, width = image.shape[:2]
         check_content_size(height, width, levels)
         plans = [plan_stage(self.models, k, height, width, tile_size, k not in self.recompute) for k in levels]
+        self.meter.heap.budget = step_budget(self.models, levels, tile_size)
         self.meter.heap.start()
         with ExitStack() as held:  # on an error: every writer stopped, every buffer freed
             stage = held.enter_context(StageRun.start(self.models, plans[0], image, self.buffers, self.meter))
@@ -268,3 +269,15 @@ class Cascade:
         its features, since its statistics pass reads each row once, right behind the render."""
         capacity = ring_rows(plan, follower, height) if follower.stored else height
         return self.buffers.rows(height, capacity, (width, 3))
+
+
+# How far above the trimmed heap the heap guard may settle, in planned working sets of the widest
+# window (`memory.HeapGuard`): the estimate is a rounded-up average (BYTES_PER_CHANNEL_PIXEL) and
+# a window's read-ahead and written-behind blocks come on top, so one would trim every tile.
+STEP_BUDGET_WINDOWS = 2
+
+
+def step_budget(models: ModelSet, levels, tile_size: int) -> int:
+    """Bytes one tile of a tiled run may settle above the trimmed heap (`memory.HeapGuard.budget`)."""
+    return STEP_BUDGET_WINDOWS * max(BYTES_PER_CHANNEL_PIXEL * full_resolution_width(models, k)
+                                     * window_side(models, k, tile_size) ** 2 for k in levels)
