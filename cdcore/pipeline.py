@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .streaming import bigimage
+from .streaming import reading as bigimage
 from .io import codecs, images, storage
 from . import tiling
 from .models import precision as precisions

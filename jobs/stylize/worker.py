@@ -20,7 +20,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from cdcore.streaming import bigimage
+from cdcore.streaming import reading as bigimage
 from cdcore import memory
 from cdcore.io import storage
 from cdcore.options import DEFAULT_MAX_PIXELS

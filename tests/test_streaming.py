@@ -15,7 +15,7 @@ import pytest
 import pyvips
 from PIL import Image
 
-from cdcore.streaming import bigimage
+from cdcore.streaming import reading as bigimage
 from cdcore.io import images, storage
 from cdcore import tiling
 from cdcore.options import DEFAULT_MAX_PIXELS, Recipe
