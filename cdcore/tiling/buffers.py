@@ -55,7 +55,7 @@ class ImageBuffer:
     they are mapped, and the kernel keeps what a mapping touched for as long as it stays, so a
     gigapixel run's 12 GB float buffers would show up as memory. Explicit reads and writes copy
     one window through the page cache, which the kernel reclaims as it needs, and the resident set
-    holds only the window (benchmarks/RESULTS.md, issue 15).
+    holds only the window (benchmarks/history/sessions-1-9.md, issue 15).
 
     `overlapped`: the passes read its windows and write results on helper threads (`overlap`),
     since reads and writes wait on memory copies or the disk.
