@@ -264,7 +264,8 @@ class TensorBuffer(ImageBuffer):
     def write(self, rows: slice, cols: slice, block) -> None:
         if not isinstance(block, torch.Tensor):
             block = torch.from_numpy(np.asarray(host_array(block)))
-        self.tensor[rows, cols] = block
+        with torch.inference_mode():  # also on a writer thread: the tensor was made in the engine's
+            self.tensor[rows, cols] = block
 
     def block_of(self, image: torch.Tensor):
         """On the device: (h, w, C) there, to copy in at once; in host memory: on its way there."""
@@ -341,13 +342,6 @@ class Buffers:
                 yield buffers
             finally:
                 buffers.close()
-
-    @staticmethod
-    def open(height: int, width: int, disk_buffer: bool | None, temp_dir: str | None):
-        """Buffers for a run over height x width: on disk when `disk_buffer` says so, or (None)
-        when one float image is larger than DISK_BUFFER_BYTES."""
-        on_disk = height * width * 3 * 4 > DISK_BUFFER_BYTES if disk_buffer is None else bool(disk_buffer)
-        return Buffers.placed("disk" if on_disk else "ram", temp_dir)
 
 
 @dataclass
