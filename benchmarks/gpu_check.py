@@ -226,22 +226,20 @@ def check_at_scale(shared: Path, device: torch.device, models: str, sections: li
     style_rgb = np.asarray(Image.open(shared / STYLE).convert("RGB"))
     records = []
     if "scale" in sections:
-        sizes, tile = ([0.3, 0.6], 256) if quick else ([200, 1000], None)
+        sizes, tile = ([0.05], 128) if quick else ([200, 1000], None)
         print("\n| MP | mode (buffers) | seconds | MP/s | vs whole MP/s | PSNR vs whole | host peak GB |\n"
               "|---|---|---|---|---|---|---|")
         lines, records = gpu_scale.check_scale(lambda mp: content_of(shared, mp), psnr, device, models, sizes,
                                                tile, style_rgb)
         print("\n".join(lines), flush=True)
     if "streamed" in sections:
-        from cdcore.streaming import bigimage
-
         print("\n| streamed | seconds | MP/s | host RSS during the call GB | resident before GB |\n|---|---|---|---|---|")
-        print("\n".join(gpu_scale.check_streamed(shared, device, models, 0.3 if quick else 1000, str(shared / STYLE),
-                                                bigimage.stylize_file)), flush=True)
+        print("\n".join(gpu_scale.check_streamed(shared, device, models, 0.05 if quick else 1000, str(shared / STYLE))),
+              flush=True)
     if "profile" in sections:
-        rgb = content_of(shared, 0.1 if quick else 42)
+        rgb = content_of(shared, 0.02 if quick else 42)
         print("\nprofile (torch.profiler" + (", CUDA activity)" if device.type == "cuda" else ", CPU)"))
-        print("\n".join(gpu_scale.profile_cascade(device, models, rgb, style_rgb, 256 if quick else 2048)), flush=True)
+        print("\n".join(gpu_scale.profile_cascade(device, models, rgb, style_rgb, 128 if quick else 2048)), flush=True)
     return records
 
 

@@ -81,10 +81,9 @@ def _style(stylist: Stylist, style_rgb: np.ndarray):
     return style_statistics(stylist.models, to_tensor(style_rgb, stylist.device), "wct")
 
 
-def check_streamed(shared: Path, device: torch.device, models: str, megapixels: float, style: str,
-                   stream) -> list[str]:
-    """A JPEG of `megapixels` (the photo upscaled by libvips) through `stream(stylist, content,
-    style, output, recipe)`, the streamed path: seconds, MP/s and the host memory it held."""
+def check_streamed(shared: Path, device: torch.device, models: str, megapixels: float, style: str) -> list[str]:
+    """A JPEG of `megapixels` (the photo upscaled by libvips) through the streamed path
+    (`Stylist.stylize_streamed`, whatever its size): seconds, MP/s and the host memory it held."""
     import pyvips
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,10 +93,10 @@ def check_streamed(shared: Path, device: torch.device, models: str, megapixels: 
         scale = width / photo.width
         photo.resize(scale, vscale=round(width / 2.5) / photo.height, kernel="cubic").jpegsave(str(content), Q=95)
         stylist = Stylist(models, device, max_pixels=2_000_000_000)
-        stream(stylist, str(content), style, str(Path(tmp) / "warm.jpg"), Recipe())  # warm-up, the style
+        stylist.stylize_streamed(str(content), style, str(Path(tmp) / "warm.jpg"))  # warm-up, the style
         ready = memory.resident_bytes()
         with ResidentWatch() as watch:
-            _, seconds = _timed(lambda: stream(stylist, str(content), style, str(output), Recipe()), device)
+            _, seconds = _timed(lambda: stylist.stylize_streamed(str(content), style, str(output)), device)
         mp = Image.open(output).size
         pixels = mp[0] * mp[1] / 1e6
         return [f"| {pixels:.0f} MP JPEG in, JPEG out | {seconds:.1f} | {pixels / seconds:.1f} | "

@@ -216,3 +216,6 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
     measured = __import__("json").loads(report.read_text())
     assert all(job["ok"] == job["rows"] for runs in measured["job"].values() for job in runs)
     assert {r["mode"] for r in measured["speed"]} == {"whole", "tiled"}
+    # issue 28's sections: tiled against whole at scale (exact), the streamed path, the profile
+    assert all(float(r["psnr_vs_whole"].split()[0]) >= 75 for r in measured["scale"])
+    assert "JPEG in, JPEG out" in done.stdout and "profile (torch.profiler" in done.stdout

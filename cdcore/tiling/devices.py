@@ -70,7 +70,7 @@ def to_device(block, device: torch.device):
     if device.type != "cuda" or (isinstance(block, torch.Tensor) and block.device.type == "cuda"):
         return block
     host = torch.from_numpy(np.ascontiguousarray(block)) if isinstance(block, np.ndarray) else block
-    if not host.is_pinned():
+    if not (host.is_pinned() and host.is_contiguous()):  # else torch would stage it in pageable memory
         pinned = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
         host = pinned.copy_(host)
     stream = copy_stream(device)
