@@ -264,7 +264,9 @@ class TensorBuffer(ImageBuffer):
     def write(self, rows: slice, cols: slice, block) -> None:
         if not isinstance(block, torch.Tensor):
             block = torch.from_numpy(np.asarray(host_array(block)))
-        with torch.inference_mode():  # also on a writer thread: the tensor was made in the engine's
+        # Made under the engine's inference mode, the tensor takes in-place writes only there, and
+        # the mode is per thread: a writer thread enters it too.
+        with torch.inference_mode():
             self.tensor[rows, cols] = block
 
     def block_of(self, image: torch.Tensor):

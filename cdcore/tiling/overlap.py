@@ -7,6 +7,10 @@ read the next tile's window and another write the last tile's result while torch
 one.
 Only I/O runs in the helpers: converting to and from tensors stays with the caller, whose torch
 threads already fill the cores.
+
+What the helpers hold is bounded by count, never by their pace: one window read ahead per pass,
+WRITES_IN_FLIGHT results per writer. A helper slowed by a busy disk or by cores it shares makes the
+caller wait; nothing queues up behind it (tests/test_memory.py slows every read and write).
 """
 from __future__ import annotations
 
