@@ -251,7 +251,9 @@ def run_child(content: Path, mode: str, tile_size: int, args) -> dict:
 @contextlib.contextmanager
 def busy_processes(count: int):
     """`count` processes spinning a Python loop beside what runs in the block, stopped after it."""
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    # Each spins until its parent is gone, so that a benchmark killed outright leaves none behind.
+    spin = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(10**6): pass"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(count)]
     try:
         yield
     finally:
