@@ -208,12 +208,29 @@ def test_placement_follows_free_memory(models):
     planned whole, so they need more than the same run's files."""
     from cdcore.tiling import placement
 
-    assert placement.choose(models, (5, 4, 3, 2, 1), 1000, 1000, 512) == "ram"
-    assert placement.choose(models, (5, 4, 3, 2, 1), 4096, 4096, 512) == "disk"
-    assert placement.choose(models, (5, 4, 3, 2, 1), 4096, 4096, 512, disk_buffer=False) == "ram"
-    assert placement.choose(models, (5, 4, 3, 2, 1), 1000, 1000, 512, disk_buffer=True) == "disk"
-    files = planning.buffer_bytes(models, (5, 4, 3, 2, 1), 4096, 4096, 512)
-    assert planning.buffer_bytes(models, (5, 4, 3, 2, 1), 4096, 4096, 512, files=False) > files
+    levels = (5, 4, 3, 2, 1)
+    assert placement.choose(models, levels, 1000, 1000, 512) == ("ram", frozenset())
+    assert placement.choose(models, levels, 4096, 4096, 512) == ("disk", frozenset())
+    assert placement.choose(models, levels, 4096, 4096, 512, disk_buffer=False)[0] == "ram"
+    assert placement.choose(models, levels, 1000, 1000, 512, disk_buffer=True)[0] == "disk"
+    files = planning.buffer_bytes(models, levels, 4096, 4096, 512)
+    assert planning.buffer_bytes(models, levels, 4096, 4096, 512, files=False) > files
+
+
+def test_a_gpu_keeps_a_gigapixel_on_the_device_where_encoding_stage_2_again_makes_it_fit(models):
+    """The rule on a GPU, planned here without one: 1 GP in tiles of 2048 needs 50 GB of buffers in
+    memory, 28 GB when stage 2 encodes again; an 80 GB card takes the second, a 40 GB card sends
+    them to pinned host memory where the host has room, else to disk."""
+    from cdcore.tiling import placement
+
+    def where(device_gb, host_gb):
+        return placement.choose(models, (5, 4, 3, 2, 1), 25000, 40000, 2048, device="cuda",
+                                device_free=device_gb * 10**9, host_free=host_gb * 10**9)
+
+    assert where(79, 100) == ("device", frozenset({2}))
+    assert where(200, 100) == ("device", frozenset())
+    assert where(40, 400) == ("pinned", frozenset())
+    assert where(40, 100) == ("disk", frozenset())
     with pytest.raises(ValueError, match="placement must be one of"):
         TiledEngine(models, 128, placement="gpu")
 

@@ -42,7 +42,8 @@ class TiledEngine:
     placement: where those buffers live, one of buffers.PLACEMENTS ("device", "pinned", "ram",
         "disk"; device buffers as tensors on the models' device, also the CPU), overriding
         `disk_buffer`; None: `placement.choose` decides from free memory (on a GPU the device's
-        memory first, then pinned host memory, then disk).
+        memory first, encoding features again where that makes them fit, then pinned host
+        memory, then disk).
     progress: called with a `TileProgress` after every tile (whole-image runs report nothing).
     recompute: stages whose features are encoded again in the render pass instead of stored
         between the passes, to spare disk (`planning.stages_to_recompute`); results are the same.
@@ -82,12 +83,14 @@ class TiledEngine:
                                   progress=self.progress, recompute=self.recompute, placement=self.placement)
             return out
         tile_size = resolve_tile_size(self.models, levels, height, width, self.tile_size)
-        meter = Meter(self.progress, cascade_work(self.models, levels, height, width, tile_size, self.recompute))
-        where = self.placement or choose_placement(self.models, levels, height, width, tile_size, self.disk_buffer,
-                                                   recompute=self.recompute)
+        where, recompute = self.placement, self.recompute
+        if where is None:
+            where, recompute = choose_placement(self.models, levels, height, width, tile_size, self.disk_buffer,
+                                                recompute=recompute)
+        meter = Meter(self.progress, cascade_work(self.models, levels, height, width, tile_size, recompute))
         with Buffers.placed(where, self.temp_dir, device_of(self.models)) as buffers:
             dest = out if isinstance(out, ImageBuffer) else ImageBuffer(out)
-            Cascade(self.models, style, alpha, buffers, meter, self.recompute).run(image, dest, levels, tile_size)
+            Cascade(self.models, style, alpha, buffers, meter, recompute).run(image, dest, levels, tile_size)
         return out
 
     @torch.inference_mode()

@@ -40,9 +40,11 @@ def stylize_stroke_scaled(models: ModelSet, content: ImageBuffer, style: StyleSt
     small_shape = coarse_shape(height, width, stroke_scale)
     coarse_tile = resolve_tile_size(models, coarse, *small_shape, tile_size)
     fine_tile = resolve_tile_size(models, fine, height, width, tile_size)
+    where = placement
+    if where is None:
+        where, recompute = choose(models, levels, height, width, fine_tile, disk_buffer, stroke_scale, recompute)
     meter = Meter(progress, cascade_work(models, coarse, *small_shape, coarse_tile, recompute)
                   + cascade_work(models, fine, height, width, fine_tile, recompute))
-    where = placement or choose(models, levels, height, width, fine_tile, disk_buffer, stroke_scale, recompute)
     with Buffers.placed(where, temp_dir, device_of(models)) as buffers:
         cascade = Cascade(models, style, alpha, buffers, meter, recompute)
         small = buffers.new((*small_shape, 3), np.uint8)
