@@ -53,19 +53,19 @@ def check_scale(content_of, psnr, device: torch.device, models: str, sizes: list
         try:
             whole, seconds = _timed(lambda: tiling.TiledEngine(stylist.models, 0).stylize(rgb, style), device)
             whole_rate = pixels / seconds
-            lines.append(f"| {mp:g} | whole | {seconds:.2f} | {whole_rate:.1f} | 1.00x | - | - |")
+            lines.append(f"| {mp:g} | whole | {seconds:.2f} | {whole_rate:.2f} | 1.00x | - | - |")
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             lines.append(f"| {mp:g} | whole | out of device memory | | | | |")
         engine = tiling.TiledEngine(stylist.models, tile)
         size = tiling.resolve_tile_size(stylist.models, Recipe().stages, *rgb.shape[:2], tile)
-        where = placement.choose(stylist.models, Recipe().stages, *rgb.shape[:2], size) if size else "-"
+        where = placement.choose(stylist.models, Recipe().stages, *rgb.shape[:2], size)[0] if size else "-"
         engine.stylize(rgb[:1024, :1024], style)  # warm-up: this window shape's kernels
         tiled, seconds = _timed(lambda: engine.stylize(rgb, style), device)
         rate = pixels / seconds
         ratio = f"{rate / whole_rate:.2f}x" if whole_rate else "-"
         quality = f"{psnr(tiled, whole):.1f} dB" if whole is not None else "-"
-        lines.append(f"| {mp:g} | tiled {size or 'whole'} ({where}) | {seconds:.2f} | {rate:.1f} | {ratio} | "
+        lines.append(f"| {mp:g} | tiled {size or 'whole'} ({where}) | {seconds:.2f} | {rate:.2f} | {ratio} | "
                      f"{quality} | {peak_host_gb():.2f} |")
         records.append({"megapixels": mp, "tile": size, "placement": where, "seconds": seconds, "mp_per_s": rate,
                         "whole_mp_per_s": whole_rate, "psnr_vs_whole": quality})
