@@ -99,7 +99,7 @@ def check_streamed(shared: Path, device: torch.device, models: str, megapixels: 
             _, seconds = _timed(lambda: stylist.stylize_streamed(str(content), style, str(output)), device)
         mp = Image.open(output).size
         pixels = mp[0] * mp[1] / 1e6
-        return [f"| {pixels:.0f} MP JPEG in, JPEG out | {seconds:.1f} | {pixels / seconds:.1f} | "
+        return [f"| {pixels:.3g} MP JPEG in, JPEG out | {seconds:.1f} | {pixels / seconds:.2f} | "
                 f"{watch.most / 1e9:.2f} | {ready / 1e9:.2f} |"]
 
 
