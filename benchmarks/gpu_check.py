@@ -226,7 +226,7 @@ def check_at_scale(shared: Path, device: torch.device, models: str, sections: li
     style_rgb = np.asarray(Image.open(shared / STYLE).convert("RGB"))
     records = []
     if "scale" in sections:
-        sizes, tile = ([0.05], 128) if quick else ([200, 1000], None)
+        sizes, tile = ([0.02], 128) if quick else ([200, 1000], None)
         print("\n| MP | mode (buffers) | seconds | MP/s | vs whole MP/s | PSNR vs whole | host peak GB |\n"
               "|---|---|---|---|---|---|---|")
         lines, records = gpu_scale.check_scale(lambda mp: content_of(shared, mp), psnr, device, models, sizes,
@@ -234,7 +234,7 @@ def check_at_scale(shared: Path, device: torch.device, models: str, sections: li
         print("\n".join(lines), flush=True)
     if "streamed" in sections:
         print("\n| streamed | seconds | MP/s | host RSS during the call GB | resident before GB |\n|---|---|---|---|---|")
-        print("\n".join(gpu_scale.check_streamed(shared, device, models, 0.05 if quick else 1000, str(shared / STYLE))),
+        print("\n".join(gpu_scale.check_streamed(shared, device, models, 0.02 if quick else 1000, str(shared / STYLE))),
               flush=True)
     if "profile" in sections:
         rgb = content_of(shared, 0.02 if quick else 42)
