@@ -34,6 +34,10 @@ SERIES = {s.name: s for s in (
     Series("cdstyle_megapixels", "counter", ("run",), "Megapixels of the outputs written (ok rows)"),
     Series("cdstyle_row_phase_seconds", "histogram", ("run", "phase", "method"),
            "Seconds an ok row spent in each phase: read, decode, style, stylize, encode, write (from the actors)"),
+    # Ray 2.60's agent rebuilds a histogram's _sum from bucket midpoints (ray-project/ray#64852),
+    # so the exact seconds per phase, for the phase breakdown, are a counter of their own.
+    Series("cdstyle_phase_seconds", "counter", ("run", "phase"),
+           "Seconds the actors spent in each phase, summed over ok rows"),
     Series("cdstyle_transient_failures", "counter", ("run",),
            "Transient failures met (storage did not answer): each row runs again, or fails past its deadline"),
     Series("cdstyle_rows_queued", "gauge", ("run",), "Rows waiting for an actor, retries included"),

@@ -4,10 +4,11 @@ The driver's series come from what it keeps anyway: the row and megapixel counte
 progress tally (by its growth since the last tick, so counting costs nothing per row), the gauges
 are read off the dispatcher. Ticks come after the dispatcher's waits, at most every `every`
 seconds, well inside an export interval, so no gauge ages out while the job runs. The actors
-record one thing: each stylized row's seconds by phase, into the histogram.
+record where each stylized row's time went (`RowPhases`).
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 
@@ -71,10 +72,26 @@ class JobTelemetry:
                 m.set("cdstyle_actor_device_busy", min(share, 1.0), actor=actor.name)
 
 
-def observe_phases(metrics: Recorder, record: dict, method: str) -> None:
-    """An actor's part: the phase seconds of a row it stylized (ok rows only: a skipped row ran
-    no phase, and a failed one stopped partway)."""
-    if record["status"] != "ok":
-        return
-    for phase in PHASES:
-        metrics.observe("cdstyle_row_phase_seconds", record[phase], phase=phase[:-2], method=method)
+class RowPhases:
+    """An actor's part: the phase seconds of each row it stylized into the histogram as the row
+    finishes, and their sums into the phase-seconds counter once a batch (`flush`). Ok rows only:
+    a skipped row ran no phase, and a failed one stopped partway."""
+
+    def __init__(self, run: str):
+        self.metrics = Recorder(run=run)
+        self._sums: Counter = Counter()
+        self._lock = threading.Lock()  # rows finish on the actor's saving threads
+
+    def row(self, record: dict, method: str) -> None:
+        if record["status"] != "ok":
+            return
+        for phase in PHASES:
+            self.metrics.observe("cdstyle_row_phase_seconds", record[phase], phase=phase[:-2], method=method)
+        with self._lock:
+            self._sums.update({phase: record[phase] for phase in PHASES})
+
+    def flush(self) -> None:
+        with self._lock:
+            sums, self._sums = self._sums, Counter()
+        for phase, seconds in sums.items():
+            self.metrics.inc("cdstyle_phase_seconds", seconds, phase=phase[:-2])

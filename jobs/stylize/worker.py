@@ -26,9 +26,8 @@ from cdcore.io import storage
 from cdcore.options import DEFAULT_MAX_PIXELS
 from cdcore.pipeline import Loaded, Stylist, StylizeError, Timings
 
-from ..metrics import Recorder
 from .manifest import Row
-from .telemetry import observe_phases
+from .telemetry import RowPhases
 
 # Decoded pixels an overlapping actor holds at most: about two 50 MP images with their canvases
 # (7 bytes a pixel: ~0.7 GB). One larger image is let in alone.
@@ -104,7 +103,7 @@ class Stylizer:
                                precision=config.precision)
         self.label = f"{name}@{socket.gethostname()}:{os.getpid()}"
         self.counters = {"rows": 0, "styles_encoded": 0, "busy_seconds": 0.0, "device_seconds": 0.0}
-        self.metrics = Recorder(run=config.run)
+        self.phases = RowPhases(config.run)  # its metrics
         self._device = threading.Lock()  # one row on the device at a time
         self._counting = threading.Lock()
         self._budget = PixelBudget(config.pixel_budget)
@@ -123,6 +122,7 @@ class Stylizer:
         the rest again. Returns the status dicts of the rows run and the counters."""
         run = self._overlapped if self._loading else self._one_by_one
         results = run(rows, time.monotonic() + budget_s)
+        self.phases.flush()
         with self._counting:
             return {"results": results, "actor": self.label, "counters": dict(self.counters)}
 
@@ -249,7 +249,7 @@ class Stylizer:
             self.counters["busy_seconds"] += seconds
             self.counters["device_seconds"] += timings["style_s"] + timings["stylize_s"]
             self.counters["styles_encoded"] = self.stylist.styles_prepared
-        observe_phases(self.metrics, {**state.outcome, **timings}, state.row.method)
+        self.phases.row({**state.outcome, **timings}, state.row.method)
         return {**state.outcome, **timings, "row": state.row.index, "seconds": seconds,
                 "model_id": self.stylist.models.model_id, "actor": self.label}
 
