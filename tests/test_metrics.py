@@ -40,6 +40,7 @@ def metrics_ray():
     with pytest.MonkeyPatch.context() as env:
         # Read by the driver's core worker, the raylet and the actors (Ray floors it at 1 s).
         env.setenv("RAY_metrics_report_interval_ms", "500")
+        env.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # Ray Train's 2 s default slows short runs
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  _metrics_export_port=port)
         try:
@@ -148,6 +149,41 @@ def test_job_series_on_the_metrics_endpoint_agree_with_the_results(metrics_ray, 
     assert summary["run"] == run_id and summary["rows"] == {"ok": 6, "skipped": 1, "failed": 2}
     assert math.isclose(summary["phase_seconds"]["stylize"], sum(r["stylize_s"] for r in ok))
     assert all(r["finished"] is not None for r in table)
+
+
+def test_distill_series_agree_with_what_ray_train_received(metrics_ray, tmp_path):
+    from jobs.distill import driver
+    from jobs.distill.config import DistillConfig
+
+    cfg = DistillConfig(teacher=str(MODELS.parent / "cd16x"), stage=2, width_divisor=2, mode="encoder",
+                        data=str(CONTENT), steps=3, batch_size=2, crop=64, workers=1, storage=str(tmp_path / "runs"),
+                        log_every=1, checkpoint_every=2, loader_workers=0)
+    finished, losses = [], {}
+    runner = threading.Thread(target=lambda: finished.append(driver.run(cfg)))
+    runner.start()
+    try:  # the loss gauges age out of Ray's agent soon after the workers end: watch them while they run
+        while runner.is_alive():
+            seen = scrape(metrics_ray)
+            losses = {l["term"]: v for l, v in seen.get("ray_cdstyle_distill_loss", []) if l["run"] == cfg.name} or losses
+            time.sleep(0.3)
+    finally:
+        runner.join(timeout=600)
+    [done] = finished
+    labels = {"run": cfg.name, "phase": "encoder"}
+    deadline = time.monotonic() + 30
+    while True:
+        after = scrape(metrics_ray)
+        if total(after, "ray_cdstyle_distill_steps_total", **labels) == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert total(after, "ray_cdstyle_distill_steps_total", **labels) == 3
+    assert total(after, "ray_cdstyle_distill_checkpoints_total", **labels) == 2  # at steps 2 and 3
+    for part in ("data_wait", "compute"):
+        assert total(after, "ray_cdstyle_distill_step_seconds_count", **labels, part=part, rank="0") == 3
+    # The loss gauges held the terms of a report, as Ray Train got them.
+    reports = [{t: v for t, v in r.items() if t not in ("phase", "step", "data_s", "compute_s")} for r in done.history]
+    assert losses and any(r.keys() == losses.keys() and all(math.isclose(losses[t], r[t], rel_tol=1e-9) for t in r)
+                          for r in reports), (losses, reports)
 
 
 # ------------------------------------------------------------------------------------- dashboard
