@@ -6,12 +6,17 @@ node's metrics export port (`ray start --metrics-export-port`) as `ray_<name>`, 
 with the recording process (WorkerId, NodeAddress, ...) besides its own tags. cluster/grafana.json
 charts them; a test checks that its queries name only series of this table.
 
+CDSTYLE_METRICS=0 in the environment of the driver (and so of a local Ray's actors) records
+nothing: for clusters that want none, and for measuring what recording costs
+(benchmarks/job_scale.py --compare-metrics).
+
 Tags are low-cardinality only (a run, a status, a phase, an actor name), never a URI or a row:
 every distinct tag set is a series that Prometheus keeps. Gauges are set again periodically: Ray
 drops a gauge that was not set within two export intervals.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 # Bounds of the seconds histograms: 1 ms to 1 h, about three buckets a decade.
@@ -66,11 +71,14 @@ def prometheus_names(series: Series) -> tuple[str, ...]:
 
 
 _made: dict[str, object] = {}  # name -> ray.util.metrics object, one per process
+ENABLED = os.environ.get("CDSTYLE_METRICS", "1") != "0"
 
 
 def _metric(name: str):
     """The Ray metric for `name`, made on first use; None while this process is not connected to
     Ray (a Stylizer used as a plain class, a benchmark without Ray, a driver after its Ray is gone)."""
+    if not ENABLED:
+        return None
     try:
         import ray
     except ImportError:
