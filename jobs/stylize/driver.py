@@ -225,7 +225,10 @@ def run(job: Job, on_result: Callable[[dict], None] | None = None,
     writer = ResultsWriter(job.results, new_run_id(), job.flush_rows, job.flush_seconds)
     progress = JobProgress(len(job.plan))
     telemetry = JobTelemetry(writer.run, progress)
-    tell = lambda message: progress.say(message, say)  # noqa: E731 (the progress line steps aside)
+
+    def tell(message: str) -> None:
+        progress.clear()
+        say(message)
 
     def collect(record: dict) -> None:
         writer.add(record)
@@ -245,6 +248,7 @@ def run(job: Job, on_result: Callable[[dict], None] | None = None,
     except storage.StorageError as e:
         raise JobError(f"cannot write or read the results: {e}") from None
     finally:
+        progress.status.end()  # a message after this one starts a line of its own
         _close(writer)
     report = Report(progress.tally, earlier, pool.counters if pool else {}, pool.started if pool else 0,
                     pool.replaced if pool else 0, time.monotonic() - started, job.results, writer.parts,

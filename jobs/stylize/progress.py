@@ -68,7 +68,6 @@ class JobProgress:
         if force:
             self.status.end()
 
-    def say(self, message: str, say) -> None:
-        """`say(message)` with the status line out of its way (it comes back at the next update)."""
+    def clear(self) -> None:
+        """Take the progress off the terminal's line for a message (it comes back at the next update)."""
         self.status.clear()
-        say(message)
