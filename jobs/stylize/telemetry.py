@@ -38,7 +38,7 @@ class JobTelemetry:
         self._last = now
         self._counters()
         if pool is not None:
-            self._gauges(pool, now, done=force)
+            self._gauges(pool, now)
 
     def _counters(self) -> None:
         tally = self.progress.tally
@@ -50,17 +50,17 @@ class JobTelemetry:
         self.metrics.inc("cdstyle_megapixels", tally.megapixels - self._megapixels)
         self._megapixels = tally.megapixels
 
-    def _gauges(self, pool, now: float, done: bool) -> None:
+    def _gauges(self, pool, now: float) -> None:
         m = self.metrics
         m.inc("cdstyle_transient_failures", pool.transient_failures - self._transient)
         self._transient = pool.transient_failures
-        m.set("cdstyle_rows_queued", 0 if done else len(pool.queue) + len(pool.retries))
+        m.set("cdstyle_rows_queued", len(pool.queue) + len(pool.retries))
         m.set("cdstyle_rows_in_flight", sum(len(b) for a in pool.actors for b in a.batches.values()))
         m.set("cdstyle_actors_alive", len(pool.actors))
         m.set("cdstyle_actor_replacements", pool.replaced)
         m.set("cdstyle_storage_paused", float(pool.breaker.open))
-        eta = 0.0 if done else self.progress.eta_seconds()
-        if eta is not None:
+        eta = self.progress.eta_seconds()
+        if eta is not None:  # None until a row has run
             m.set("cdstyle_eta_seconds", eta)
         for actor in pool.actors:
             if actor.label is None:  # not ready yet
