@@ -38,7 +38,7 @@ MODELS = ROOT.parent / "shared" / "models" / "cd16x"
 
 # The driver's side, in a fresh process so that its peak RSS is the job's alone.
 CHILD = """
-import json, sys, time
+import json, resource, sys, time
 import ray
 from jobs.stylize import telemetry
 from jobs.stylize.driver import build_parser, prepare, run
@@ -54,13 +54,16 @@ args = build_parser().parse_args(sys.argv[2:])
 t0 = time.perf_counter()
 job = prepare(args)
 t1 = time.perf_counter()
+cpu = resource.getrusage(resource.RUSAGE_SELF)
 report = run(job)
 t2 = time.perf_counter()
+used = resource.getrusage(resource.RUSAGE_SELF)
+cpu_s = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime  # every thread of the driver
 ray.shutdown()
 hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"plan_s": t1 - t0, "run_s": t2 - t1, "skipped": report.count("skipped"),
                   "other": report.count("ok") + report.count("failed"), "parts": len(report.parts),
-                  "peak_rss": hwm, "metrics_s": spent[0]}))
+                  "peak_rss": hwm, "metrics_s": spent[0], "cpu_s": cpu_s}))
 """
 
 
@@ -110,12 +113,13 @@ def metrics_table(counts: list[int], actors: int, styles: int, repeats: int) -> 
     """Dispatch with and without the job's metrics over the same files, after one untimed run that
     warms the page cache: in pairs, on then off, then off then on (so neither always goes first);
     each run has its own results prefix, so each skips every row itself."""
-    print("\n| rows | metrics | dispatch s (each run) | median rows/s | best rows/s | driver s in metrics |")
-    print("| ---: | --- | --- | ---: | ---: | ---: |")
+    print("\n| rows | metrics | dispatch s (each run) | median rows/s | best rows/s | driver CPU s (each run) "
+          "| driver s in metrics |")
+    print("| ---: | --- | --- | ---: | ---: | --- | ---: |")
     for rows in counts:
         with tempfile.TemporaryDirectory(prefix="job-scale-") as tmp:
             manifest = make_rows(Path(tmp), rows, styles)
-            seconds, recording = {True: [], False: []}, {True: [], False: []}
+            seconds, cpu, recording = {True: [], False: []}, {True: [], False: []}, {True: [], False: []}
             run_job(Path(tmp), manifest, actors, "results-warm-up")
             for i in range(repeats):
                 for metrics in ((True, False) if i % 2 == 0 else (False, True)):
@@ -124,13 +128,15 @@ def metrics_table(counts: list[int], actors: int, styles: int, repeats: int) -> 
                         raise RuntimeError(f"expected {rows} skipped rows, got {r}")
                     seconds[metrics].append(r["run_s"])
                     recording[metrics].append(r["metrics_s"])
+                    cpu[metrics].append(r["cpu_s"])
         rate = {m: rows / statistics.median(s) for m, s in seconds.items()}
         best = {m: rows / min(s) for m, s in seconds.items()}
         for metrics in (True, False):
             print(f"| {rows:,} | {'on' if metrics else 'off'} | {', '.join(f'{s:.1f}' for s in seconds[metrics])} | "
-                  f"{rate[metrics]:,.0f} | {best[metrics]:,.0f} | {statistics.median(recording[metrics]):.3f} |")
-        print(f"| {rows:,} | on / off | | {rate[True] / rate[False]:.3f} | {best[True] / best[False]:.3f} | |",
-              flush=True)
+                  f"{rate[metrics]:,.0f} | {best[metrics]:,.0f} | {', '.join(f'{s:.1f}' for s in cpu[metrics])} | "
+                  f"{statistics.median(recording[metrics]):.3f} |")
+        print(f"| {rows:,} | on / off | | {rate[True] / rate[False]:.3f} | {best[True] / best[False]:.3f} | "
+              f"{statistics.median(cpu[True]) / statistics.median(cpu[False]):.3f} | |", flush=True)
 
 
 def listing_table(objects: int) -> None:

@@ -506,10 +506,11 @@ def test_dataset_mode_mirrors_the_tree_and_a_rerun_runs_nothing(local_ray, input
     assert {r["status"] for r in pq.read_table(str(results)).to_pylist()} == {"ok"}
     capsys.readouterr()
 
-    parts = sorted(results.iterdir())
+    parts = sorted(results.glob("part-*"))
     assert main(dataset_args(contents, styles, out, results)) == 0  # the same seed: every row done already
     said = capsys.readouterr().out
-    assert "0 rows in" in said and "6 done by earlier runs" in said and sorted(results.iterdir()) == parts
+    assert "0 rows in" in said and "6 done by earlier runs" in said and sorted(results.glob("part-*")) == parts
+    assert len(list(results.glob("_summary-*.json"))) == 2  # no part, only the rerun's summary
 
     other = tmp_path / "other"
     assert main([*dataset_args(contents, styles, other, tmp_path / "r8", seed=8), "--levels", "1"]) == 0
