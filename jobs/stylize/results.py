@@ -284,11 +284,19 @@ def summary_record(report: Report, model_id: str | None) -> dict:
     }
 
 
-def write_summary(report: Report, model_id: str | None) -> str:
-    """Write the run's summary record as JSON beside its parts; returns its URI."""
+def write_summary(report: Report, model_id: str | None, tries: int = 8) -> str:
+    """Write the run's summary record as JSON beside its parts, trying transient failures again
+    over a few minutes as the last part is; returns its URI."""
     uri = storage.join(report.results, f"{SUMMARY_PREFIX}{report.run}.json")
-    storage.write_bytes(uri, json.dumps(summary_record(report, model_id), indent=1).encode())
-    return uri
+    data = json.dumps(summary_record(report, model_id), indent=1).encode()
+    for attempt in range(tries):
+        try:
+            storage.write_bytes(uri, data)
+            return uri
+        except storage.StorageError as e:
+            if not e.transient or attempt == tries - 1:
+                raise
+            time.sleep(min(2.0 ** attempt, 60.0))
 
 
 def read_summaries(prefix: str) -> list[dict]:
