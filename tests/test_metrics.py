@@ -23,6 +23,7 @@ from shared import CONTENT, MODELS, STYLE
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "cluster" / "grafana.json"
 PHASES = ("read", "decode", "style", "stylize", "encode", "write")
+DISTILL_STEPS = 12  # enough for the loss gauges to be seen while they are set
 
 
 def _free_port() -> int:
@@ -33,12 +34,14 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def metrics_ray():
-    """A local Ray whose metrics agent serves on a known port and takes points every second."""
+    """A local Ray whose metrics agent serves on a known port and takes points every second (and
+    keeps a gauge 2 s after its process last set it)."""
     import ray
 
     port = _free_port()
     with pytest.MonkeyPatch.context() as env:
-        # Read by the driver's core worker, the raylet and the actors (Ray floors it at 1 s).
+        # Read by the driver's core worker, the raylet and the actors (10 s by default; Ray
+        # rounds it up to 1 s).
         env.setenv("RAY_metrics_report_interval_ms", "500")
         env.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # Ray Train's 2 s default slows short runs
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
@@ -156,8 +159,8 @@ def test_distill_series_agree_with_what_ray_train_received(metrics_ray, tmp_path
     from jobs.distill.config import DistillConfig
 
     cfg = DistillConfig(teacher=str(MODELS.parent / "cd16x"), stage=2, width_divisor=2, mode="encoder",
-                        data=str(CONTENT), steps=3, batch_size=2, crop=64, workers=1, storage=str(tmp_path / "runs"),
-                        log_every=1, checkpoint_every=2, loader_workers=0)
+                        data=str(CONTENT), steps=DISTILL_STEPS, batch_size=2, crop=64, workers=1,
+                        storage=str(tmp_path / "runs"), log_every=1, checkpoint_every=DISTILL_STEPS // 2, loader_workers=0)
     finished, losses = [], {}
     runner = threading.Thread(target=lambda: finished.append(driver.run(cfg)))
     runner.start()
@@ -173,13 +176,13 @@ def test_distill_series_agree_with_what_ray_train_received(metrics_ray, tmp_path
     deadline = time.monotonic() + 30
     while True:
         after = scrape(metrics_ray)
-        if total(after, "ray_cdstyle_distill_steps_total", **labels) == 3 or time.monotonic() > deadline:
+        if total(after, "ray_cdstyle_distill_steps_total", **labels) == DISTILL_STEPS or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert total(after, "ray_cdstyle_distill_steps_total", **labels) == 3
-    assert total(after, "ray_cdstyle_distill_checkpoints_total", **labels) == 2  # at steps 2 and 3
+    assert total(after, "ray_cdstyle_distill_steps_total", **labels) == DISTILL_STEPS
+    assert total(after, "ray_cdstyle_distill_checkpoints_total", **labels) == 2  # half way and at the end
     for part in ("data_wait", "compute"):
-        assert total(after, "ray_cdstyle_distill_step_seconds_count", **labels, part=part, rank="0") == 3
+        assert total(after, "ray_cdstyle_distill_step_seconds_count", **labels, part=part, rank="0") == DISTILL_STEPS
     # The loss gauges held the terms of a report, as Ray Train got them.
     reports = [{t: v for t, v in r.items() if t not in ("phase", "step", "data_s", "compute_s")} for r in done.history]
     assert losses and any(r.keys() == losses.keys() and all(math.isclose(losses[t], r[t], rel_tol=1e-9) for t in r)
