@@ -63,12 +63,13 @@ def rows_per_minute(finished_s: Sequence[float], statuses: Sequence[str], start:
     count = len(next(iter(rates.values())))
     peak = max(sum(r[b] for r in rates.values()) for b in range(count)) or 1.0
     step = (right - left) / count
+    gap = int(step > 3)  # a pixel between bars wide enough to spare it
     for b in range(count):
         y = bottom
         for status, colour in STATUS_COLOURS.items():
             h = rates[status][b] / peak * (bottom - top)
             if h:
-                draw.rectangle((left + b * step + (step > 3), y - h, left + (b + 1) * step - (step > 3), y), fill=colour)
+                draw.rectangle((left + b * step + gap, y - h, left + (b + 1) * step - gap, y), fill=colour)
             y -= h
     draw.text((4, top - 6), f"{peak:,.0f}", fill="black")
     draw.text((4, bottom - 6), "0", fill="black")

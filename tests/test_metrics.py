@@ -158,16 +158,16 @@ def test_distill_series_agree_with_what_ray_train_received(metrics_ray, tmp_path
     from jobs.distill import driver
     from jobs.distill.config import DistillConfig
 
-    cfg = DistillConfig(teacher=str(MODELS.parent / "cd16x"), stage=2, width_divisor=2, mode="encoder",
-                        data=str(CONTENT), steps=DISTILL_STEPS, batch_size=2, crop=64, workers=1,
-                        storage=str(tmp_path / "runs"), log_every=1, checkpoint_every=DISTILL_STEPS // 2, loader_workers=0)
+    cfg = DistillConfig(teacher=str(MODELS), stage=2, width_divisor=2, mode="encoder", data=str(CONTENT),
+                        steps=DISTILL_STEPS, batch_size=2, crop=64, workers=1, storage=str(tmp_path / "runs"),
+                        log_every=1, checkpoint_every=DISTILL_STEPS // 2, loader_workers=0)
     finished, losses = [], {}
     runner = threading.Thread(target=lambda: finished.append(driver.run(cfg)))
     runner.start()
     try:  # the loss gauges age out of Ray's agent soon after the workers end: watch them while they run
         while runner.is_alive():
-            seen = scrape(metrics_ray)
-            losses = {l["term"]: v for l, v in seen.get("ray_cdstyle_distill_loss", []) if l["run"] == cfg.name} or losses
+            seen = scrape(metrics_ray).get("ray_cdstyle_distill_loss", [])
+            losses = {l["term"]: v for l, v in seen if l["run"] == cfg.name} or losses
             time.sleep(0.3)
     finally:
         runner.join(timeout=600)
