@@ -138,7 +138,9 @@ def expand(dataset: Dataset) -> pa.Table:
         for content in contents[start: start + CHUNK]:
             for k, style in enumerate(ring.pick(content, dataset.seed, dataset.num_styles)):
                 name = output_name(dataset.name, content, style, k)
-                refused = paths.refusal(name, f"{content_base + content!r}: output path")
+                where = f"{content_base + content!r}: "  # its own path first: output_name drops empty folders
+                refused = paths.refusal(content, where + "path below --contents") or \
+                    paths.refusal(name, where + "output path")
                 columns["content"].append(content_base + content)
                 columns["style"].append(style_base + style)
                 columns["output"].append(None if refused else output_base + name)
