@@ -27,7 +27,7 @@ INITS = ("content", "noise")  # what gatys starts from
 # Stages whose strokes a stroke scale enlarges: their receptive fields (about 40 to 300 image
 # pixels) set the size of the style's patterns; stages 2 and 1 refine edges and texture.
 COARSE_STAGES = (5, 4, 3)
-# Images this large are streamed (cdcore.streaming.bigimage) in memory that does not grow with them, so the
+# Images this large are streamed (cdcore.streaming) in memory that does not grow with them, so the
 # limit is no longer memory but scratch disk (checked before a run) and time: 2 GP covers the
 # gigapixel panoramas people make. Decompression bombs are refused apart from it
 # (images.check_pixels).
