@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cdcore.io import paths
+from cdcore.io import paths, storage
 from jobs.stylize.driver import build_parser, main, prepare, run
 from jobs.stylize.manifest import Options
 from jobs.stylize.plan import plan_rows
@@ -58,6 +58,30 @@ def test_s3_output_prefixes_and_outputs_keep_to_the_rule(tmp_path, capsys):
     assert "'s3://b/in/a\\\\b.jpg' with style 's3://b/s.jpg': output name" in rows[1].error
     assert "it holds a backslash" in rows[1].error and "control character '\\x07'" in rows[2].error
     assert rows[3].error is None and rows[3].output == "s3://b/out/..+s_wct_a1.png"  # one name, not a climb
+
+
+def test_no_s3_key_with_dot_or_empty_segments_is_written(s3_bucket, tmp_path):
+    (tmp_path / "x.bin").write_bytes(b"x")
+    for key in ("out/../x.bin", "out/./x.bin", "out//x.bin", "/x.bin"):
+        with pytest.raises(storage.StorageError, match="not written, as it has an? ('..'|'.'|empty) segment"):
+            storage.write_bytes(f"{s3_bucket}/{key}", b"x")
+        with pytest.raises(storage.StorageError, match="not written"):
+            storage.upload(tmp_path / "x.bin", f"{s3_bucket}/{key}")
+    assert storage.list_files(s3_bucket) == []
+
+
+def test_a_symlink_below_the_prefix_that_leads_out_is_an_escape(tmp_path):
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    (out / "in").mkdir(parents=True)
+    outside.mkdir()
+    (out / "away").symlink_to(outside)
+    (out / "near").symlink_to(out / "in")  # a link that stays inside is fine
+    (tmp_path / "linked-out").symlink_to(out)  # and so is a prefix that is itself a link
+    assert paths.escape(str(out), str(out / "in" / "x.jpg")) is None
+    assert paths.escape(str(out), str(out / "near" / "x.jpg")) is None
+    assert paths.escape(str(tmp_path / "linked-out"), str(tmp_path / "linked-out" / "in" / "x.jpg")) is None
+    assert "leads out of" in paths.escape(str(out), str(out / "away" / "new" / "x.jpg"))
+    assert paths.escape(str(out), str(outside / "x.jpg")) is None  # not below the prefix by name: not its rule
 
 
 # ---------------------------------------------------------------------------------- whole jobs

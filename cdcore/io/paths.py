@@ -38,6 +38,11 @@ def problem(relative: str) -> str | None:
     control = _CONTROL.search(relative)
     if control:
         return f"it holds the control character {control.group()!r}"
+    return segment_problem(relative)
+
+
+def segment_problem(relative: str) -> str | None:
+    """The part of the rule about segments alone: what S3-compatible stores resolve or drop."""
     segment = _BAD_SEGMENT.search(relative)
     if segment:
         return f"it has a {segment.group(1)!r} segment" if segment.group(1) else "it has an empty segment"
