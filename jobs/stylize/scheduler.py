@@ -4,11 +4,10 @@ come; actors that die replaced.
 Why a driver-side queue over plain actors rather than Ray Data's `map_batches` with an actor pool:
 each promise of the job is one line here and would be a workaround there. Rows of one style go to
 the actor that already holds the style's statistics (Ray Data hands blocks to whichever actor is
-free); a dead actor's rows are known by name and retried exactly once (Ray Data retries whole
-blocks, or tasks forever, and cannot say which rows ran twice); a row fails from deaths only
-on evidence, when actors died while it ran alone (Ray Data cannot tell the rows of a block
-apart); and every finished batch comes
-back at once for progress and the results table. The rows are small dicts of URIs and the images
+free); a dead actor's rows are known by name and run again alone, so a row fails from deaths
+only on evidence, actors that died while it ran alone (Ray Data retries whole blocks, or tasks
+forever, and cannot say which rows ran twice, nor which row of a block killed its actor); and
+every finished batch comes back at once for progress and the results table. The rows are small dicts of URIs and the images
 move through object storage, so Ray Data's streaming of large blocks through the object store,
 its main strength, would carry nothing here.
 
