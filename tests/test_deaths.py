@@ -81,7 +81,7 @@ def test_a_death_is_charged_only_to_a_row_that_ran_alone():
     assert results == [] and len(pool.deaths[0]) == 1 and pool.queue.take("w3", 5) == [0]
     pool._settle(death, [[batch[0]]], "w3@h:4")
     assert [r["row"] for r in results] == [0] and results[0]["status"] == "failed"
-    assert results[0]["error"] == (f"/in/c0.jpg: not done: the actor running it alone died 2 times "
+    assert results[0]["error"] == (f"/in/c0.jpg: not done: 2 actors died while running it alone "
                                    f"(w1@h:2: {UNEXPLAINED}; w3@h:4: {UNEXPLAINED})")
     assert results[0]["attempts"] == 3  # started again twice after deaths that blame rows (a lost node's is free)
 
@@ -154,7 +154,7 @@ def test_a_row_that_segfaults_its_actor_fails_after_its_deaths_alone_and_the_res
     results = {Path(r["content"]).name: r for r in pq.read_table(str(tmp_path / "r")).to_pylist()}
     crashed = results.pop("crash.jpg")
     assert crashed["status"] == "failed" and crashed["failure"] == "permanent", crashed
-    assert "not done: the actor running it alone died 2 times" in crashed["error"], crashed["error"]
+    assert "not done: 2 actors died while running it alone" in crashed["error"], crashed["error"]
     assert crashed["error"].count(UNEXPLAINED) == 2 and "memory" not in crashed["error"]
     assert len(results) == 7 and all(r["status"] == "ok" for r in results.values()), results
     assert all(os.path.isfile(r["output"]) for r in results.values())

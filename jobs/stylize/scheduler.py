@@ -7,9 +7,9 @@ the actor that already holds the style's statistics (Ray Data hands blocks to wh
 free); a dead actor's rows are known by name and run again alone, so a row fails from deaths
 only on evidence, actors that died while it ran alone (Ray Data retries whole blocks, or tasks
 forever, and cannot say which rows ran twice, nor which row of a block killed its actor); and
-every finished batch comes back at once for progress and the results table. The rows are small dicts of URIs and the images
-move through object storage, so Ray Data's streaming of large blocks through the object store,
-its main strength, would carry nothing here.
+every finished batch comes back at once for progress and the results table. The rows are small
+dicts of URIs and the images move through object storage, so Ray Data's streaming of large
+blocks through the object store, its main strength, would carry nothing here.
 
 Rows travel in batches so that the driver's cost per row stays tiny (a Ray call costs about as
 much as skipping a row whose output exists). A batch holds as many rows as its actor got through
@@ -409,8 +409,9 @@ class Dispatcher:
         del self.deaths[row.index]
         self.attempts.pop(row.index, None)
         self.alone.discard(row.index)
-        self.on_result(failed(row, f"{row.content}: not done: the actor running it alone died {len(deaths)} "
-                                   f"times ({'; '.join(deaths)})", tries, label))
+        count = f"{len(deaths)} actor{'s' * (len(deaths) != 1)}"
+        self.on_result(failed(row, f"{row.content}: not done: {count} died while running it alone "
+                                   f"({'; '.join(deaths)})", tries, label))
         return True
 
     def _put_back(self, rows: list[Row]) -> None:
