@@ -42,6 +42,7 @@ def test_the_rule(relative, why):
 
 def test_s3_output_prefixes_and_outputs_keep_to_the_rule(tmp_path, capsys):
     assert paths.s3_key_problem("s3://b/out/") is None and paths.s3_key_problem("/local/../dir") is None
+    assert paths.s3_key_problem("s3://b") is None and paths.s3_key_problem("s3://b/") is None
     for prefix in ("s3://b/out/../other", "s3://b//out", "s3://b/./out"):
         with pytest.raises(paths.UnsafePath, match="--output-prefix"):
             Options(prefix)

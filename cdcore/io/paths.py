@@ -61,11 +61,13 @@ def refusal(relative: str, what: str) -> str | None:
 
 def s3_key_problem(uri: str) -> str | None:
     """Why the key of an s3:// URI is unsafe to write, else None (not S3: None). One trailing "/"
-    is allowed, so that a prefix may be given as "s3://bucket/out/"."""
+    is allowed, so that a prefix may be given as "s3://bucket/out/", and so is no key at all (the
+    bucket itself as a prefix)."""
     if not uri.startswith("s3://"):
         return None
     key = uri[len("s3://"):].partition("/")[2]
-    return problem(key[:-1] if key.endswith("/") else key)
+    key = key[:-1] if key.endswith("/") else key
+    return problem(key) if key else None
 
 
 def escape(root: str, path: str) -> str | None:
