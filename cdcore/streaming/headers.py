@@ -111,8 +111,8 @@ def streams(content: str, output: str, recipe: Recipe,
     """Whether `Stylist.stylize_file` takes this path: for DeepZoom output, and for wct and adain
     on 8-bit grey or RGB contents with more than STREAM_PIXELS before or after `--content-size`,
     unless `runs_whole(height, width)` says the device runs the result's size whole (a GPU with
-    room: there the in-memory path is some 14x faster than tiles, RESULTS.md issue 11). An object
-    on S3 is judged by its `head` (`peek`), fetched when not given."""
+    room: there the in-memory path is some 14x faster than tiles; benchmarks/history/sessions-1-9.md,
+    issues 11 and 15). An object on S3 is judged by its `head` (`peek`), fetched when not given."""
     if extension(output) == ".dzi":
         return True
     if recipe.method == "gatys":
