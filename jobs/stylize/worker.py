@@ -21,7 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from cdcore import memory, streaming
-from cdcore.io import storage
+from cdcore.io import paths, storage
 from cdcore.options import DEFAULT_MAX_PIXELS
 from cdcore.pipeline import Loaded, Stylist, StylizeError, Timings
 
@@ -46,6 +46,7 @@ class WorkerConfig:
     precision: str = "fp32"
     io_threads: int = 2  # 0: no overlap
     pixel_budget: int = DEFAULT_PIXEL_BUDGET
+    output_prefix: str | None = None  # local outputs below it are not written through a symlink out of it
 
 
 class PixelBudget:
@@ -177,6 +178,7 @@ class Stylizer:
         """Check for the output and read the inputs; False when there is nothing to stylize."""
         row = state.row
         try:
+            self._confined(row.output)  # before the skip check, which would follow a link too
             if not self.config.overwrite and self._exists(row.output):
                 state.outcome["status"] = "skipped"
                 return False
@@ -212,6 +214,7 @@ class Stylizer:
         memory that does not grow with the image; nothing is left for the saving threads."""
         row = state.row
         try:
+            self._confined(row.output)
             # Straight to the streamed path: `_load` has decided, and asking again reads the header again.
             done = self.stylist.stylize_streamed(row.content, row.style, row.output, row.recipe)
             state.timings = done.timings
@@ -221,6 +224,7 @@ class Stylizer:
 
     def _save(self, state: _RowState) -> None:
         try:
+            self._confined(state.row.output)  # again: the row was checked seconds ago, on loading
             self.stylist.save(state.canvas, state.row.output, state.timings)
             state.outcome.update(width=state.loaded.picture.size[0], height=state.loaded.picture.size[1])
         except StylizeError as e:
@@ -246,6 +250,14 @@ class Stylizer:
             self.counters["styles_encoded"] = self.stylist.styles_prepared
         return {**state.outcome, **timings, "row": state.row.index, "seconds": seconds,
                 "model_id": self.stylist.models.model_id, "actor": self.label}
+
+    def _confined(self, output: str) -> None:
+        """Refuse a local output below the output prefix whose folder a symlink leads out of it."""
+        prefix = self.config.output_prefix
+        if prefix and storage.is_local(prefix) and storage.is_local(output):
+            why = paths.escape(str(storage.local_path(prefix)), str(storage.local_path(output)))
+            if why:
+                raise StylizeError(f"{output}: refused: {why}")
 
     @staticmethod
     def _exists(uri: str) -> bool:
