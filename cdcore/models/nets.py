@@ -16,7 +16,7 @@ from .architecture import (CD16X, LAYERS, STAGES, TEACHER, TEACHER_WIDTHS, Width
                            stage_layers, stage_multiple, student_widths)
 
 __all__ = ["CD16X", "LAYERS", "STAGES", "TEACHER", "TEACHER_WIDTHS", "Decoder", "Encoder", "Widths", "check_stage",
-           "PAD_COPY_LIMIT", "conv3x3_reflect", "stage_convs", "stage_layers", "stage_multiple", "student_widths"]
+           "PAD_COPY_LIMIT", "conv3x3_reflect", "fold_affine", "stage_convs", "stage_layers", "stage_multiple", "student_widths"]
 
 
 # Feature maps of at most this many values (8 MB in fp32) take a reflect-padded copy and one
@@ -71,6 +71,18 @@ def _border(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.
     y[..., :1], y[..., -1:] = cols[..., :1], cols[..., 1:]
 
 
+def fold_affine(conv: nn.Conv2d, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and bias of `conv` composed with the per-pixel map x -> A x + b: a 3x3 conv of
+    A x + b is a 3x3 conv of x with weights W A and bias c + W b summed over the taps, and
+    reflection padding commutes with a per-pixel map. Computed in float64, then cast to the
+    conv's own dtype, device and memory format."""
+    w = conv.weight.double()
+    a, b = a.to(w), b.to(w)
+    weight = torch.einsum("oikl,ij->ojkl", w, a)
+    bias = conv.bias.double() + torch.einsum("oikl,i->o", w, b)
+    return torch.empty_like(conv.weight).copy_(weight), bias.to(conv.bias)
+
+
 class Encoder(nn.Module):
     """Encoder k: image (B, 3, H, W) in [0, 1] -> relu{k}_1 feature (B, C_k, H/2^(k-1), W/2^(k-1))."""
 
@@ -89,6 +101,7 @@ class Encoder(nn.Module):
             for j in range(1, stage + 1):
                 self.add_module(f"conv{j}1_aux", nn.Conv2d(convs[f"conv{j}1"], widths.aux_width(j), 1))
         self._plan = stage_layers(stage)
+        self._first: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def out_channels(self) -> int:
@@ -108,10 +121,30 @@ class Encoder(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv0(x)
+        if torch.is_grad_enabled():  # training: gradients reach conv0 and conv11 as they are
+            x = self.conv0(x)
+            weight = bias = None
+        else:
+            weight, bias = self._conv11_after_conv0()
         for name in self._plan:
-            x = F.max_pool2d(x, 2, 2) if name == "pool" else conv3x3_reflect(getattr(self, name), x)
+            if name == "pool":
+                x = F.max_pool2d(x, 2, 2)
+            else:
+                x = conv3x3_reflect(getattr(self, name), x, weight, bias)
+                weight = bias = None
         return x
+
+    def _conv11_after_conv0(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """conv11 with conv0 (a per-pixel map) folded in (`fold_affine`), made once for the
+        weights as they are: a full-resolution pass and a slow 1x1 convolution fewer per call
+        (torch sends a single-threaded 1x1 conv of a small batch down its slow path)."""
+        conv0, conv11 = self.conv0, self.conv11
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in (conv0.weight, conv0.bias, conv11.weight, conv11.bias))
+        if self._first is None or self._first[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                folded = fold_affine(conv11, conv0.weight[:, :, 0, 0], conv0.bias)
+            self._first = key, folded
+        return self._first[1]
 
     def embed(self, j: int, feature: torch.Tensor) -> torch.Tensor:
         """The 1x1 linear embedding of the student's relu{j}_1 feature to teacher width."""
@@ -143,7 +176,7 @@ class Decoder(nn.Module):
         """
         weight = bias = None
         if affine is not None:
-            weight, bias = self._folded(*affine)
+            weight, bias = fold_affine(getattr(self, self._plan[0]), *affine)
         for name in self._plan:
             if name == "pool":
                 x = F.interpolate(x, scale_factor=2, mode="nearest")
@@ -151,13 +184,3 @@ class Decoder(nn.Module):
                 x = conv3x3_reflect(getattr(self, name), x, weight, bias)
                 weight = bias = None
         return x
-
-    def _folded(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weights and bias of the first conv composed with x -> A x + b: computed in float64, then
-        cast to the conv's own dtype, device and memory format."""
-        conv = getattr(self, self._plan[0])
-        w = conv.weight.double()
-        a, b = a.to(w), b.to(w)
-        weight = torch.einsum("oikl,ij->ojkl", w, a)
-        bias = conv.bias.double() + torch.einsum("oikl,i->o", w, b)
-        return torch.empty_like(conv.weight).copy_(weight), bias.to(conv.bias)
