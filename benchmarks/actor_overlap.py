@@ -38,7 +38,8 @@ SHARED = ROOT.parent / "shared"
 MODELS = SHARED / "models" / "cd16x"
 CONTENT = SHARED / "images" / "content" / "bridge_512.jpg"
 STYLE = SHARED / "images" / "style" / "style_b_512.jpg"
-# What one H100 stylized 4 MP in (fp32, whole image; benchmarks/gpu_check.py, RESULTS.md issue 11).
+# What one H100 stylized 4 MP in (fp32, whole image; benchmarks/gpu_check.py,
+# benchmarks/history/sessions-1-9.md, issue 11).
 H100_SECONDS_4MP = 0.115
 
 

@@ -42,7 +42,7 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from cdcore.io import images, storage
+from cdcore.io import images, s3, storage
 from cdcore.models.architecture import TEACHER
 from cdcore.models.modelset import load_model_set
 from cdcore.models.nets import Decoder, Encoder
@@ -237,7 +237,7 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory(prefix="train-input-")
     try:
         print(f"load average at start: {os.getloadavg()[0]:.1f}")
-        storage._client().create_bucket(Bucket=BUCKET)
+        s3.client().create_bucket(Bucket=BUCKET)
         listed = time.perf_counter()
         found, on_disk = make_dataset(args.images, [f"s3://{BUCKET}/coco", str(Path(tmp.name, "coco"))])
         print(f"generated, written and listed in {time.perf_counter() - listed:.0f} s\n")

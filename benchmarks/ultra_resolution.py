@@ -14,7 +14,7 @@ padded copies, default allocator), the baseline the issue's memory figures descr
 Whole-image runs are skipped where their estimated peak exceeds half of MemAvailable: the
 machine is shared.
 
-The "streamed" mode is `Stylist.stylize_file` itself on a content that `bigimage.streams` (the
+The "streamed" mode is `Stylist.stylize_file` itself on a content that `cdcore.streaming.streams` (the
 region reader, disk buffers and strip writer), timed from call to return: decoding and encoding
 happen while it stylizes, so its seconds and MP/s include them. Sizes 200 (20000x10000) and 1000
 (40000x25000, 1 GP) are made with libvips, which upscales without holding the image. A streamed

@@ -2,10 +2,10 @@
 
 Activations of a full-resolution stage are hundreds of megabytes each. By default glibc serves
 every allocation above 32 MB with a fresh mmap and unmaps it when freed, so each new activation is
-page-faulted in again on first touch, a large share of a CPU cascade's time (benchmarks/RESULTS.md).
-`reuse_freed_memory` keeps freed blocks in the heap for the next tensor instead; peak
-memory is unchanged, since the same sizes recur stage after stage. The tiled engine bounds its
-resident set with a `HeapGuard`.
+page-faulted in again on first touch, a large share of a CPU cascade's time
+(benchmarks/history/sessions-1-9.md, issue 2). `reuse_freed_memory` keeps freed blocks in the heap
+for the next tensor instead; peak memory is unchanged, since the same sizes recur stage after
+stage. The tiled engine bounds its resident set with a `HeapGuard`.
 """
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def reuse_freed_memory() -> bool:
     if _LIBC is None:
         return False
     # One arena: torch's worker threads otherwise allocate from arenas of their own, whose free
-    # blocks cannot serve the main thread's tensors, and tiled runs peak higher (RESULTS.md).
+    # blocks cannot serve the main thread's tensors, and tiled runs peak higher
+    # (benchmarks/history/sessions-1-9.md, issue 3).
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, _KEEP), (_M_TRIM_THRESHOLD, _KEEP))
     return all([bool(_LIBC.mallopt(param, value)) for param, value in settings])
 
@@ -64,7 +65,7 @@ class HeapGuard:
     `settle_steps` steps, and trims again only when it has grown past that by `slack` (a share of
     it). One step is too few to settle on: right after a trim the heap grows back over two steps,
     and a guard settled on the first trimmed every second tile of a gigapixel run, 50 million
-    page faults (benchmarks/RESULTS.md, issue 15).
+    page faults (benchmarks/history/sessions-1-9.md, issue 15).
 
     Two things move the resident set without creeping, and do not count against the slack:
     - steps of different kinds taking turns (a stage's render and the next stage's statistics

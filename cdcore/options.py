@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 METHODS = ("wct", "adain", "gatys")
 # AdaIN runs the whole cascade by default: at relu4_1 alone, with decoders trained for
-# reconstruction, it barely moves the photo towards the style (benchmarks/RESULTS.md, issue 14).
+# reconstruction, it barely moves the photo towards the style
+# (benchmarks/history/sessions-1-9.md, issue 14).
 DEFAULT_LEVELS = {"wct": (5, 4, 3, 2, 1), "adain": (5, 4, 3, 2, 1)}
 GATYS_LEVELS = (5,)  # gatys optimizes pixels against encoder 5 as its loss network
 # Gatys's defaults, chosen with benchmarks/quality.py; the weight multiplies the relative style
@@ -27,15 +28,15 @@ INITS = ("content", "noise")  # what gatys starts from
 # Stages whose strokes a stroke scale enlarges: their receptive fields (about 40 to 300 image
 # pixels) set the size of the style's patterns; stages 2 and 1 refine edges and texture.
 COARSE_STAGES = (5, 4, 3)
-# Images this large are streamed (cdcore.streaming.bigimage) in memory that does not grow with them, so the
+# Images this large are streamed (cdcore.streaming) in memory that does not grow with them, so the
 # limit is no longer memory but scratch disk (checked before a run) and time: 2 GP covers the
 # gigapixel panoramas people make. Decompression bombs are refused apart from it
 # (images.check_pixels).
 DEFAULT_MAX_PIXELS = 2_000_000_000
 # Network precision (cdcore.models.precision): fp32 reproduces the reference; fp16 runs the convolutions
 # under autocast (statistics and maps stay float64). bf16 is not offered: its 8-bit mantissa put
-# results 26.6 to 29.9 dB from fp32 on an H100 (4 to 42 MP), under the 30 dB bar (RESULTS.md,
-# issue 11); fp16 stayed at 38.5 to 42.9 dB.
+# results 26.6 to 29.9 dB from fp32 on an H100 (4 to 42 MP), under the 30 dB bar
+# (benchmarks/history/sessions-1-9.md, issue 11); fp16 stayed at 38.5 to 42.9 dB.
 PRECISIONS = ("fp32", "fp16")
 NOT_OFFERED = {"bf16": "bf16 is not offered: it stylizes under 30 dB PSNR from fp32 (26.6 dB at 42 MP); use fp16"}
 

@@ -14,47 +14,31 @@ Every error is a `StylizeError` whose message names the file (or "content"/"styl
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Callable, Hashable, Iterator
+from dataclasses import dataclass
+from typing import Callable, Hashable
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .streaming import bigimage
+from . import streaming, tiling
 from .io import codecs, images, storage
-from . import tiling
 from .models import precision as precisions
-from .timings import Timings
-from .transfer.gatys import gatys
 from .models.modelset import ModelSet, load_model_set
 from .options import DEFAULT_MAX_PIXELS, Recipe
 from .options import tile_size as check_tile_size
+from .results import StylizeError, Stylized, naming
+from .timings import Timings
+from .transfer.gatys import gatys
 from .transfer.stylize import StyleStats, pick_device, stylize, to_tensor, to_uint8
 
+__all__ = ["Loaded", "PreparedStyle", "StyleCache", "Stylist", "StylizeError", "Stylized"]
+
 Progress = Callable[[object], None]  # called with a tiling.TileProgress or gatys.IterationProgress
-
-
-class StylizeError(ValueError):
-    """A content/style pair could not be stylized; the message names the input at fault (the
-    cause may still be no fault of the input, such as storage that did not answer)."""
-
-
-@contextlib.contextmanager
-def _naming(name: str) -> Iterator[None]:
-    """Re-raise any error inside as a one-line StylizeError that names `name` (once)."""
-    try:
-        yield
-    except StylizeError:
-        raise
-    except Exception as e:  # decoding, storage, torch: each ends this image, never the caller
-        text = " ".join(str(e).split()) or type(e).__name__
-        raise StylizeError(text if name in text else f"{name}: {text}") from e
 
 
 @dataclass(frozen=True)
@@ -105,15 +89,6 @@ class Loaded:
     style: str
     style_picture: images.Picture | None
     timings: Timings
-
-
-@dataclass(frozen=True)
-class Stylized:
-    """What `stylize_file` wrote: the output's size, and where the time went."""
-
-    width: int
-    height: int
-    timings: Timings = field(default_factory=Timings)
 
 
 class Stylist:
@@ -175,28 +150,41 @@ class Stylist:
                      progress: Progress | None = None) -> Stylized:
         """Read `content` and `style` (paths, file:// or s3:// URIs), stylize, and write `output`
         atomically in the format of its extension. The style's preparation is cached. A content too
-        large to hold, or DeepZoom (.dzi) output, is streamed instead (`bigimage`)."""
+        large to hold, or DeepZoom (.dzi) output, is streamed instead (`cdcore.streaming`)."""
         timings = Timings()
         with timings.phase("read_s"):
-            head = bigimage.peek(content)  # an object's first bytes: the decision, and the read's start
+            head = streaming.peek(content)  # an object's first bytes: the decision, and the read's start
         if self.streams(content, output, recipe, head):
-            return bigimage.stylize_file(self, content, style, output, recipe, progress)
-        with _naming(output):
+            return self.stylize_streamed(content, style, output, recipe, progress)
+        with naming(output):
             images.output_format(output)  # a bad extension fails before any work
         loaded = self.load(content, style, recipe, head=head, timings=timings)
         canvas = self.render(loaded, recipe, progress)
         self.save(canvas, output, loaded.timings)
         return Stylized(*loaded.picture.size, loaded.timings)
 
+    def stylize_streamed(self, content: str, style: str, output: str, recipe: Recipe = Recipe(),
+                         progress: Progress | None = None) -> Stylized:
+        """`stylize_file` on the streamed path (`cdcore.streaming`) whatever the content's size, for
+        a caller that has asked `streams` already: reading the header again costs a request."""
+        streaming.check_request(output, recipe)  # before the style's preparation, which takes time
+        timings = Timings()
+        with timings.phase("style_s"):
+            prepared = self.styles.get_or_make((style, recipe.style_key),
+                                               lambda: self._prepare_file(style, recipe, progress))
+        return streaming.stylize_file(self.models, prepared.stats, content, output, recipe, device=self.device,
+                                      precision=self.precision, tile_size=self.tile_size,
+                                      max_pixels=self.max_pixels, progress=progress, timings=timings)
+
     def streams(self, content: str, output: str, recipe: Recipe = Recipe(),
                 head: storage.Head | None = None) -> bool:
-        """Whether `stylize_file` streams this content (`bigimage`) rather than holding it, judged
-        for an object on S3 by its `head` (`bigimage.peek`; fetched when not given). On a GPU an
+        """Whether `stylize_file` streams this content (`cdcore.streaming`) rather than holding it, judged
+        for an object on S3 by its `head` (`streaming.peek`; fetched when not given). On a GPU an
         image that fits the device whole is held: the host has room for it (about 7 bytes a
         pixel), and the whole-image cascade is many times faster there than tiles."""
         if self.device.type != "cuda":  # on the CPU, host memory is what the whole image would fill
-            return bigimage.streams(content, output, recipe, head=head)
-        return bigimage.streams(content, output, recipe, lambda height, width: tiling.resolve_tile_size(
+            return streaming.streams(content, output, recipe, head=head)
+        return streaming.streams(content, output, recipe, lambda height, width: tiling.resolve_tile_size(
             self.models, recipe.stages, height, width, self.tile_size) == 0, head)
 
     def load(self, content: str, style: str, recipe: Recipe = Recipe(),
@@ -205,10 +193,10 @@ class Stylist:
         """Read and decode the content (resized as `recipe` asks), and the style unless prepared
         styles hold it already. `admit`, when given, is called with the content's pixel count
         before it is decoded, and may wait (the job's actors bound the pixels they hold). `head`,
-        the content's first bytes from `bigimage.peek`, saves reading them again; its time is in
+        the content's first bytes from `streaming.peek`, saves reading them again; its time is in
         `timings` when the caller passes the Timings it measured it in."""
         timings = timings or Timings()
-        with _naming(content):
+        with naming(content):
             with timings.phase("read_s"):
                 data = images.read_bytes(content, head)
             if admit is not None:
@@ -219,7 +207,7 @@ class Stylist:
                 picture = images.resize_to(picture, recipe.content_size)
         style_picture = None
         if not self.styles.has((style, recipe.style_key)):
-            with timings.phase("style_s"), _naming(style):
+            with timings.phase("style_s"), naming(style):
                 style_picture = images.read_image(style, self.max_pixels)
         return Loaded(content, picture, style, style_picture, timings)
 
@@ -232,14 +220,14 @@ class Stylist:
         prepared = self.styles.get_or_make((loaded.style, recipe.style_key), prepare)
         picture = loaded.picture
         canvas = images.Canvas(*picture.rgb.shape[:2], picture.alpha)
-        with loaded.timings.phase("stylize_s"), _naming(loaded.content):
+        with loaded.timings.phase("stylize_s"), naming(loaded.content):
             self._paint(picture.rgb, prepared, recipe, canvas.rgb, progress)
         return canvas
 
     def save(self, canvas: images.Canvas, output: str, timings: Timings | None = None) -> None:
         """Encode `canvas` in the format of `output`'s extension and write it atomically."""
         timings = timings or Timings()
-        with _naming(output):
+        with naming(output):
             with timings.phase("encode_s"):
                 data = canvas.encode(output, self._codec_device)
             with timings.phase("write_s"):
@@ -253,11 +241,11 @@ class Stylist:
     def _prepare_loaded(self, loaded: Loaded, recipe: Recipe, progress: Progress | None) -> PreparedStyle:
         if loaded.style_picture is None:  # the cache let it go since `load` looked
             return self._prepare_file(loaded.style, recipe, progress)
-        with _naming(loaded.style):
+        with naming(loaded.style):
             return self._prepare(loaded.style_picture, recipe, progress)
 
     def _prepare_file(self, style: str, recipe: Recipe, progress: Progress | None) -> PreparedStyle:
-        with _naming(style):
+        with naming(style):
             return self._prepare(images.read_image(style, self.max_pixels), recipe, progress)
 
     # ------------------------------------------------------------------ images in memory
@@ -266,7 +254,7 @@ class Stylist:
         """Prepare a style (a PIL image, an (H, W, 3) uint8 array, a path or URI) for `recipe` (with
         `options` changed), to pass to `stylize` for any number of contents."""
         recipe = recipe.replace(**options)
-        with _naming(style if isinstance(style, str) else "style"):
+        with naming(style if isinstance(style, str) else "style"):
             return self._prepare(self._picture(style, "style"), recipe, None)
 
     def stylize(self, content, style, recipe: Recipe = Recipe(), *, progress: Progress | None = None,
@@ -276,12 +264,12 @@ class Stylist:
         Returns a PIL image (RGBA when the content has alpha) of the content's size, or of
         `content_size`."""
         recipe = recipe.replace(**options)
-        with _naming("content"):
+        with naming("content"):
             picture = images.resize_to(self._picture(content, "content"), recipe.content_size)
         if not isinstance(style, PreparedStyle):
             style = self.prepare_style(style, recipe)
         canvas = images.Canvas(*picture.rgb.shape[:2], picture.alpha)
-        with _naming("content"):
+        with naming("content"):
             self._paint(picture.rgb, style, recipe, canvas.rgb, progress)
         return canvas.image().convert("RGBA" if canvas.has_alpha else "RGB")
 

@@ -90,7 +90,7 @@ def manifest(tmp_path: Path) -> tuple[Path, Path]:
     big = tmp_path / "big.png"
     greyscale_png(big, BIG_SIDE)
     # 16 bits a sample keep the row on the in-memory path, which decodes it whole; 8-bit, it would
-    # be streamed (cdcore.streaming.bigimage), hold little and never meet the monitor.
+    # be streamed (cdcore.streaming), hold little and never meet the monitor.
     rows.insert(1, f"{big},{tmp_path / 'no-style.jpg'}")
     path = tmp_path / "m.csv"
     path.write_text("content,style\n" + "\n".join(rows) + "\n")

@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cdcore.io import storage
-from cdcore.io.storage import MiB, NotFound, StorageError
+from cdcore.io import s3, storage
+from cdcore.io.s3 import MiB
+from cdcore.io.storage import NotFound, StorageError
 
 
 @pytest.fixture(params=["path", "file", pytest.param("s3", marks=pytest.mark.integration)])
@@ -236,12 +237,12 @@ def test_5xx_is_retried_with_backoff(flaky_s3, s3_endpoint, configure):
 def test_forked_child_builds_its_own_client(s3_bucket):
     uri = f"{s3_bucket}/fork.bin"
     storage.write_bytes(uri, b"from parent")
-    parent_client = storage._client()
+    parent_client = s3.client()
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: report, then leave without running pytest's teardown
         try:
-            ok = storage._client() is not parent_client and storage.read_bytes(uri) == b"from parent"
+            ok = s3.client() is not parent_client and storage.read_bytes(uri) == b"from parent"
             os.write(write_end, b"1" if ok else b"0")
         finally:
             os._exit(0)
@@ -250,7 +251,7 @@ def test_forked_child_builds_its_own_client(s3_bucket):
     assert ready and os.read(read_end, 1) == b"1"
     os.waitpid(pid, 0)
     os.close(read_end)
-    assert storage._client() is parent_client
+    assert s3.client() is parent_client
 
 
 def requests_made(sent: list[tuple[str, str]]):
@@ -259,8 +260,8 @@ def requests_made(sent: list[tuple[str, str]]):
     def record(params, model, **_):
         sent.append((model.name, params.get("Key", "")))
 
-    storage._client().meta.events.register("provide-client-params.s3", record)
-    return lambda: storage._client().meta.events.unregister("provide-client-params.s3", record)
+    s3.client().meta.events.register("provide-client-params.s3", record)
+    return lambda: s3.client().meta.events.unregister("provide-client-params.s3", record)
 
 
 def test_a_read_goes_on_from_the_head_in_one_more_request_at_most(s3_bucket, configure):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cdcore.io import tempdirs
-from cdcore.streaming.bigimage import scratch_space
+from cdcore.streaming.scratch import scratch_space
 from cdcore.tiling.buffers import Buffers
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cdcore.io import storage
+from cdcore.io import s3, storage
 from cdcore.training import trainset
 
 TRAIN = "../shared/images/train"
@@ -191,7 +191,7 @@ def test_a_listing_is_kept_and_read_back(tmp_path, stream):
 
 def test_s3_listings_are_paginated(s3_bucket):
     # S3 returns at most 1,000 keys per request: more than that needs the next pages.
-    client = storage._client()
+    client = s3.client()
     bucket = s3_bucket.removeprefix("s3://")
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda i: client.put_object(Bucket=bucket, Key=f"coco/{i:05d}.jpg", Body=b""), range(1005)))

@@ -1,15 +1,16 @@
 """JPEG through torchvision.io where it is faster than Pillow and gives the same image.
 
-Measured here (benchmarks/actor_overlap.py, RESULTS.md issue 11): on the CPU torchvision decodes a
-plain JPEG straight to RGB about twice as fast as Pillow, to identical pixels (both are
-libjpeg-turbo with the same settings), while Pillow encodes faster and keeps our 4:4:4 chroma. So:
+Measured here (benchmarks/actor_overlap.py; benchmarks/history/sessions-1-9.md, issue 11): on the
+CPU torchvision decodes a plain JPEG straight to RGB about twice as fast as Pillow, to identical
+pixels (both are libjpeg-turbo with the same settings), while Pillow encodes faster and keeps our
+4:4:4 chroma. So:
 
 - decode: torchvision for a plain JPEG (8-bit RGB or grey, no EXIF rotation), on the GPU (nvJPEG)
   when the caller holds one and the JPEG has full-resolution chroma; Pillow for everything else
   (`images.decode`): CMYK, EXIF orientation, 16-bit, alpha and every other format keep exactly
   today's behaviour. nvJPEG upsamples subsampled chroma (4:2:0 and 4:2:2, what most cameras
   write) otherwise than libjpeg-turbo: up to 16 levels apart on an H200, and the stylized result
-  35.5 dB from the CPU's (benchmarks/RESULTS.md, issue 15);
+  35.5 dB from the CPU's (benchmarks/history/sessions-1-9.md, issue 15);
 - encode: nvJPEG on a GPU; Pillow on the CPU.
 
 torchvision is imported on first use, so commands that never decode stay quick to start.

@@ -34,7 +34,7 @@ FORMATS = {
     ".tiff": ("TIFF", True, {"compression": "tiff_deflate"}),
     ".webp": ("WEBP", True, {"quality": 95}),
 }
-# Written only by the streamed path (cdcore.streaming.bigimage): a DeepZoom pyramid for browser viewers.
+# Written only by the streamed path (cdcore.streaming): a DeepZoom pyramid for browser viewers.
 STREAMED_FORMATS = (".dzi",)
 # Modes with a faithful RGB rendering in Pillow. LAB is not among them: Pillow's convert() copies
 # its channels into RGB without a colour transform, which would silently give wrong colours.

@@ -41,7 +41,7 @@ class ImageBuffer:
     they are mapped, and the kernel keeps what a mapping touched for as long as it stays, so a
     gigapixel run's 12 GB float buffers would show up as memory. Explicit reads and writes copy
     one window through the page cache, which the kernel reclaims as it needs, and the resident set
-    holds only the window (benchmarks/RESULTS.md, issue 15).
+    holds only the window (benchmarks/history/sessions-1-9.md, issue 15).
     """
 
     def __init__(self, array: np.ndarray | None = None, path: str | None = None,

@@ -66,7 +66,9 @@ class TiledEngine:
         height, width = image.shape[:2]
         out = _output(out, height, width)
         if check_stroke_scale(stroke_scale) > 1.0:
-            stylize_stroke_scaled(self, image, style, alpha, levels, stroke_scale, out)
+            stylize_stroke_scaled(self.models, image, style, alpha, levels, stroke_scale, out,
+                                  tile_size=self.tile_size, disk_buffer=self.disk_buffer, temp_dir=self.temp_dir,
+                                  progress=self.progress, recompute=self.recompute)
             return out
         tile_size = resolve_tile_size(self.models, levels, height, width, self.tile_size)
         meter = Meter(self.progress, cascade_work(self.models, levels, height, width, tile_size, self.recompute))

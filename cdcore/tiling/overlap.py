@@ -2,8 +2,9 @@
 
 At a gigapixel a cascade's buffers (17-34 GB) outgrow the page cache, so a window read waits on the
 disk and a write waits for the kernel to flush dirty pages; done in line, every tile pays both
-(benchmarks/RESULTS.md, issue 15). pread and pwrite release the GIL, so one thread can read the
-next tile's window and another write the last tile's result while torch computes this one.
+(benchmarks/history/sessions-1-9.md, issue 15). pread and pwrite release the GIL, so one thread can
+read the next tile's window and another write the last tile's result while torch computes this
+one.
 Only I/O runs in the helpers: converting to and from tensors stays with the caller, whose torch
 threads already fill the cores.
 """

@@ -16,8 +16,8 @@ fused, a band of rows at a time: once the render has written a band, the statist
 every window whose rows are all written. That stage never reads its image again, so only a band
 of its rows is kept (a `RowRing`): at a gigapixel, a 12 GB float image neither written to disk nor
 read back, at two stages. A next stage that encodes again reads its image twice, so the image is
-whole; fusing gained nothing measurable there (benchmarks/RESULTS.md, issue 15) and would hold two
-full-resolution working sets (stages 2 and 1) at once, so it is not done.
+whole; fusing gained nothing measurable there (benchmarks/history/sessions-1-9.md, issue 15) and
+would hold two full-resolution working sets (stages 2 and 1) at once, so it is not done.
 """
 from __future__ import annotations
 
@@ -241,7 +241,7 @@ class Cascade:
                 # them. The guard trims only once a new pass's first tile is done, and at 1 GP stage
                 # 1's first window, run on stage 2's blocks, set the run's peak (1.42 GB, against
                 # 1.34 for any pass); after the last render, encoding the result peaked on them at
-                # 42 MP (0.8 GB of them; benchmarks/RESULTS.md, issue 15).
+                # 42 MP (0.8 GB of them; benchmarks/history/sessions-1-9.md, issue 15).
                 self.meter.heap.start()
                 stage = follower
 

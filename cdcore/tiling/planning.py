@@ -37,17 +37,19 @@ STORE_MACS_PER_VALUE = 100
 # them (360 MB/s here), no faster overall than encoding them again, whether its statistics pass
 # runs alone or fused with stage 3's render; stage 3 (1,836) writes half as much in twice the
 # compute, which the disk keeps up with; stages 4 and 5 (7,700, 45,800) store
-# (benchmarks/RESULTS.md, issue 15).
+# (benchmarks/history/sessions-1-9.md, issue 15).
 DISK_STORE_MACS_PER_VALUE = 1000
 # Peak bytes per pixel of a network call, per channel of the models' widest full-resolution layer
-# (about 11 measured for the 16x set on the CPU, see benchmarks/RESULTS.md; rounded up).
+# (about 11 measured for the 16x set on the CPU, rounded up; benchmarks/history/sessions-1-9.md).
 BYTES_PER_CHANNEL_PIXEL = 14
-# Windows larger than this gain little speed on a CPU and cost memory (benchmarks/RESULTS.md).
+# Windows larger than this gain little speed on a CPU and cost memory
+# (benchmarks/history/sessions-1-9.md, issue 3).
 MAX_CPU_TILE = 1024
 # On a GPU the host reads, writes and stores each window, so host memory grows with the square of
 # the side: streaming on an H200, windows of 4096 held 4.2-4.7 GB of it against 2.2-2.4 GB at 2048,
 # for the same speed at 200 MP and 15% more at 1 GP (1024: 1.7 GB, 1.6x slower). Several actors
-# share a GPU node's host, so the default takes the smaller (benchmarks/RESULTS.md, issues 11, 15).
+# share a GPU node's host, so the default takes the smaller
+# (benchmarks/history/sessions-1-9.md, issues 11, 15).
 MAX_CUDA_TILE = 2048
 MIN_TILE = 64
 # choose_tile_size keeps whole images and tile windows to this share of the available memory.
@@ -139,7 +141,8 @@ def plan_tiles(grid: tuple[int, int], halo: int, side: int) -> list[Tile]:
     image gets full-height windows where they fit, which need no halo above and below.
 
     Every window of a pass has one shape because oneDNN builds kernels for each new shape, which
-    costs more than the convolutions themselves on small runs (benchmarks/RESULTS.md).
+    costs more than the convolutions themselves on small runs (benchmarks/history/sessions-1-9.md,
+    issue 13).
     """
     (gh, gw), side = grid, max(side, 4 * halo, 1)
     best = None
@@ -234,8 +237,8 @@ def window_side(models: ModelSet, k: int, tile_size: int) -> int:
     models' narrowest stage gets windows shrunk by the square root of the ratio: every stage's
     windows then hold about as much as tile_size^2 pixels of the narrowest. The 16x set's stage 1
     (24 channels against 16) gets 836 at tiles of 1024, which took 160 MB off its passes' heap
-    at a gigapixel, for about 1 s more at 42 MP (65 windows a pass, not 40; benchmarks/RESULTS.md,
-    issue 15)."""
+    at a gigapixel, for about 1 s more at 42 MP (65 windows a pass, not 40;
+    benchmarks/history/sessions-1-9.md, issue 15)."""
     narrowest = min(full_resolution_width(models, j) for j in models.stages)
     return max(1, math.isqrt(tile_size * tile_size * narrowest // full_resolution_width(models, k)))
 

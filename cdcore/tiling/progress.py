@@ -37,7 +37,7 @@ class Meter:
     more than 5% past where it settled over a few tiles (`memory.HeapGuard`), which happens when
     tiles fit the heap's holes badly. Never trimming lets large runs creep up; trimming after
     every tile makes each tile page-fault its working set in again (both measured in
-    benchmarks/RESULTS.md).
+    benchmarks/history/sessions-1-9.md, issue 3).
     """
 
     def __init__(self, callback: Callable[[TileProgress], None] | None, total_work: float):

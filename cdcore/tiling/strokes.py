@@ -8,39 +8,40 @@ size on the upsampled result, restoring sharp edges and fine texture.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Callable
 
 import numpy as np
 
+from ..models.modelset import ModelSet
 from ..options import split_levels
 from ..transfer.stylize import StyleStats
 from .buffers import Buffers, ImageBuffer
 from .passes import Cascade
 from .planning import cascade_work, coarse_shape, resolve_tile_size
-from .progress import Meter
+from .progress import Meter, TileProgress
 from .resample import bilinear, lanczos
 
-if TYPE_CHECKING:
-    from .engine import TiledEngine
 
-
-def stylize_stroke_scaled(engine: "TiledEngine", content: ImageBuffer, style: StyleStats, alpha: float,
-                          levels: tuple[int, ...], stroke_scale: float, out: np.ndarray | ImageBuffer) -> None:
-    """`engine.stylize` with a stroke scale S > 1, into `out`: the coarse levels on the content
-    downscaled by S (Lanczos); their float result upsampled back to full size (bilinear); the fine
-    levels on that, at full size. `content` is (H, W, 3) uint8; every image in between lives in
-    the engine's buffers (files, for large images), resized a band at a time."""
+def stylize_stroke_scaled(models: ModelSet, content: ImageBuffer, style: StyleStats, alpha: float,
+                          levels: tuple[int, ...], stroke_scale: float, out: np.ndarray | ImageBuffer, *,
+                          tile_size: int | None, disk_buffer: bool | None, temp_dir: str | None,
+                          progress: Callable[[TileProgress], None] | None, recompute: frozenset[int]) -> None:
+    """`TiledEngine.stylize` with a stroke scale S > 1, into `out` (the keywords are the engine's
+    settings): the coarse levels on the content downscaled by S (Lanczos); their float result
+    upsampled back to full size (bilinear); the fine levels on that, at full size. `content` is
+    (H, W, 3) uint8; every image in between lives in the engine's buffers (files, for large
+    images), resized a band at a time."""
     coarse, fine = split_levels(levels)
     if content.dtype != np.uint8:
         raise ValueError(f"a stroke scale needs uint8 content (got {content.dtype})")
-    models, (height, width) = engine.models, content.shape[:2]
+    height, width = content.shape[:2]
     small_shape = coarse_shape(height, width, stroke_scale)
-    coarse_tile = resolve_tile_size(models, coarse, *small_shape, engine.tile_size)
-    fine_tile = resolve_tile_size(models, fine, height, width, engine.tile_size)
-    meter = Meter(engine.progress, cascade_work(models, coarse, *small_shape, coarse_tile, engine.recompute)
-                  + cascade_work(models, fine, height, width, fine_tile, engine.recompute))
-    with Buffers.open(height, width, engine.disk_buffer, engine.temp_dir) as buffers:
-        cascade = Cascade(models, style, alpha, buffers, meter, engine.recompute)
+    coarse_tile = resolve_tile_size(models, coarse, *small_shape, tile_size)
+    fine_tile = resolve_tile_size(models, fine, height, width, tile_size)
+    meter = Meter(progress, cascade_work(models, coarse, *small_shape, coarse_tile, recompute)
+                  + cascade_work(models, fine, height, width, fine_tile, recompute))
+    with Buffers.open(height, width, disk_buffer, temp_dir) as buffers:
+        cascade = Cascade(models, style, alpha, buffers, meter, recompute)
         small = buffers.new((*small_shape, 3), np.uint8)
         lanczos(content, small, buffers.new)
         coarse_result = buffers.new((*small_shape, 3))

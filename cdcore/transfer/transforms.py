@@ -55,10 +55,10 @@ def moments(feature: torch.Tensor, band_bytes: int = 16 << 20) -> Moments:
 
     Rows are converted to float64 a band of at most `band_bytes` at a time, so the copy stays
     small on big images and near the cache (several times faster than large chunks, see
-    benchmarks/RESULTS.md). Bands of whole rows also make cropped tiles cost no extra copy. The raw sum of
-    outer products loses nothing that matters in float64: features are ReLU outputs of a few
-    hundred at most, so their squares summed over 10^8 pixels keep ~10 of the 16 digits after the
-    mean is taken out (`Moments.mean_cov`).
+    benchmarks/history/sessions-1-9.md, issue 3). Bands of whole rows also make cropped tiles
+    cost no extra copy. The raw sum of outer products loses nothing that matters in float64:
+    features are ReLU outputs of a few hundred at most, so their squares summed over 10^8 pixels
+    keep ~10 of the 16 digits after the mean is taken out (`Moments.mean_cov`).
     """
     if feature.dim() == 4:
         if feature.shape[0] != 1:

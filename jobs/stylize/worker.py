@@ -20,8 +20,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from cdcore.streaming import bigimage
-from cdcore import memory
+from cdcore import memory, streaming
 from cdcore.io import storage
 from cdcore.options import DEFAULT_MAX_PIXELS
 from cdcore.pipeline import Loaded, Stylist, StylizeError, Timings
@@ -183,7 +182,7 @@ class Stylizer:
                 return False
             timings = Timings()
             with timings.phase("read_s"):
-                head = bigimage.peek(row.content)  # decides, and is where the read goes on from
+                head = streaming.peek(row.content)  # decides, and is where the read goes on from
             if self.stylist.streams(row.content, row.output, row.recipe, head):  # holds little: no budget
                 state.streamed = True
                 return True
@@ -209,12 +208,12 @@ class Stylizer:
             state.loaded = None
 
     def _stream(self, state: _RowState) -> None:
-        """A streamed row (cdcore.streaming.bigimage) reads, stylizes and writes on the device's turn, in
+        """A streamed row (cdcore.streaming) reads, stylizes and writes on the device's turn, in
         memory that does not grow with the image; nothing is left for the saving threads."""
         row = state.row
         try:
             # Straight to the streamed path: `_load` has decided, and asking again reads the header again.
-            done = bigimage.stylize_file(self.stylist, row.content, row.style, row.output, row.recipe)
+            done = self.stylist.stylize_streamed(row.content, row.style, row.output, row.recipe)
             state.timings = done.timings
             state.outcome.update(width=done.width, height=done.height)
         except StylizeError as e:

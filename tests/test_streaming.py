@@ -1,4 +1,4 @@
-"""cdcore.streaming.bigimage: streamed reading and writing of images too large to hold, against the Pillow
+"""cdcore.streaming: streamed reading and writing of images too large to hold, against the Pillow
 path; S3 through scratch files; the space check, the bomb guard, and memory on a 100+ MP image."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import pyvips
 from PIL import Image
 
-from cdcore.streaming import bigimage
+from cdcore.streaming import headers, reading, scratch
 from cdcore.io import images, storage
 from cdcore import tiling
 from cdcore.options import DEFAULT_MAX_PIXELS, Recipe
@@ -50,7 +50,7 @@ def style(tmp_path_factory) -> str:
 @pytest.fixture
 def stream_everything(monkeypatch):
     """Stream every content, however small, so the two paths can be compared on one image."""
-    monkeypatch.setattr(bigimage, "STREAM_PIXELS", 0)
+    monkeypatch.setattr(headers, "STREAM_PIXELS", 0)
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_region_reader_gives_pillows_pixels(photo, tmp_path, name, options, orie
     WebP, equals what the in-memory path decodes."""
     path = vips_save(photo, tmp_path / name, orientation, **options)
     expected = images.read_image(str(path)).rgb
-    reader = bigimage.RegionReader(path, name, str(tmp_path))
+    reader = reading.RegionReader(path, name, str(tmp_path))
     try:
         assert reader.shape == expected.shape and not reader.has_alpha
         h, w = expected.shape[:2]
@@ -99,7 +99,7 @@ def test_region_reader_carries_grey_and_alpha_as_pillow_does(photo, tmp_path):
     path = tmp_path / "la.png"
     Image.fromarray(np.dstack([grey, alpha]), "LA").save(path)
     expected = images.read_image(str(path))
-    reader = bigimage.RegionReader(path, "la.png", str(tmp_path))
+    reader = reading.RegionReader(path, "la.png", str(tmp_path))
     try:
         np.testing.assert_array_equal(reader.read(slice(None), slice(None)), expected.rgb)
         np.testing.assert_array_equal(reader.read_alpha(slice(50, 90), slice(3, 400)), expected.alpha[50:90, 3:400])
@@ -111,13 +111,13 @@ def test_a_truncated_file_names_the_input(photo, tmp_path):
     whole = vips_save(photo, tmp_path / "whole.jpg").read_bytes()
     path = tmp_path / "cut.jpg"
     path.write_bytes(whole[: len(whole) // 2])
-    reader = bigimage.RegionReader(path, "cut.jpg", str(tmp_path))
+    reader = reading.RegionReader(path, "cut.jpg", str(tmp_path))
     with pytest.raises(images.ImageError, match="cut.jpg: truncated or corrupt"):
         reader.read(slice(0, 333), slice(0, 10))
     reader.close()
     path.write_bytes(b"not an image at all")
     with pytest.raises(images.ImageError, match="cut.jpg: not a readable image"):
-        bigimage.RegionReader(path, "cut.jpg", str(tmp_path))
+        reading.RegionReader(path, "cut.jpg", str(tmp_path))
 
 
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".tif", ".webp"])
@@ -126,11 +126,11 @@ def test_streamed_output_equals_the_in_memory_output(stylist, style, photo, tmp_
     content = vips_save(photo, tmp_path / "content.png")
     expected = tmp_path / f"memory{ext}"
     recipe = Recipe(alpha=0.8, levels=(3, 1))  # stored features, a float buffer between stages
-    assert not bigimage.streams(str(content), str(expected), recipe)
+    assert not headers.streams(str(content), str(expected), recipe)
     stylist.stylize_file(str(content), style, str(expected), recipe)
-    monkeypatch.setattr(bigimage, "STREAM_PIXELS", 0)
+    monkeypatch.setattr(headers, "STREAM_PIXELS", 0)
     out = tmp_path / f"streamed{ext}"
-    assert bigimage.streams(str(content), str(out), recipe)
+    assert headers.streams(str(content), str(out), recipe)
     done = stylist.stylize_file(str(content), style, str(out), recipe)
     assert (done.width, done.height) == (517, 333)
     got, want = images.read_image(str(out)).rgb, images.read_image(str(expected)).rgb
@@ -148,7 +148,7 @@ def test_streamed_alpha_and_orientation_follow_the_in_memory_path(stylist, style
     Image.fromarray(np.dstack([photo, alpha]), "RGBA").save(content, exif=exif)
     recipe = Recipe(levels=(3, 2, 1))
     stylist.stylize_file(str(content), style, str(tmp_path / "memory.png"), recipe)
-    monkeypatch.setattr(bigimage, "STREAM_PIXELS", 0)
+    monkeypatch.setattr(headers, "STREAM_PIXELS", 0)
     stylist.stylize_file(str(content), style, str(tmp_path / "streamed.png"), recipe)
     got, want = images.read_image(str(tmp_path / "streamed.png")), images.read_image(str(tmp_path / "memory.png"))
     assert got.size == (333, 517)  # displayed upright
@@ -167,8 +167,8 @@ def test_content_size_and_stroke_scale_stream_to_the_in_memory_pixels(stylist, s
     content = tmp_path / "rgba.png"
     Image.fromarray(np.dstack([photo, alpha]), "RGBA").save(content)
     stylist.stylize_file(str(content), style, str(tmp_path / "memory.png"), recipe)
-    monkeypatch.setattr(bigimage, "STREAM_PIXELS", 0)
-    assert bigimage.streams(str(content), "streamed.png", recipe)
+    monkeypatch.setattr(headers, "STREAM_PIXELS", 0)
+    assert headers.streams(str(content), "streamed.png", recipe)
     done = stylist.stylize_file(str(content), style, str(tmp_path / "streamed.png"), recipe)
     got, want = images.read_image(str(tmp_path / "streamed.png")), images.read_image(str(tmp_path / "memory.png"))
     assert got.size == want.size == (done.width, done.height)
@@ -190,7 +190,7 @@ def test_a_short_scratch_disk_encodes_features_again_for_the_same_pixels(stylist
     monkeypatch.setattr(passes.StageRun, "start", classmethod(
         lambda cls, models, plan, *a: (stores.append(plan.stored), start(models, plan, *a))[1]))
     spools = 333 * 517 * (3 + 1 + 3 + 4)  # content, alpha and result spools; the output beside them
-    monkeypatch.setattr(bigimage, "free_bytes", lambda directory: spools + 12 * 333 * 517)
+    monkeypatch.setattr(scratch, "free_bytes", lambda directory: spools + 12 * 333 * 517)
     with pytest.warns(RuntimeWarning, match="short of space .* stage 3 encodes them again"):
         stylist.stylize_file(str(content), style, str(tmp_path / "again.png"), recipe)
     assert stores == [False, False]  # stage 1 never stores
@@ -200,7 +200,7 @@ def test_a_short_scratch_disk_encodes_features_again_for_the_same_pixels(stylist
 
 def test_pyramidal_tiff_and_deepzoom_outputs(stylist, style, photo, tmp_path, monkeypatch):
     content = vips_save(photo, tmp_path / "content.jpg")
-    monkeypatch.setattr(bigimage, "STREAM_PIXELS", 0)
+    monkeypatch.setattr(headers, "STREAM_PIXELS", 0)
     recipe = Recipe(levels=(2, 1))
     stylist.stylize_file(str(content), style, str(tmp_path / "out.tif"), recipe)
     tiff = pyvips.Image.new_from_file(str(tmp_path / "out.tif"))
@@ -208,7 +208,7 @@ def test_pyramidal_tiff_and_deepzoom_outputs(stylist, style, photo, tmp_path, mo
     assert Image.open(tmp_path / "out.tif").tag_v2.get(322) == 256  # TileWidth: tiled
     full = images.read_image(str(tmp_path / "out.tif")).rgb  # readers without pyramid support see page 0
     assert full.shape == (333, 517, 3)
-    monkeypatch.setattr(bigimage, "STREAM_PIXELS", 10**12)  # .dzi streams at any size
+    monkeypatch.setattr(headers, "STREAM_PIXELS", 10**12)  # .dzi streams at any size
     stylist.stylize_file(str(content), style, str(tmp_path / "view" / "out.dzi"), recipe)
     size = ET.parse(tmp_path / "view" / "out.dzi").getroot()[0]
     assert (size.get("Width"), size.get("Height")) == ("517", "333")
@@ -252,7 +252,7 @@ def test_deciding_whether_an_s3_content_streams_costs_no_request_of_its_own(styl
     from test_storage import requests_made
 
     small, large = vips_save(photo, tmp_path / "small.jpg"), vips_save(photo, tmp_path / "large.png")
-    assert small.stat().st_size < bigimage.HEAD_BYTES < large.stat().st_size
+    assert small.stat().st_size < headers.HEAD_BYTES < large.stat().st_size
     for path in (small, large):
         storage.upload(path, f"{s3_bucket}/in/{path.name}")
     stylist.stylize_file(style, style, str(tmp_path / "warm.png"), Recipe(levels=(1,)))  # the style, prepared
@@ -299,7 +299,7 @@ def test_the_jobs_actor_streams_a_large_row(photo, tmp_path, s3_bucket, style, s
 def test_too_little_space_is_refused_before_anything_is_written(stylist, style, photo, tmp_path, monkeypatch,
                                                                 stream_everything, scratch_parent):
     content = vips_save(photo, tmp_path / "content.jpg")
-    monkeypatch.setattr(bigimage, "free_bytes", lambda directory: 1000)
+    monkeypatch.setattr(scratch, "free_bytes", lambda directory: 1000)
     with pytest.raises(StylizeError, match=r"not enough space in .*cdcore-stream-.* needs about .* \(\d+ bytes\), "
                                            r"1000 bytes are free"):
         stylist.stylize_file(str(content), style, str(tmp_path / "out.png"), Recipe(levels=(1,)))
@@ -357,7 +357,7 @@ def test_decompression_bombs_are_refused_whatever_the_pixel_limit(tmp_path):
     pyvips.Image.black(20000, 20000).cast("uchar").pngsave(str(bomb), bitdepth=1, compression=9)
     with pytest.raises(images.ImageError, match="bomb.png: 20000x20000 .* refused as a likely decompression bomb"):
         images.read_image(str(bomb), max_pixels=10**12)
-    header = bigimage.probe(str(bomb))
+    header = headers.probe(str(bomb))
     with pytest.raises(images.ImageError, match="decompression bomb"):
         images.check_pixels("bomb.png", header.width, header.height, bomb.stat().st_size, 10**12)
     assert DEFAULT_MAX_PIXELS >= 1_000_000_000  # memory no longer bounds it: the default takes a gigapixel
@@ -366,12 +366,12 @@ def test_decompression_bombs_are_refused_whatever_the_pixel_limit(tmp_path):
 def test_what_streams():
     recipe = Recipe()
     content = str(CONTENT / "bridge_512.jpg")
-    assert not bigimage.streams(content, "out.png", recipe)  # small
-    assert bigimage.streams(content, "out.dzi", recipe)  # a viewer's format
-    assert not bigimage.streams("missing.jpg", "out.png", recipe)  # the in-memory path reports it
-    assert bigimage.streams(content, "out.png", Recipe(content_size=6000))  # made large
-    assert bigimage.streams(content, "out.png", Recipe(content_size=6000, stroke_scale=3))
-    assert not bigimage.streams(content, "out.png", Recipe(content_size=6000, method="gatys"))
+    assert not headers.streams(content, "out.png", recipe)  # small
+    assert headers.streams(content, "out.dzi", recipe)  # a viewer's format
+    assert not headers.streams("missing.jpg", "out.png", recipe)  # the in-memory path reports it
+    assert headers.streams(content, "out.png", Recipe(content_size=6000))  # made large
+    assert headers.streams(content, "out.png", Recipe(content_size=6000, stroke_scale=3))
+    assert not headers.streams(content, "out.png", Recipe(content_size=6000, method="gatys"))
 
 
 def test_a_device_that_runs_the_image_whole_holds_it(tmp_path):
@@ -383,10 +383,10 @@ def test_a_device_that_runs_the_image_whole_holds_it(tmp_path):
     def runs_whole(height, width):
         asked.append((height, width))
         return True
-    assert bigimage.streams(str(big), "out.png", Recipe())
-    assert not bigimage.streams(str(big), "out.png", Recipe(), runs_whole) and asked == [(4500, 6000)]
-    assert bigimage.streams(str(big), "out.png", Recipe(), lambda height, width: False)
-    assert bigimage.streams(str(big), "out.dzi", Recipe(), runs_whole)
+    assert headers.streams(str(big), "out.png", Recipe())
+    assert not headers.streams(str(big), "out.png", Recipe(), runs_whole) and asked == [(4500, 6000)]
+    assert headers.streams(str(big), "out.png", Recipe(), lambda height, width: False)
+    assert headers.streams(str(big), "out.dzi", Recipe(), runs_whole)
 
 
 # The child stylizes a 101 MP JPEG (12000 x 8400, made by the test with libvips from the shared
