@@ -221,8 +221,9 @@ def check_job(shared: Path, device: torch.device, models: str, rows: int, megapi
 
 
 def check_dataset(shared: Path, device: torch.device, models: str, sides: list[int], precisions: list[str],
-                  seconds: float) -> tuple[list[str], list[dict]]:
-    """Bare images/s at each side (square contents), batch 1 against the automatic batch."""
+                  seconds: float, limit: int | None = None) -> tuple[list[str], list[dict]]:
+    """Bare images/s at each side (square contents), batch 1 against the automatic batch (at most
+    `limit` images)."""
     import dataset_rate
 
     lines, records = [], []
@@ -230,7 +231,7 @@ def check_dataset(shared: Path, device: torch.device, models: str, sides: list[i
         rgbs = None
         for name in precisions:
             stylist = Stylist(models, device, precision=name)  # the models' layout for this precision
-            batch = dataset_rate.auto_batch(stylist.models, side, side)
+            batch = min(dataset_rate.auto_batch(stylist.models, side, side), limit or 1 << 30)
             if rgbs is None or len(rgbs) < 2 * batch:
                 rgbs = dataset_rate.contents(shared, side, side, 2 * batch)
             style = dataset_rate.style_of(stylist.models, shared, device)
@@ -249,6 +250,40 @@ def check_dataset(shared: Path, device: torch.device, models: str, sides: list[i
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return lines, records
+
+
+def check_dataset_job(shared: Path, device: torch.device, models: str, rows: int, side: int, precision_name: str,
+                      bare: float) -> tuple[list[str], dict]:
+    """The job's actor on rows of side x side JPEGs (distinct photos) from the local S3 server,
+    JPEG out, stylizing them in batches: rows/s against the bare batched rate `bare`."""
+    import dataset_rate
+    from cdcore.io import storage
+    from jobs.stylize.manifest import Row
+    from jobs.stylize.worker import Stylizer, WorkerConfig
+
+    with tempfile.TemporaryDirectory() as tmp, row_storage(Path(tmp)) as (prefix, where):
+        for i, rgb in enumerate(dataset_rate.contents(shared, side, side, rows)):
+            canvas = images.Canvas(side, side)
+            canvas.rgb[...] = rgb
+            storage.write_bytes(f"{prefix}/in/{i}.jpg", canvas.encode("in.jpg"))
+        storage.write_bytes(f"{prefix}/style.jpg", (shared / STYLE).read_bytes())
+        config = WorkerConfig(models=models, stages=Recipe().stages, device=str(device), overwrite=True,
+                              precision=precision_name, io_threads=8)
+        actor = Stylizer("gpu-check", config)
+        batch = [Row(i, f"{prefix}/in/{i}.jpg", f"{prefix}/style.jpg", f"{prefix}/out/{i}.jpg", "wct", Recipe())
+                 for i in range(rows)]
+        actor.process_batch(batch[:2], 1e9)  # warm-up: the style prepared, this size's kernels
+        calls = actor.counters["device_calls"]
+        started = time.monotonic()
+        results = actor.process_batch(batch, 1e9)["results"]
+        wall = time.monotonic() - started
+    ok = sum(r["status"] == "ok" for r in results)
+    busy = sum(r["stylize_s"] for r in results) / wall
+    record = {"side": side, "precision": precision_name, "rows": rows, "ok": ok, "wall": wall, "rows_per_s": rows / wall,
+              "bare_images_per_s": bare, "busy": busy, "device_calls": actor.counters["device_calls"] - calls}
+    line = (f"| {side}x{side} | {precision_name} | {ok}/{rows} | {record['device_calls']} | {rows / wall:.1f} | "
+            f"{bare:.1f} | {rows / wall / bare:.0%} | {busy:.0%} |")
+    return [f"rows from {where}, {side}x{side} JPEG in and out, 8 io threads", line], record
 
 
 # ------------------------------------------------------------------------------------ main
@@ -304,11 +339,19 @@ def main(argv=None) -> int:
         print("\n".join(lines[1:]), flush=True)
     dataset = {}
     if "dataset" in sections:
-        sides = args.dataset_sides or ([48, 96] if args.quick else [224, 512, 1024])
+        sides = args.dataset_sides or ([48, 64] if args.quick else [224, 512, 1024])
         print("\n| dataset content | precision | batch | images/s | MP/s | x batch 1 | batched vs single (dB) |")
         print("|---|---|---|---|---|---|---|")
-        lines, dataset["bare"] = check_dataset(shared, device, models, sides, precisions, 2.0 if args.quick else 10.0)
+        lines, dataset["bare"] = check_dataset(shared, device, models, sides, precisions, 0.0 if args.quick else 10.0,
+                                               4 if args.quick else None)
         print("\n".join(lines), flush=True)
+        side, fastest = sides[0], precisions[-1]
+        bare = max(r["images_per_s"] for r in dataset["bare"] if r["side"] == side and r["precision"] == fastest)
+        lines, dataset["job"] = check_dataset_job(shared, device, models, 8 if args.quick else 2048, side, fastest, bare)
+        print(f"\ndataset job: {lines[0]}")
+        print("| content | precision | ok | device calls | rows/s | bare images/s | of bare | device busy |")
+        print("|---|---|---|---|---|---|---|---|")
+        print("\n".join(lines[1:]), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"device": name, "speed": speed, "job": job, "dataset": dataset}, indent=1))
     return 0
