@@ -339,7 +339,7 @@ def main(argv=None) -> int:
         print("\n".join(lines[1:]), flush=True)
     dataset = {}
     if "dataset" in sections:
-        sides = args.dataset_sides or ([48, 64] if args.quick else [224, 512, 1024])
+        sides = args.dataset_sides or ([48] if args.quick else [224, 512, 1024])
         print("\n| dataset content | precision | batch | images/s | MP/s | x batch 1 | batched vs single (dB) |")
         print("|---|---|---|---|---|---|---|")
         lines, dataset["bare"] = check_dataset(shared, device, models, sides, precisions, 0.0 if args.quick else 10.0,
@@ -347,7 +347,7 @@ def main(argv=None) -> int:
         print("\n".join(lines), flush=True)
         side, fastest = sides[0], precisions[-1]
         bare = max(r["images_per_s"] for r in dataset["bare"] if r["side"] == side and r["precision"] == fastest)
-        lines, dataset["job"] = check_dataset_job(shared, device, models, 8 if args.quick else 2048, side, fastest, bare)
+        lines, dataset["job"] = check_dataset_job(shared, device, models, 6 if args.quick else 2048, side, fastest, bare)
         print(f"\ndataset job: {lines[0]}")
         print("| content | precision | ok | device calls | rows/s | bare images/s | of bare | device busy |")
         print("|---|---|---|---|---|---|---|---|")

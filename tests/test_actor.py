@@ -208,7 +208,7 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
     report = tmp_path / "check.json"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",
                            "--shared", str(SHARED), "--json", str(report)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| cpu fp32 vs golden output |" in done.stdout and "device busy" in done.stdout
     lines = [line for line in done.stdout.splitlines() if "vs golden" in line]
