@@ -312,7 +312,9 @@ class Dispatcher:
             self.on_result({**row_fields(row), **result, "attempts": self.attempts.pop(row.index, 1),
                             "retries": self.retries.done(row.index)})
         self._put_back(list(unstarted.values()))  # sent back unstarted
-        seconds = sum(r.get("seconds") or 0.0 for r in results)
+        # The call's own wall time where the actor reports it: rows stylized together each wait for
+        # their whole group, so the sum of their seconds would shrink the next batch below a group.
+        seconds = value.get("wall_s") or sum(r.get("seconds") or 0.0 for r in results)
         per_row = seconds / max(len(results), 1)
         actor.batch = int(np.clip(BATCH_SECONDS / max(per_row, 1e-4), 1, MAX_BATCH))
 
