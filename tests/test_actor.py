@@ -208,7 +208,7 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
     report = tmp_path / "check.json"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",
                            "--shared", str(SHARED), "--json", str(report)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| cpu fp32 vs golden output |" in done.stdout and "device busy" in done.stdout
     lines = [line for line in done.stdout.splitlines() if "vs golden" in line]
@@ -216,3 +216,8 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
     measured = __import__("json").loads(report.read_text())
     assert all(job["ok"] == job["rows"] for runs in measured["job"].values() for job in runs)
     assert {r["mode"] for r in measured["speed"]} == {"whole", "tiled"}
+    # the dataset section (issue 24): batch 1 against batches, batched equal to single, the actor batching
+    bare = measured["dataset"]["bare"]
+    assert {r["batch"] for r in bare} > {1} and all(r["batched_vs_single_db"] >= 60 for r in bare)
+    job = measured["dataset"]["job"]
+    assert job["ok"] == job["rows"] and job["device_calls"] < job["rows"]

@@ -30,6 +30,7 @@ from cdcore.models.modelfiles import ModelError, default_models_dir
 from cdcore.models.modelset import load_model_set
 
 from .dataset import DEFAULT_EXTENSIONS, DEFAULT_NAME, Dataset, DatasetError, expand
+from .deaths import DEFAULT_MAX_ROW_DEATHS
 from .manifest import ManifestError, Options, read_manifest, resolve
 from .plan import Plan, plan_table
 from .progress import JobProgress
@@ -60,6 +61,11 @@ def _count(minimum: float, kind=int):
             raise argparse.ArgumentTypeError(f"must be >= {minimum} (got {value})")
         return value
     return parse
+
+
+def _batch_images(text: str) -> int | None:
+    """'auto' (None: each actor chooses per image size) or a number of rows >= 1."""
+    return None if text == "auto" else _count(1)(text)
 
 
 def _extensions(text: str) -> tuple[str, ...]:
@@ -101,9 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--io-threads", type=_count(0), default=2,
                    help="threads per actor that read and decode the next rows and encode and write finished ones "
                         "while the device stylizes (default 2; 0: each row start to end, one at a time)")
+    p.add_argument("--batch-images", type=_batch_images, default=None, metavar="N|auto",
+                   help="rows of one size (after --content-size and --crop) that an actor stylizes together; auto "
+                        "(default): as many as a quarter of the device's free memory holds, up to 64K pixels a "
+                        "batch on a CPU and 16M on a GPU (cdcore.batching); needs --io-threads > 0")
     p.add_argument("--retry-deadline", type=_count(0, float), default=DEFAULT_DEADLINE_S,
                    help="seconds a row that fails transiently (storage unreachable, 5xx, throttled) is retried "
                         f"for, from its first such failure, before it fails (default {DEFAULT_DEADLINE_S:g})")
+    p.add_argument("--max-row-deaths", type=_count(1), default=DEFAULT_MAX_ROW_DEATHS,
+                   help="a row fails after the actor running it alone died this many times (default "
+                        f"{DEFAULT_MAX_ROW_DEATHS}); deaths with other rows running are charged to none of them")
     p.add_argument("--flush-rows", type=_count(1), default=50_000,
                    help="write a results part every N rows (default 50000) ...")
     p.add_argument("--flush-seconds", type=_count(0.1, float), default=60.0,
@@ -129,6 +142,7 @@ class Job:
     flush_seconds: float = 60.0
     retry_deadline: float = DEFAULT_DEADLINE_S
     output_prefix: str | None = None  # what the dispatcher probes while storage is down
+    max_row_deaths: int = DEFAULT_MAX_ROW_DEATHS
 
 
 def manifest_next_to(results: str) -> str:
@@ -173,9 +187,11 @@ def prepare(args: argparse.Namespace) -> Job:
         _write_table(table, source)
     worker = WorkerConfig(models=models, stages=stages, device="cuda" if args.num_gpus_per_actor else "cpu",
                           overwrite=args.overwrite, max_pixels=args.max_pixels, style_cache=args.style_cache,
-                          tile_size=args.tile_size, precision=args.precision, io_threads=args.io_threads)
+                          tile_size=args.tile_size, precision=args.precision, io_threads=args.io_threads,
+                          output_prefix=job_options.output_prefix, batch_images=args.batch_images)
     return Job(plan, worker, results, model_id, args.actors, args.num_gpus_per_actor, args.cpus_per_actor,
-               args.flush_rows, args.flush_seconds, args.retry_deadline, job_options.output_prefix)
+               args.flush_rows, args.flush_seconds, args.retry_deadline, job_options.output_prefix,
+               args.max_row_deaths)
 
 
 # ----------------------------------------------------------------------------------------- running
@@ -308,6 +324,7 @@ def _dispatch(job: Job, runnable: np.ndarray, collect: Callable[[dict], None], p
         queue = StyleQueue(job.plan.style_groups(runnable))
         pool = Dispatcher(queue, job.plan.rows, actor_factory(job, say, writer.run), size, collect, waited)
         pool.retries, pool.say = Retries(job.retry_deadline), say
+        pool.max_row_deaths = job.max_row_deaths
         pool.overlapped = job.worker.io_threads > 0
         pool.probe = lambda: _answers(job.output_prefix or job.results)
         try:
