@@ -35,6 +35,7 @@ from cdcore.options import DEFAULT_MAX_PIXELS
 from cdcore.pipeline import Loaded, Stylist, StylizeError, Timings
 
 from .manifest import Row
+from .telemetry import RowPhases
 
 # Decoded pixels an overlapping actor holds at most: about two 50 MP images with their canvases
 # (7 bytes a pixel: ~0.7 GB). One larger image is let in alone.
@@ -58,6 +59,7 @@ class WorkerConfig:
     pixel_budget: int = DEFAULT_PIXEL_BUDGET
     output_prefix: str | None = None  # local outputs below it are not written through a symlink out of it
     batch_images: int | None = None  # rows stylized together at most; None: chosen per size
+    run: str = ""  # the run id, which tags the actor's metrics
 
 
 class PixelBudget:
@@ -122,6 +124,7 @@ class Stylizer:
         self.label = f"{name}@{socket.gethostname()}:{os.getpid()}"
         self.counters = {"rows": 0, "styles_encoded": 0, "busy_seconds": 0.0, "device_seconds": 0.0,
                          "device_calls": 0}
+        self.phases = RowPhases(config.run)  # its metrics
         self._device = threading.Lock()  # one row on the device at a time
         self._counting = threading.Lock()
         self._budget = PixelBudget(config.pixel_budget)
@@ -141,6 +144,7 @@ class Stylizer:
         run = self._overlapped if self._loading else self._one_by_one
         started = time.monotonic()
         results = run(rows, started + budget_s)
+        self.phases.flush()
         with self._counting:
             return {"results": results, "actor": self.label, "counters": dict(self.counters),
                     "wall_s": time.monotonic() - started}
@@ -320,6 +324,7 @@ class Stylizer:
             self.counters["busy_seconds"] += seconds
             self.counters["device_seconds"] += timings["style_s"] + timings["stylize_s"]
             self.counters["styles_encoded"] = self.stylist.styles_prepared
+        self.phases.row({**state.outcome, **timings}, state.row.method)
         return {**state.outcome, **timings, "row": state.row.index, "seconds": seconds,
                 "model_id": self.stylist.models.model_id, "actor": self.label}
 
