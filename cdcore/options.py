@@ -92,6 +92,26 @@ def side(value, name: str = "size") -> int:
     return _whole(value, name, 0)
 
 
+def crop(value) -> tuple[int, int] | None:
+    """A centre crop after the resize: N (N x N) or WxH pixels, as text or numbers; None, '' or 0:
+    no crop."""
+    if value is None or value == "" or value == 0 or value == "0":
+        return None
+    if isinstance(value, str):
+        parts = value.lower().split("x")
+    elif isinstance(value, (int, float)):
+        parts = [value]
+    else:
+        parts = list(value)
+    try:
+        sides = [_whole(p, "crop", 1) for p in parts]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2):
+        raise ValueError(f"crop must be N or WxH pixels, each at least 1 (got {value!r})")
+    return (sides[0], sides[-1])
+
+
 def stroke_scale(value) -> float:
     try:
         number = float(value)
@@ -166,6 +186,7 @@ class Recipe:
     iterations: int = DEFAULT_ITERATIONS  # gatys: L-BFGS iterations
     style_weight: float = DEFAULT_STYLE_WEIGHT  # gatys: style term against content term
     init: str = "content"  # gatys: start from the content or from noise
+    crop: tuple[int, int] | None = None  # (width, height) of a centre crop after the resize; None: none
 
     def __post_init__(self):
         checked = {"method": method(self.method), "alpha": alpha(self.alpha), "levels": levels(self.levels),
@@ -173,7 +194,7 @@ class Recipe:
                    "content_size": side(self.content_size, "content size"),
                    "style_size": side(self.style_size, "style size"),
                    "iterations": iterations(self.iterations), "style_weight": style_weight(self.style_weight),
-                   "init": init(self.init)}
+                   "init": init(self.init), "crop": crop(self.crop)}
         for name, value in checked.items():
             object.__setattr__(self, name, value)
         if self.stroke_scale > 1.0 and self.method != "gatys":  # gatys ignores it, as it does alpha
@@ -225,6 +246,9 @@ def add_image_options(parser: argparse.ArgumentParser) -> None:
         help="stages to run, coarse to fine (default 5,4,3,2,1 for wct and adain; gatys uses 5)")
     add("--content-size", type=_arg(side), default=0,
         help="resize the content so its shorter side is N px; the output has that size (0: as it is, default)")
+    add("--crop", type=_arg(crop), default=None, metavar="N|WxH",
+        help="centre-crop the content to N x N or W x H px after --content-size, as dataset pipelines do "
+             "(resize 256, crop 224); the output has that size (default: no crop)")
     add("--style-size", type=_arg(side), default=0,
         help="resize the style so its shorter side is N px (0: as it is, default)")
     add("--stroke-scale", type=_arg(stroke_scale), default=1.0,
@@ -249,4 +273,4 @@ def add_image_options(parser: argparse.ArgumentParser) -> None:
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     return Recipe(args.method, args.alpha, args.levels, args.stroke_scale, args.content_size,
-                  args.style_size, args.iterations, args.style_weight, args.init)
+                  args.style_size, args.iterations, args.style_weight, args.init, args.crop)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import torch
 from PIL import Image
 
 from . import streaming, tiling
+from .batching import choose_batch_images
 from .io import codecs, images, storage
 from .models import precision as precisions
 from .models.modelset import ModelSet, load_model_set
@@ -34,7 +36,8 @@ from .options import tile_size as check_tile_size
 from .results import StylizeError, Stylized, naming
 from .timings import Timings
 from .transfer.gatys import gatys
-from .transfer.stylize import StyleStats, pick_device, stylize, to_tensor, to_uint8
+from .transfer.stylize import (StyleStats, pick_device, stylize, stylize_batch, to_tensor, to_tensor_batch, to_uint8,
+                               to_uint8_batch)
 
 __all__ = ["Loaded", "PreparedStyle", "StyleCache", "Stylist", "StylizeError", "Stylized"]
 
@@ -168,6 +171,9 @@ class Stylist:
         """`stylize_file` on the streamed path (`cdcore.streaming`) whatever the content's size, for
         a caller that has asked `streams` already: reading the header again costs a request."""
         streaming.check_request(output, recipe)  # before the style's preparation, which takes time
+        if recipe.crop:  # the streamed path resizes band by band; a crop would need the whole image held
+            raise StylizeError(f"{content}: --crop takes contents that are held in memory, and this one is "
+                               f"streamed (too large, or DeepZoom output)")
         timings = Timings()
         with timings.phase("style_s"):
             prepared = self.styles.get_or_make((style, recipe.style_key),
@@ -204,7 +210,7 @@ class Stylist:
             with timings.phase("decode_s"):
                 picture = images.decode(data, content, self.max_pixels, self._codec_device)
                 del data
-                picture = images.resize_to(picture, recipe.content_size)
+                picture = images.crop_centre(images.resize_to(picture, recipe.content_size), recipe.crop)
         style_picture = None
         if not self.styles.has((style, recipe.style_key)):
             with timings.phase("style_s"), naming(style):
@@ -213,16 +219,77 @@ class Stylist:
 
     def render(self, loaded: Loaded, recipe: Recipe = Recipe(), progress: Progress | None = None) -> images.Canvas:
         """Stylize what `load` returned into a new 8-bit Canvas, preparing the style if needed."""
-        def prepare() -> PreparedStyle:  # timed only when it runs: a cache hit costs 0
-            with loaded.timings.phase("style_s"):
-                return self._prepare_loaded(loaded, recipe, progress)
-
-        prepared = self.styles.get_or_make((loaded.style, recipe.style_key), prepare)
+        prepared = self._prepared(loaded, recipe, progress)
         picture = loaded.picture
         canvas = images.Canvas(*picture.rgb.shape[:2], picture.alpha)
         with loaded.timings.phase("stylize_s"), naming(loaded.content):
             self._paint(picture.rgb, prepared, recipe, canvas.rgb, progress)
         return canvas
+
+    def _prepared(self, loaded: Loaded, recipe: Recipe, progress: Progress | None = None) -> PreparedStyle:
+        def prepare() -> PreparedStyle:  # timed only when it runs: a cache hit costs 0
+            with loaded.timings.phase("style_s"):
+                return self._prepare_loaded(loaded, recipe, progress)
+
+        return self.styles.get_or_make((loaded.style, recipe.style_key), prepare)
+
+    # ------------------------------------------------------------------ batches of rows
+
+    def batch_key(self, loaded: Loaded, recipe: Recipe) -> tuple | None:
+        """What rows must share to be rendered together (`render_batch`): the content's size, the
+        method and the stages; None for one that renders alone (gatys, a stroke scale, or a
+        content that runs in tiles). Styles and alphas may differ within a batch."""
+        if recipe.method == "gatys" or recipe.stroke_scale != 1.0:
+            return None
+        height, width = loaded.picture.rgb.shape[:2]
+        if tiling.resolve_tile_size(self.models, recipe.stages, height, width, self.tile_size) != 0:
+            return None
+        return height, width, recipe.method, recipe.stages
+
+    def batch_images(self, key: tuple, limit: int | None = None) -> int:
+        """How many rows of `batch_key` `key` to render at once: `batching.choose_batch_images`."""
+        height, width, _, stages = key
+        return choose_batch_images(self.models, stages, height, width, limit)
+
+    def render_batch(self, loaded: list[Loaded], recipes: list[Recipe]) -> list[images.Canvas | StylizeError]:
+        """`render` for rows of one `batch_key`, in one `stylize_batch` call: a Canvas per row, or
+        the StylizeError of a row that failed (its style could not be prepared, say) while the
+        others go on. Each row's stylize_s is its share of the batch's time, by pixels. Should the
+        batched call itself fail, its rows render one by one, so that whatever caused it fails
+        only its own row."""
+        outcomes: list = [None] * len(loaded)
+        styles = {}
+        for i, (item, recipe) in enumerate(zip(loaded, recipes)):
+            try:
+                styles[i] = self._prepared(item, recipe).stats
+            except StylizeError as e:
+                outcomes[i] = e
+        ready = list(styles)
+        if not ready:
+            return outcomes
+        try:
+            started = time.perf_counter()
+            with precisions.networks(self.device, self.precision):
+                contents = to_tensor_batch([loaded[i].picture.rgb for i in ready], self.device)
+                results = to_uint8_batch(stylize_batch(self.models, contents, [styles[i] for i in ready],
+                                                       [recipes[i].alpha for i in ready], recipes[ready[0]].stages))
+            seconds = time.perf_counter() - started
+        except Exception:  # noqa: BLE001 - any cause: the rows find out alone which of them it was
+            for i in ready:
+                try:
+                    outcomes[i] = self.render(loaded[i], recipes[i])
+                except StylizeError as e:
+                    outcomes[i] = e
+            return outcomes
+        pixels = sum(loaded[i].picture.rgb.shape[0] * loaded[i].picture.rgb.shape[1] for i in ready)
+        for i, rgb in zip(ready, results):
+            picture = loaded[i].picture
+            outcomes[i] = canvas = images.Canvas(*rgb.shape[:2], picture.alpha)
+            canvas.rgb[...] = rgb
+            loaded[i].timings.stylize_s += seconds * rgb.shape[0] * rgb.shape[1] / pixels
+        return outcomes
+
+    # ------------------------------------------------------------------ writing
 
     def save(self, canvas: images.Canvas, output: str, timings: Timings | None = None) -> None:
         """Encode `canvas` in the format of `output`'s extension and write it atomically."""
@@ -262,10 +329,11 @@ class Stylist:
         """Stylize a content (a PIL image, an (H, W, 3) uint8 array, a path or URI) with a style
         given the same way or prepared by `prepare_style`; `options` change fields of `recipe`.
         Returns a PIL image (RGBA when the content has alpha) of the content's size, or of
-        `content_size`."""
+        `content_size` and `crop`."""
         recipe = recipe.replace(**options)
         with naming("content"):
             picture = images.resize_to(self._picture(content, "content"), recipe.content_size)
+            picture = images.crop_centre(picture, recipe.crop)
         if not isinstance(style, PreparedStyle):
             style = self.prepare_style(style, recipe)
         canvas = images.Canvas(*picture.rgb.shape[:2], picture.alpha)

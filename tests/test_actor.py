@@ -216,6 +216,11 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
     measured = __import__("json").loads(report.read_text())
     assert all(job["ok"] == job["rows"] for runs in measured["job"].values() for job in runs)
     assert {r["mode"] for r in measured["speed"]} == {"whole", "tiled"}
+    # the dataset section (issue 24): batch 1 against batches, batched equal to single, the actor batching
+    bare = measured["dataset"]["bare"]
+    assert {r["batch"] for r in bare} > {1} and all(r["batched_vs_single_db"] >= 60 for r in bare)
+    job = measured["dataset"]["job"]
+    assert job["ok"] == job["rows"] and job["device_calls"] < job["rows"]
     # issue 28's sections: tiled against whole at scale (exact), the streamed path, the profile
     assert all(float(r["psnr_vs_whole"].split()[0]) >= 75 for r in measured["scale"])
     assert "JPEG in, JPEG out" in done.stdout and "profile (torch.profiler" in done.stdout

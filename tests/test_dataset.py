@@ -71,6 +71,7 @@ def test_expand_lists_recursively_with_extensions_in_any_case(tree):
     ({"num_styles": "4"}, "--num-styles 4 is more than the 3 styles"),
     ({"output_name": "{stem}{ext}", "num_styles": "2"}, "gives one name for 2 styles"),
     ({"output_name": "{stem}{size}"}, "fields are stem, style, ext, k"),
+    ({"output_name": "../{stem}{ext}"}, "--output-name '../{{stem}}{{ext}}': it has a '..' segment"),
 ])
 def test_bad_datasets_exit_2_with_one_line_before_any_actor(tree, capsys, change, reason):
     (tree / "empty").mkdir()

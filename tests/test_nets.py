@@ -42,14 +42,48 @@ def test_bad_arguments_raise_value_error():
         student_widths(3)
 
 
-@pytest.mark.parametrize("h,w", [(2, 2), (5, 9), (32, 17)])
-def test_conv3x3_reflect_equals_padded_convolution(h, w):
-    conv = torch.nn.Conv2d(6, 5, 3)
-    x = torch.randn(2, 6, h, w)
+@pytest.mark.parametrize("copy", [True, False], ids=["padded-copy", "border"])
+@pytest.mark.parametrize("n,h,w", [(2, 2, 2), (1, 5, 9), (3, 32, 17), (1, 2, 7), (2, 9, 2)])
+def test_conv3x3_reflect_equals_padded_convolution(copy, n, h, w):
+    """Both ways of reflect-padding (a padded copy; the zero-padded conv with its border redone)
+    give the padded convolution, in either memory layout (float64: to the last digits)."""
+    conv = torch.nn.Conv2d(6, 5, 3).double()
+    x = torch.randn(n, 6, h, w, dtype=torch.float64)
     ref = torch.relu(conv(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")))
-    torch.testing.assert_close(conv3x3_reflect(conv, x), ref)
+    torch.testing.assert_close(conv3x3_reflect(conv, x, copy=copy), ref, rtol=1e-12, atol=1e-12)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(conv3x3_reflect(conv, x_cl), ref)
+    torch.testing.assert_close(conv3x3_reflect(conv, x_cl, copy=copy), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_conv3x3_reflect_chooses_by_size():
+    """Small maps take the padded copy, large ones the border; the result is the same."""
+    from torch.profiler import profile
+
+    from cdcore.models.nets import PAD_COPY_LIMIT
+
+    conv = torch.nn.Conv2d(4, 4, 3)
+    for values, pads in ((PAD_COPY_LIMIT, 1), (PAD_COPY_LIMIT * 2, 2)):
+        x = torch.rand(1, 4, 2, values // 8)
+        with profile() as prof:
+            conv3x3_reflect(conv, x)
+        counts = {e.key: e.count for e in prof.key_averages()}
+        assert counts["aten::reflection_pad2d"] == pads
+
+
+def test_encoder_folds_conv0_into_conv11_at_inference():
+    """Without gradients encoder k runs conv11 with conv0 folded in, cached until the weights
+    change; it equals the two convolutions one after the other."""
+    torch.manual_seed(0)
+    enc = Encoder(2, CD16X).double()
+    x = torch.rand(2, 3, 12, 10, dtype=torch.float64)
+    with torch.enable_grad():
+        ref = enc(x)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), ref, rtol=1e-10, atol=1e-10)
+        enc.conv0.weight.mul_(2)  # bumps the version: the cached fold is made again
+        with torch.enable_grad():
+            ref = enc(x)
+        torch.testing.assert_close(enc(x), ref, rtol=1e-10, atol=1e-10)
 
 
 def test_conv3x3_reflect_gradients_match():

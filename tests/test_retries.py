@@ -4,7 +4,7 @@ import pytest
 
 from cdcore.io import storage
 from cdcore.io.images import ImageError
-from jobs.stylize.retries import RETRY_FIRST_S, Breaker, Retries, death_cause
+from jobs.stylize.retries import RETRY_FIRST_S, Breaker, Retries
 
 
 @pytest.fixture
@@ -72,10 +72,3 @@ def test_breaker_opens_after_failures_in_a_row_and_backs_off_its_probes():
     assert breaker.delay == 2 * first
     breaker.answered()
     assert not breaker.open
-
-
-def test_death_causes():
-    assert death_cause("The actor died because its node has died. Node Id: abc") == "node"
-    assert death_cause("The actor died unexpectedly", node_alive=False) == "node"
-    assert death_cause("Task was killed due to the node running low on memory.") == "memory"
-    assert death_cause("The actor died unexpectedly before finishing this task. pid: 12", node_alive=True) == "row"

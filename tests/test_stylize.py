@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -6,7 +7,8 @@ from cdcore.transfer.gatys import gatys, gram
 from cdcore.io.images import read_image, resize_to
 from cdcore.models.modelset import load_model_set
 from cdcore.options import levels as parse_levels
-from cdcore.transfer.stylize import style_statistics, stylize, to_tensor, to_uint8
+from cdcore.transfer.stylize import (style_statistics, stylize, stylize_batch, to_tensor, to_tensor_batch, to_uint8,
+                                    to_uint8_batch)
 from shared import CONTENT, GOLDEN, MODELS, STYLE, psnr
 
 
@@ -25,6 +27,60 @@ def test_reproduces_golden_outputs(models, style_name, alpha):
     out = to_uint8(stylize(models, image(CONTENT / "bridge_512.jpg"), stats, alpha))
     golden = read_image(str(GOLDEN / f"wct16x_bridge_512+{style_name}_alpha{alpha:g}.png")).rgb
     assert psnr(out, golden) >= 40.0
+
+
+def float_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR (peak 1) of two float images as they are written: clamped to [0, 1]."""
+    mse = float(((a.clamp(0, 1) - b.clamp(0, 1)) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * float(torch.log10(torch.tensor(1 / mse)))
+
+
+def test_a_batch_of_the_golden_pairs_equals_each_alone(models):
+    """One batch holding both shared pairs (one content, two styles, two alphas): each image is
+    its single-image result (>= 70 dB, fp32) and still the golden output (>= 40 dB)."""
+    content = image(CONTENT / "bridge_512.jpg")
+    pairs = [("style_b_512", 1.0), ("style_c_591x800", 0.6)]
+    styles = [style_statistics(models, image(STYLE / f"{name}.jpg")) for name, _ in pairs]
+    batch = stylize_batch(models, content.repeat(2, 1, 1, 1), styles, [alpha for _, alpha in pairs])
+    for i, ((name, alpha), style) in enumerate(zip(pairs, styles)):
+        assert float_psnr(batch[i:i + 1], stylize(models, content, style, alpha)) >= 70.0
+        golden = read_image(str(GOLDEN / f"wct16x_bridge_512+{name}_alpha{alpha:g}.png")).rgb
+        assert psnr(to_uint8_batch(batch)[i], golden) >= 40.0
+
+
+@pytest.mark.parametrize("batch,h,w", [(2, 37, 50), (3, 48, 64), (5, 33, 71)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_batched_equals_single_per_image(models, batch, h, w, layout):
+    """Batches of several sizes, of odd sizes (padded to 16 inside, cropped back), mixing styles
+    and alphas, in both layouts: every image as `stylize` makes it alone."""
+    if layout == "channels_last":
+        models = load_model_set(MODELS)
+        models.to("cpu", channels_last=True)
+    photos = [read_image(str(CONTENT / name)).rgb for name in ("harbor_420.jpg", "bridge_512.jpg")]
+    rgbs = [photos[i % 2][17 * i:17 * i + h, 29 * i:29 * i + w] for i in range(batch)]
+    styles = [style_statistics(models, image(STYLE / name, 128)) for name in ("style_a_570.jpg", "style_b_512.jpg")]
+    per_image = [styles[i % 2] for i in range(batch)]
+    alphas = [1.0 - 0.2 * i for i in range(batch)]
+    out = stylize_batch(models, to_tensor_batch(rgbs), per_image, alphas)
+    assert out.shape == (batch, 3, h, w)
+    for i, rgb in enumerate(rgbs):
+        assert float_psnr(out[i:i + 1], stylize(models, to_tensor(rgb), per_image[i], alphas[i])) >= 70.0
+
+
+def test_batch_arguments_are_checked(models):
+    adain = style_statistics(models, image(STYLE / "style_a_570.jpg", 64), "adain")
+    wct = style_statistics(models, image(STYLE / "style_a_570.jpg", 64))
+    contents = torch.rand(2, 3, 40, 40)
+    with pytest.raises(ValueError, match="one method"):
+        stylize_batch(models, contents, [wct, adain])
+    with pytest.raises(ValueError, match="2 styles"):
+        stylize_batch(models, contents, [wct])
+    with pytest.raises(ValueError, match="alpha"):
+        stylize_batch(models, contents, wct, [1.0, 1.5])
+    with pytest.raises(ValueError, match="one size"):
+        to_tensor_batch([np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5, 3), np.uint8)])
+    with pytest.raises(ValueError, match="stylize_batch"):
+        stylize(models, contents, wct)
 
 
 @pytest.mark.parametrize("h,w", [(420, 420), (333, 517), (37, 50)])

@@ -69,3 +69,36 @@ def test_bad_arguments():
         T.style_stage(m, "cyclegan")
     with pytest.raises(ValueError, match="channels"):
         T.affine_map(m, T.style_stage(T.moments(torch.randn(3, 5, 5))))
+
+
+@pytest.mark.parametrize("method", T.METHODS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_batch_gets_each_images_own_map(method, channels_last):
+    """moments_per_image, affine_map and apply_affine on a batch equal them image by image, with
+    one style for all or one per image, one alpha or one per image."""
+    g = torch.Generator().manual_seed(1)
+    feats = torch.rand(3, 6, 9, 7, generator=g, dtype=torch.float64) * torch.tensor([1, 2, 3])[:, None, None, None]
+    styles = [T.style_stage(T.moments(torch.randn(6, 8, 8, generator=g, dtype=torch.float64) + i), method)
+              for i in range(3)]
+    if channels_last:
+        feats = feats.contiguous(memory_format=torch.channels_last)
+    batch = T.moments_per_image(feats)
+    for style, alphas in ((styles[0], 0.7), (T.stack_styles(styles), [1.0, 0.5, 0.0])):
+        a, b = T.affine_map(batch, style, alphas, method)
+        out = T.apply_affine(feats, a, b)
+        for i in range(3):
+            alone = T.moments(feats[i])
+            torch.testing.assert_close(batch.total[i], alone.total)
+            torch.testing.assert_close(batch.outer[i], alone.outer)
+            own = styles[0] if isinstance(alphas, float) else styles[i]
+            ai, bi = T.affine_map(alone, own, alphas if isinstance(alphas, float) else alphas[i], method)
+            torch.testing.assert_close(a[i], ai, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(out[i:i + 1], T.apply_affine(feats[i:i + 1], ai, bi), rtol=1e-10, atol=1e-10)
+
+
+def test_moments_refuses_a_batch():
+    with pytest.raises(ValueError, match="moments_per_image"):
+        T.moments(torch.randn(2, 3, 4, 4))
+    with pytest.raises(ValueError, match="alpha"):
+        T.affine_map(T.moments_per_image(torch.randn(2, 3, 4, 4)), T.style_stage(T.moments(torch.randn(3, 4, 4))),
+                     [1.0, 2.0])

@@ -205,6 +205,23 @@ def resize_to(picture: Picture, shorter_side: int | None) -> Picture:
     return Picture(resized(picture.rgb), alpha)
 
 
+def crop_centre(picture: Picture, size: tuple[int, int] | None) -> Picture:
+    """The centre (width, height) of `picture` (None: unchanged), as dataset pipelines crop after
+    resizing (torchvision's CenterCrop: offsets rounded to the nearest pixel). A crop larger than
+    the picture raises ValueError: padding would invent pixels."""
+    if not size:
+        return picture
+    (w, h), (cw, ch) = picture.size, size
+    if cw > w or ch > h:
+        raise ValueError(f"--crop {cw}x{ch} is larger than the image ({w}x{h} after any --content-size)")
+    top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+
+    def cut(array: np.ndarray) -> np.ndarray:  # a copy: the rest of the decoded image is freed
+        return np.ascontiguousarray(array[top:top + ch, left:left + cw])
+
+    return Picture(cut(picture.rgb), None if picture.alpha is None else cut(picture.alpha))
+
+
 class Canvas:
     """The 8-bit result in Pillow's own 4-byte pixel layout, (H, W, 4) uint8: RGBX, or RGBA when
     an alpha channel is carried through.

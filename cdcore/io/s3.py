@@ -26,6 +26,7 @@ import botocore.config
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
+from . import paths
 from .errors import NotFound, StorageError, one_line
 
 MiB = 1024 * 1024
@@ -260,11 +261,23 @@ def download(uri: str, path: str) -> None:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    client().upload_fileobj(io.BytesIO(data), *split(uri), Config=transfer())
+    client().upload_fileobj(io.BytesIO(data), *_writable(uri), Config=transfer())
 
 
 def upload(path: str, uri: str) -> None:
-    client().upload_file(path, *split(uri), Config=transfer())
+    client().upload_file(path, *_writable(uri), Config=transfer())
+
+
+def _writable(uri: str) -> tuple[str, str]:
+    """(bucket, key) of a URI that may be written: no key with "..", "." or empty segments, which
+    several S3-compatible stores resolve or drop, so the object would land under another name
+    (cdcore.io.paths)."""
+    bucket, key = split(uri)
+    why = paths.segment_problem(key)
+    if why is not None:
+        raise StorageError(f"{uri}: not written, as {why} (S3-compatible stores resolve or drop such "
+                           "segments)")
+    return bucket, key
 
 
 def ping(uri: str) -> None:

@@ -16,30 +16,71 @@ from .architecture import (CD16X, LAYERS, STAGES, TEACHER, TEACHER_WIDTHS, Width
                            stage_layers, stage_multiple, student_widths)
 
 __all__ = ["CD16X", "LAYERS", "STAGES", "TEACHER", "TEACHER_WIDTHS", "Decoder", "Encoder", "Widths", "check_stage",
-           "conv3x3_reflect", "stage_convs", "stage_layers", "stage_multiple", "student_widths"]
+           "PAD_COPY_LIMIT", "conv3x3_reflect", "fold_affine", "stage_convs", "stage_layers", "stage_multiple", "student_widths"]
+
+
+# Feature maps of at most this many values (8 MB in fp32) take a reflect-padded copy and one
+# convolution; larger ones the zero-padded convolution with its border recomputed (`_border`).
+# Measured on a 2-core EPYC (1 thread, channels-last, benchmarks/history/2026-12-06-dataset-rate.md):
+# the copy is 2-3x faster on the deep stages' small maps (128 ch, 3x4 to 12x16) and within 7% of
+# the border up to ~2 M values; above that, at 16-24 channels, the border is 1.3-1.7x faster
+# (25 M values at 16 ch: 141 against 188 ms). On a GPU small maps are launch-bound, where three
+# kernels beat a dozen, and large ones compute-bound, where the dozen cost nothing and a copy
+# would cost memory that tile planning (`tiling.planning`) does not count. Both are exact: the
+# choice changes float rounding only.
+PAD_COPY_LIMIT = 1 << 21
 
 
 def conv3x3_reflect(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor | None = None,
-                    bias: torch.Tensor | None = None) -> torch.Tensor:
-    """ReLU(conv(ReflectionPad2d(1)(x))) without materialising the padded copy of x.
+                    bias: torch.Tensor | None = None, *, copy: bool | None = None) -> torch.Tensor:
+    """ReLU(conv(ReflectionPad2d(1)(x))) for x (B, C, H, W), in three kernels on small maps.
 
-    The convolution runs with zero padding (which oneDNN/cuDNN handle without a copy) and only
-    the one-pixel output border, the sole place where reflect and zero padding differ, is
-    recomputed from thin reflect-padded strips. On CPU this saves a full read and write of every
-    activation, a sizeable share of a stage's time. Needs H, W >= 2, as reflection does.
-    `weight` and `bias` replace the conv's own (see `Decoder.forward`).
+    `copy` (default: x has at most PAD_COPY_LIMIT values) pads a copy of x and convolves it.
+    Otherwise the convolution runs with zero padding (which oneDNN/cuDNN handle without a copy)
+    and only the one-pixel output border, the sole place where reflect and zero padding differ,
+    is recomputed (`_border`): that saves a full read and write of every activation. Needs
+    H, W >= 2, as reflection does. `weight` and `bias` replace the conv's own (see
+    `Decoder.forward`).
     """
     h, w = x.shape[-2:]
     if h < 2 or w < 2:
         raise ValueError(f"reflection padding needs a feature map of at least 2x2 (got {h}x{w})")
     weight = conv.weight if weight is None else weight
     bias = conv.bias if bias is None else bias
+    if x.numel() <= PAD_COPY_LIMIT if copy is None else copy:
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), weight, bias).relu_()
     y = F.conv2d(x, weight, bias, padding=1)
-    y[..., :1, :] = F.conv2d(F.pad(x[..., :2, :], (1, 1, 1, 0), mode="reflect"), weight, bias)
-    y[..., -1:, :] = F.conv2d(F.pad(x[..., -2:, :], (1, 1, 0, 1), mode="reflect"), weight, bias)
-    y[..., :, :1] = F.conv2d(F.pad(x[..., :, :2], (1, 0, 1, 1), mode="reflect"), weight, bias)
-    y[..., :, -1:] = F.conv2d(F.pad(x[..., :, -2:], (0, 1, 1, 1), mode="reflect"), weight, bias)
+    _border(y, x, weight, bias)
     return y.relu_()
+
+
+def _border(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Overwrite y's outer rows and columns with the reflect-padded convolution's.
+
+    The rows come from one convolution of a six-row block, [1, 0, 1] over [-2, -1, -2] of x
+    (reflected rows around the top and the bottom edge) padded in width, taken with a vertical
+    stride of 3 so it yields exactly the two rows wanted; the columns likewise (they include the
+    corners). Two strips rather than four also give oneDNN inputs large enough for its fast
+    path, which torch's heuristic denies single thin strips of a batch of one.
+    """
+    rows = torch.cat([x[..., 1:2, :], x[..., :2, :], x[..., -2:, :], x[..., -2:-1, :]], dim=-2)
+    rows = F.conv2d(F.pad(rows, (1, 1, 0, 0), mode="reflect"), weight, bias, stride=(3, 1))
+    y[..., :1, :], y[..., -1:, :] = rows[..., :1, :], rows[..., 1:, :]
+    cols = torch.cat([x[..., 1:2], x[..., :2], x[..., -2:], x[..., -2:-1]], dim=-1)
+    cols = F.conv2d(F.pad(cols, (0, 0, 1, 1), mode="reflect"), weight, bias, stride=(1, 3))
+    y[..., :1], y[..., -1:] = cols[..., :1], cols[..., 1:]
+
+
+def fold_affine(conv: nn.Conv2d, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and bias of `conv` composed with the per-pixel map x -> A x + b: a 3x3 conv of
+    A x + b is a 3x3 conv of x with weights W A and bias c + W b summed over the taps, and
+    reflection padding commutes with a per-pixel map. Computed in float64, then cast to the
+    conv's own dtype, device and memory format."""
+    w = conv.weight.double()
+    a, b = a.to(w), b.to(w)
+    weight = torch.einsum("oikl,ij->ojkl", w, a)
+    bias = conv.bias.double() + torch.einsum("oikl,i->o", w, b)
+    return torch.empty_like(conv.weight).copy_(weight), bias.to(conv.bias)
 
 
 class Encoder(nn.Module):
@@ -60,6 +101,7 @@ class Encoder(nn.Module):
             for j in range(1, stage + 1):
                 self.add_module(f"conv{j}1_aux", nn.Conv2d(convs[f"conv{j}1"], widths.aux_width(j), 1))
         self._plan = stage_layers(stage)
+        self._first: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def out_channels(self) -> int:
@@ -79,10 +121,30 @@ class Encoder(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv0(x)
+        if torch.is_grad_enabled():  # training: gradients reach conv0 and conv11 as they are
+            x = self.conv0(x)
+            weight = bias = None
+        else:
+            weight, bias = self._conv11_after_conv0()
         for name in self._plan:
-            x = F.max_pool2d(x, 2, 2) if name == "pool" else conv3x3_reflect(getattr(self, name), x)
+            if name == "pool":
+                x = F.max_pool2d(x, 2, 2)
+            else:
+                x = conv3x3_reflect(getattr(self, name), x, weight, bias)
+                weight = bias = None
         return x
+
+    def _conv11_after_conv0(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """conv11 with conv0 (a per-pixel map) folded in (`fold_affine`), made once for the
+        weights as they are: a full-resolution pass and a slow 1x1 convolution fewer per call
+        (torch sends a single-threaded 1x1 conv of a small batch down its slow path)."""
+        conv0, conv11 = self.conv0, self.conv11
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in (conv0.weight, conv0.bias, conv11.weight, conv11.bias))
+        if self._first is None or self._first[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                folded = fold_affine(conv11, conv0.weight[:, :, 0, 0], conv0.bias)
+            self._first = key, folded
+        return self._first[1]
 
     def embed(self, j: int, feature: torch.Tensor) -> torch.Tensor:
         """The 1x1 linear embedding of the student's relu{j}_1 feature to teacher width."""
@@ -114,7 +176,7 @@ class Decoder(nn.Module):
         """
         weight = bias = None
         if affine is not None:
-            weight, bias = self._folded(*affine)
+            weight, bias = fold_affine(getattr(self, self._plan[0]), *affine)
         for name in self._plan:
             if name == "pool":
                 x = F.interpolate(x, scale_factor=2, mode="nearest")
@@ -122,13 +184,3 @@ class Decoder(nn.Module):
                 x = conv3x3_reflect(getattr(self, name), x, weight, bias)
                 weight = bias = None
         return x
-
-    def _folded(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weights and bias of the first conv composed with x -> A x + b: computed in float64, then
-        cast to the conv's own dtype, device and memory format."""
-        conv = getattr(self, self._plan[0])
-        w = conv.weight.double()
-        a, b = a.to(w), b.to(w)
-        weight = torch.einsum("oikl,ij->ojkl", w, a)
-        bias = conv.bias.double() + torch.einsum("oikl,i->o", w, b)
-        return torch.empty_like(conv.weight).copy_(weight), bias.to(conv.bias)

@@ -6,10 +6,19 @@ coarse to fine (5, 4, 3, 2, 1 by default), each feeding its decoded image, uncla
 
 Style statistics depend only on the style image and the model set, so `style_statistics` computes
 them once and `stylize` reuses them for any number of contents.
+
+`stylize_batch` runs same-size contents (B, 3, H, W) together: one network call per stage for the
+batch, each image's moments, maps and eigendecompositions as one batched float64 call, each map
+applied to its own image (`transforms.apply_affine`). Batching is a schedule, not an
+approximation: every image comes out as `stylize` makes it alone, up to float rounding. A batch may
+mix styles and alphas: the style enters only through each image's own map (its mean and colour
+matrix, stacked per image), and nothing couples one image's statistics to another's. Method and
+levels are the batch's: they choose the networks that every image passes through.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -19,6 +28,7 @@ from . import transforms
 from ..models.modelset import ModelSet
 from ..models.architecture import stage_multiple
 from ..options import DEFAULT_LEVELS
+from ..options import alpha as alpha_value
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -39,10 +49,24 @@ def to_tensor(rgb: np.ndarray, device: torch.device | str = "cpu") -> torch.Tens
     return t[None].permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def to_tensor_batch(rgbs: Sequence[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
+    """Same-size (H, W, 3) uint8 images -> (B, 3, H, W) float32 in [0, 1], channels-last."""
+    if len({rgb.shape for rgb in rgbs}) != 1:
+        raise ValueError(f"a batch takes images of one size (got {sorted({rgb.shape[:2] for rgb in rgbs})})")
+    t = torch.from_numpy(np.stack(rgbs)).to(device)
+    return t.permute(0, 3, 1, 2).float().div_(255.0)
+
+
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """(1, 3, H, W) float -> (H, W, 3) uint8: clamped to [0, 1], rounded half up (in float32 at
     least: a bf16 result has too few digits to round to 8 bits)."""
-    return uint8_image(image).contiguous().cpu().numpy()
+    return to_uint8_batch(image[:1])[0]
+
+
+def to_uint8_batch(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) float -> (B, H, W, 3) uint8, rounded as `to_uint8` rounds."""
+    x = images.float().clamp(0, 1).mul(255.0).add_(0.5).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 def uint8_image(image: torch.Tensor) -> torch.Tensor:
@@ -106,17 +130,30 @@ def style_statistics(models: ModelSet, style: torch.Tensor, method: str = "wct",
 
 @torch.inference_mode()
 def run_stage(models: ModelSet, image: torch.Tensor, k: int, style: StyleStats, alpha: float) -> torch.Tensor:
-    """One stage on a whole image (1, 3, H, W) -> (1, 3, H, W).
+    """One stage on a whole image (1, 3, H, W) -> (1, 3, H, W)."""
+    return _stage(models, image, k, style.stages[k], alpha, style.method)
 
-    The image is reflect-padded to a multiple of 2^(k-1); content statistics come from the
-    feature pixels that cover the unpadded image only, so padding does not bias them.
+
+def _stage(models: ModelSet, images: torch.Tensor, k: int, style: transforms.StyleStage, alpha,
+           method: str) -> torch.Tensor:
+    """Stage k on a batch (B, 3, H, W) -> (B, 3, H, W); `style` and `alpha` are the batch's or one
+    per image (`stylize_batch`).
+
+    The images are reflect-padded to a multiple of 2^(k-1); content statistics come from the
+    feature pixels that cover the unpadded image only, so padding does not bias them. One image
+    has its map folded into the decoder's first conv (`Decoder.forward`); a batch, whose maps
+    differ per image, applies them as one batched matrix product.
     """
-    h, w = image.shape[-2:]
+    h, w = images.shape[-2:]
     step = stage_multiple(k)
-    feature = models.encoder(k)(pad_to_multiple(image, step))
+    feature = models.encoder(k)(pad_to_multiple(images, step))
     valid = feature[..., : -(-h // step), : -(-w // step)]
-    a, b = transforms.affine_map(transforms.moments(valid), style.stages[k], alpha, style.method)
-    out = models.decoder(k)(feature, affine=(a, b))
+    if images.shape[0] == 1:
+        a, b = transforms.affine_map(transforms.moments(valid), style, alpha, method)
+        out = models.decoder(k)(feature, affine=(a, b))
+    else:
+        a, b = transforms.affine_map(transforms.moments_per_image(valid), style, alpha, method)
+        out = models.decoder(k)(transforms.apply_affine(feature, a, b))
     return out[..., :h, :w]
 
 
@@ -136,10 +173,38 @@ def check_style(models: ModelSet, style: StyleStats, levels=None) -> tuple[int, 
 def stylize(models: ModelSet, content: torch.Tensor, style: StyleStats, alpha: float = 1.0,
             levels=None) -> torch.Tensor:
     """Stylize a whole image (1, 3, H, W) in [0, 1]; the result has the same size, unclamped."""
-    levels = check_style(models, style, levels)
-    check_content_size(*content.shape[-2:], levels)
+    if content.dim() != 4 or content.shape[0] != 1:
+        raise ValueError(f"stylize takes one image (1, 3, H, W), got {tuple(content.shape)} (stylize_batch takes more)")
+    return stylize_batch(models, content, style, alpha, levels)
+
+
+@torch.inference_mode()
+def stylize_batch(models: ModelSet, contents: torch.Tensor, styles: StyleStats | Sequence[StyleStats],
+                  alphas: float | Sequence[float] = 1.0, levels=None) -> torch.Tensor:
+    """Stylize same-size images (B, 3, H, W) in [0, 1] together: each with `styles` (one for all,
+    or one per image, all of one method) and `alphas` (likewise); the result (B, 3, H, W) equals
+    each image stylized alone, up to float rounding.
+
+    Everything a stage needs of the styles moves to the device once, before the first stage, so
+    the stages run without host transfers between them.
+    """
+    n = contents.shape[0]
+    styles = [styles] * n if isinstance(styles, StyleStats) else list(styles)
+    alphas = [alphas] * n if isinstance(alphas, (int, float)) else [alpha_value(a) for a in alphas]
+    if len(styles) != n or len(alphas) != n:
+        raise ValueError(f"{n} contents need {n} styles and alphas (got {len(styles)} and {len(alphas)})")
+    levels = check_style(models, styles[0], levels)
+    for other in styles[1:]:
+        check_style(models, other, levels)
+        if other.method != styles[0].method:
+            raise ValueError(f"a batch runs one method (got {styles[0].method} and {other.method})")
+    check_content_size(*contents.shape[-2:], levels)
     device = next(models.encoder(levels[0]).parameters()).device
-    x = content.to(device)
+    shared = all(s is styles[0] for s in styles)
+    stages = {k: styles[0].stages[k].to(device) if shared else
+              transforms.stack_styles([s.stages[k] for s in styles], device) for k in levels}
+    alpha = alphas[0] if len(set(alphas)) == 1 else torch.tensor(alphas, dtype=torch.float64).to(device)
+    x = contents.to(device)
     for k in levels:
-        x = run_stage(models, x, k, style, alpha)
+        x = _stage(models, x, k, stages[k], alpha, styles[0].method)
     return x

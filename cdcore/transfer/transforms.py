@@ -10,6 +10,11 @@ AdaIN (Huang & Belongie 2017): the same with diagonal W = 1/std_c, K = std_s.
 
 Statistics are `Moments` (sums in float64) so that they can be accumulated tile by tile and
 merged; the map is then applied as a 1x1 convolution in the feature dtype.
+
+Every function also takes a batch: `moments_per_image` gives Moments with a leading image axis
+((B, C) sums, (B, C, C) outer products), and the matrices, eigendecompositions and maps that follow
+from them are (B, C, C), one per image, computed by the same code in one batched call each. A
+single image is the batch-less case of the same formulas.
 """
 from __future__ import annotations
 
@@ -29,19 +34,19 @@ EIG_FLOOR = 1e-5
 class Moments:
     """Sum, sum of outer products and count of C-dim feature vectors, in float64."""
 
-    total: torch.Tensor  # (C,)
-    outer: torch.Tensor  # (C, C)
-    count: int
+    total: torch.Tensor  # (C,), or (B, C): one row per image
+    outer: torch.Tensor  # (C, C), or (B, C, C)
+    count: int  # vectors per image
 
     def __add__(self, other: "Moments") -> "Moments":
         return Moments(self.total + other.total, self.outer + other.outer, self.count + other.count)
 
     def mean_cov(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean (C,) and covariance (C, C) with the unbiased (N - 1) divisor."""
+        """Mean (..., C) and covariance (..., C, C) with the unbiased (N - 1) divisor."""
         if self.count < 2:
             raise ValueError(f"need at least 2 feature vectors for a covariance (got {self.count})")
         mean = self.total / self.count
-        cov = (self.outer - self.count * torch.outer(mean, mean)) / (self.count - 1)
+        cov = (self.outer - self.count * mean[..., :, None] * mean[..., None, :]) / (self.count - 1)
         return mean, cov
 
 
@@ -57,35 +62,46 @@ def moments(feature: torch.Tensor, band_bytes: int = 16 << 20) -> Moments:
     """
     if feature.dim() == 4:
         if feature.shape[0] != 1:
-            raise ValueError(f"moments expects one image, got batch shape {tuple(feature.shape)}")
+            raise ValueError(f"moments expects one image, got batch shape {tuple(feature.shape)} "
+                             f"(moments_per_image takes a batch)")
         feature = feature[0]
     if feature.dim() != 3:
         raise ValueError(f"expected a (C, H, W) feature, got shape {tuple(feature.shape)}")
-    c, h, w = feature.shape
-    rows = feature.permute(1, 2, 0)  # (H, W, C): a view of a channels-last feature
-    band = max(1, band_bytes // (w * c * 8))
-    total = torch.zeros(c, dtype=torch.float64, device=feature.device)
-    outer = torch.zeros(c, c, dtype=torch.float64, device=feature.device)
+    m = moments_per_image(feature[None], band_bytes)
+    return Moments(m.total[0], m.outer[0], m.count)
+
+
+def moments_per_image(feature: torch.Tensor, band_bytes: int = 16 << 20) -> Moments:
+    """Each image's moments of a feature batch (B, C, H, W): (B, C) sums and (B, C, C) outer
+    products in float64, banded over rows of all images at once as `moments` is."""
+    if feature.dim() != 4:
+        raise ValueError(f"expected a (B, C, H, W) feature batch, got shape {tuple(feature.shape)}")
+    n, c, h, w = feature.shape
+    rows = feature.permute(0, 2, 3, 1)  # (B, H, W, C): a view of a channels-last feature
+    band = max(1, band_bytes // (n * w * c * 8))
+    total = torch.zeros(n, c, dtype=torch.float64, device=feature.device)
+    outer = torch.zeros(n, c, c, dtype=torch.float64, device=feature.device)
     for start in range(0, h, band):
-        f = rows[start:start + band].to(torch.float64).reshape(-1, c)
-        total += f.sum(dim=0)
-        outer.addmm_(f.T, f)
+        f = rows[:, start:start + band].to(torch.float64).reshape(n, -1, c)
+        total += f.sum(dim=1)
+        outer.baddbmm_(f.mT, f)
     return Moments(total, outer, h * w)
 
 
 def _sym_power(cov: torch.Tensor, power: float) -> torch.Tensor:
-    """cov^power for a symmetric PSD matrix, over the eigenvalues above EIG_FLOOR only."""
+    """cov^power for symmetric PSD matrices (..., C, C), over the eigenvalues above EIG_FLOOR only:
+    one batched eigendecomposition for a batch."""
     evals, evecs = torch.linalg.eigh(cov)
     keep = evals > EIG_FLOOR
     scaled = torch.where(keep, evals.clamp_min(EIG_FLOOR) ** power, torch.zeros_like(evals))
-    return (evecs * scaled) @ evecs.T
+    return (evecs * scaled[..., None, :]) @ evecs.mT
 
 
 def colour_matrix(cov: torch.Tensor, method: str = "wct") -> torch.Tensor:
-    """K: cov^(1/2) for WCT, diag(std) for AdaIN. (C, C) float64."""
+    """K: cov^(1/2) for WCT, diag(std) for AdaIN. (..., C, C) float64."""
     _check_method(method)
     if method == "adain":
-        return torch.diag(cov.diagonal().clamp_min(0).sqrt())
+        return torch.diag_embed(cov.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt())
     return _sym_power(cov, 0.5)
 
 
@@ -93,17 +109,26 @@ def whiten_matrix(cov: torch.Tensor, method: str = "wct") -> torch.Tensor:
     """W: cov^(-1/2) for WCT, diag(1/std) for AdaIN (zero where the variance vanishes)."""
     _check_method(method)
     if method == "adain":
-        var = cov.diagonal()
-        return torch.diag(torch.where(var > EIG_FLOOR, var.clamp_min(EIG_FLOOR).rsqrt(), torch.zeros_like(var)))
+        var = cov.diagonal(dim1=-2, dim2=-1)
+        return torch.diag_embed(torch.where(var > EIG_FLOOR, var.clamp_min(EIG_FLOOR).rsqrt(), torch.zeros_like(var)))
     return _sym_power(cov, -0.5)
 
 
 @dataclass
 class StyleStage:
-    """What one stage needs of a style: its feature mean (C,) and colour matrix K (C, C), float64."""
+    """What one stage needs of a style: its feature mean (C,) and colour matrix K (C, C), float64;
+    or, stacked by `stack_styles`, (B, C) and (B, C, C): one style per image of a batch."""
 
     mean: torch.Tensor
     colour: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "StyleStage":
+        return StyleStage(self.mean.to(device), self.colour.to(device))
+
+
+def stack_styles(stages: list[StyleStage], device: torch.device | str = "cpu") -> StyleStage:
+    """One StyleStage (B, C), (B, C, C) on `device` of a style per image, for `affine_map` on a batch."""
+    return StyleStage(torch.stack([s.mean for s in stages]).to(device), torch.stack([s.colour for s in stages]).to(device))
 
 
 def style_stage(style: Moments, method: str = "wct") -> StyleStage:
@@ -111,24 +136,41 @@ def style_stage(style: Moments, method: str = "wct") -> StyleStage:
     return StyleStage(mean, colour_matrix(cov, method))
 
 
-def affine_map(content: Moments, style: StyleStage, alpha: float = 1.0,
+def affine_map(content: Moments, style: StyleStage, alpha=1.0,
                method: str = "wct") -> tuple[torch.Tensor, torch.Tensor]:
-    """A (C, C) and b (C,) in float64 such that the stylized feature is A f + b."""
-    alpha = check_alpha(alpha)
+    """A (C, C) and b (C,) in float64 such that the stylized feature is A f + b; for a batch's
+    moments (`moments_per_image`), (B, C, C) and (B, C), each image's own map. The style may be one
+    for the whole batch or one per image (`stack_styles`), and `alpha` a number or one per image."""
     mean_c, cov_c = content.mean_cov()
-    if mean_c.shape != style.mean.shape:
-        raise ValueError(f"content has {mean_c.shape[0]} channels, style {style.mean.shape[0]}")
+    if mean_c.shape[-1] != style.mean.shape[-1]:
+        raise ValueError(f"content has {mean_c.shape[-1]} channels, style {style.mean.shape[-1]}")
+    if isinstance(alpha, (int, float)):
+        alpha = scale = check_alpha(alpha)
+    else:  # one per image: a (B,) tensor is used as it is (made once per batch, on the device)
+        if not isinstance(alpha, torch.Tensor):
+            alpha = torch.tensor([check_alpha(x) for x in alpha], dtype=torch.float64)
+        alpha = alpha.to(cov_c.device, torch.float64)[:, None]  # (B, 1), and (B, 1, 1) to scale A
+        scale = alpha[..., None]
     kw = style.colour.to(cov_c.device) @ whiten_matrix(cov_c, method)
-    eye = torch.eye(kw.shape[0], dtype=kw.dtype, device=kw.device)
-    a = alpha * kw + (1.0 - alpha) * eye
-    b = alpha * (style.mean.to(kw.device) - kw @ mean_c)
+    eye = torch.eye(kw.shape[-1], dtype=kw.dtype, device=kw.device)
+    a = scale * kw + (1.0 - scale) * eye
+    b = alpha * (style.mean.to(kw.device) - (kw @ mean_c[..., None])[..., 0])
     return a, b
 
 
 def apply_affine(feature: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """A f + b at every pixel of a (B, C, H, W) feature, as a 1x1 convolution in its dtype."""
-    weight = a.to(dtype=feature.dtype, device=feature.device)[:, :, None, None]
-    return torch.nn.functional.conv2d(feature, weight, b.to(dtype=feature.dtype, device=feature.device))
+    """A f + b at every pixel of a (B, C, H, W) feature, in its dtype: one map (C, C), (C,) for
+    every image as a 1x1 convolution, or one per image (B, C, C), (B, C) as one batched matrix
+    product in the feature's memory layout."""
+    a = a.to(dtype=feature.dtype, device=feature.device)
+    b = b.to(dtype=feature.dtype, device=feature.device)
+    if a.dim() == 2:
+        return torch.nn.functional.conv2d(feature, a[:, :, None, None], b)
+    n, c, h, w = feature.shape
+    if feature.is_contiguous(memory_format=torch.channels_last) and not feature.is_contiguous():
+        rows = feature.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view: (B, HW, C)
+        return torch.baddbmm(b[:, None, :], rows, a.mT).view(n, h, w, c).permute(0, 3, 1, 2)
+    return torch.baddbmm(b[:, :, None], a, feature.reshape(n, c, h * w)).view(n, c, h, w)
 
 
 def _check_method(method: str) -> None:

@@ -6,7 +6,9 @@ points. The same seed gives the same pairs on every run whatever the listing ord
 contents changes no existing pair, and adding a style moves only the picks that now land on its
 arcs (about num_styles / styles of them), instead of reshuffling every pair as `hash % styles`
 would. Outputs mirror the contents' tree under the output prefix, so a loader that read the
-original set (ImageFolder and the like) reads the stylized one the same way.
+original set (ImageFolder and the like) reads the stylized one the same way. A content whose
+output path would not stay under the prefix (cdcore.io.paths: "..", ".", empty segments,
+backslashes, control characters) keeps its row, refused, with the reason in `refused`.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from cdcore.io import images, storage
+from cdcore.io import images, paths, storage
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp")
 DEFAULT_NAME = "{stem}+{style}{ext}"
@@ -113,11 +115,15 @@ def check_name(template: str, num_styles: int) -> None:
     if num_styles > 1 and "{style}" not in template and "{k}" not in template:
         raise DatasetError(f"--output-name {template!r} gives one name for {num_styles} styles: "
                            "add {style} or {k}")
+    why = paths.problem(template.format(stem="s", style="t", ext=".png", k=0))
+    if why is not None:
+        raise DatasetError(f"--output-name {template!r}: {why} (names stay under --output-prefix)")
     images.output_format(template.format(stem="s", style="t", ext=".png", k=0))
 
 
 def expand(dataset: Dataset) -> pa.Table:
-    """The manifest of a dataset: content, style, output per (content, pick), in content order."""
+    """The manifest of a dataset: content, style, output per (content, pick), in content order;
+    `refused` says why a row's output path is unsafe (its output is then null), else null."""
     check_name(dataset.name, dataset.num_styles)
     if dataset.num_styles < 1:
         raise DatasetError(f"--num-styles must be at least 1 (got {dataset.num_styles})")
@@ -128,13 +134,18 @@ def expand(dataset: Dataset) -> pa.Table:
                                                                   dataset.output_prefix))
     batches = []
     for start in range(0, len(contents), CHUNK):
-        columns = {"content": [], "style": [], "output": []}
+        columns = {"content": [], "style": [], "output": [], "refused": []}
         for content in contents[start: start + CHUNK]:
             for k, style in enumerate(ring.pick(content, dataset.seed, dataset.num_styles)):
+                name = output_name(dataset.name, content, style, k)
+                where = f"{content_base + content!r}: "  # its own path first: output_name drops empty folders
+                refused = paths.refusal(content, where + "path below --contents") or \
+                    paths.refusal(name, where + "output path")
                 columns["content"].append(content_base + content)
                 columns["style"].append(style_base + style)
-                columns["output"].append(output_base + output_name(dataset.name, content, style, k))
-        batches.append(pa.record_batch(columns))
+                columns["output"].append(None if refused else output_base + name)
+                columns["refused"].append(refused)
+        batches.append(pa.record_batch({c: pa.array(values, pa.string()) for c, values in columns.items()}))
     return pa.Table.from_batches(batches)
 
 

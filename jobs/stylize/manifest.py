@@ -4,8 +4,9 @@ A manifest (CSV, Parquet or JSON Lines, chosen by extension) has one row per con
 `content` and `style` URIs, and optionally `output` and the per-row options `method`, `alpha`,
 `levels`, `stroke_scale`, `content_size` (`options.ROW_FIELDS`), which override the job's options
 for that row. Planning fills in the defaults, derives missing outputs, resolves relative local
-paths and turns a row that cannot run (bad alpha, duplicate output, ...) into a row with an
-`error` instead of failing the job. No Ray and no image decoding here.
+paths and turns a row that cannot run (bad alpha, duplicate output, an output name that would
+leave the output prefix, ...) into a row with an `error` instead of failing the job. No Ray and
+no image decoding here.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from cdcore.io import images, storage
+from cdcore.io import images, paths, storage
 from cdcore.options import ROW_FIELDS, Recipe
 
 REQUIRED_COLUMNS = ("content", "style")
@@ -33,6 +34,12 @@ class Options:
 
     output_prefix: str
     recipe: Recipe = Recipe()
+
+    def __post_init__(self):
+        why = paths.s3_key_problem(self.output_prefix)
+        if why is not None:
+            raise paths.UnsafePath(f"--output-prefix {self.output_prefix!r}: {why} (S3-compatible stores "
+                                   "resolve or drop such segments, so no key is written under it)")
 
 
 @dataclass(frozen=True)
@@ -120,12 +127,17 @@ def _name(uri: str) -> tuple[str, str]:
 
 def derived_output(prefix: str, content: str, style: str, method: str, alpha: float) -> str:
     """`<prefix>/<content-stem>+<style-stem>_<method>[_a<alpha>]<ext>`, deterministic so a rerun
-    finds (and skips) what an earlier run wrote. The content's format is kept when we can write it."""
+    finds (and skips) what an earlier run wrote. The content's format is kept when we can write it.
+    Raises paths.UnsafePath when the inputs' names make an unsafe name (a backslash, a newline)."""
     content_stem, ext = _name(content)
     style_stem, _ = _name(style)
     ext = ext.lower() if ext.lower() in images.FORMATS else DEFAULT_OUTPUT_EXT
     strength = "" if method == "gatys" else f"_a{alpha:g}"  # gatys has no alpha
-    return storage.join(prefix, f"{content_stem}+{style_stem}_{method}{strength}{ext}")
+    name = f"{content_stem}+{style_stem}_{method}{strength}{ext}"
+    refused = paths.refusal(name, "output name")  # the names are the inputs' own: a backslash, a newline
+    if refused:
+        raise paths.UnsafePath(f"{content!r} with style {style!r}: {refused}")
+    return storage.join(prefix, name)
 
 
 class _RowProblem(ValueError):
@@ -156,6 +168,8 @@ def _recipe(record: dict, base: Recipe, cache: dict) -> Recipe:
 
 
 def _plan(index: int, record: dict, options: Options, cache: dict) -> Row:
+    if record.get("refused"):  # by dataset.expand, which knows the key's path below --contents
+        raise _RowProblem(record["refused"])
     content, style = _text(record.get("content"), "content"), _text(record.get("style"), "style")
     if content is None or style is None:
         raise _RowProblem(f"no {'content' if content is None else 'style'} URI")
@@ -164,6 +178,10 @@ def _plan(index: int, record: dict, options: Options, cache: dict) -> Row:
     given = _text(record.get("output"), "output")
     output = resolve(given) if given else derived_output(options.output_prefix, content, style, recipe.method,
                                                          recipe.alpha)
+    why = paths.s3_key_problem(output)
+    if why is not None:
+        raise _RowProblem(f"output {output!r} is refused: {why} (S3-compatible stores resolve or drop such "
+                          "segments)")
     images.check_output(output)  # an extension we cannot write fails here, before any work
     return Row(index, content, style, output, recipe.method, recipe)
 
@@ -175,7 +193,7 @@ def plan_row(index: int, record: dict, options: Options, source: str = "manifest
     results table shows what was asked for. `cache` keeps checked recipes between calls."""
     try:
         return _plan(index, record, options, {} if cache is None else cache)
-    except (_RowProblem, images.ImageError) as e:
+    except (_RowProblem, paths.UnsafePath, images.ImageError) as e:
         given = {c: None if record.get(c) is None else str(record[c])
                  for c in ("content", "style", "output", "method")}
         return Row(index, **given, error=f"{source} row {index}: {e}")

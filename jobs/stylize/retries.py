@@ -5,10 +5,8 @@ and runs again, with exponential backoff, until `deadline_s` after its first suc
 then does it fail, with its last reason and how long it was retried. When several rows in a row
 fail transiently, `Breaker` opens: the dispatcher stops handing out rows (so they are not burned
 while storage is down; the actors stay up with their models and styles) and probes storage with
-backoff until it answers.
-
-`death_cause` tells why an actor died: its node went away (its rows are not to blame and go back
-unstarted), Ray's memory monitor killed it, or something else in the row (segfault, kill).
+backoff until it answers. (Why an actor died, and which rows it is charged to, is
+jobs.stylize.deaths and the dispatcher's.)
 """
 from __future__ import annotations
 
@@ -23,8 +21,6 @@ DEFAULT_DEADLINE_S = 600.0
 BREAKER_IN_A_ROW = 3  # transient failures in a row that pause dispatching
 PROBE_FIRST_S = 1.0
 PROBE_MAX_S = 30.0
-NODE_DEATH = ("node has died", "node died", "node is dead", "raylet died", "node was terminated")
-MEMORY_KILL = ("memory monitor", "running low on memory", "outofmemory", "out of memory", "oom")
 
 
 @dataclass
@@ -103,13 +99,3 @@ class Breaker:
     def probe_failed(self) -> None:
         self.delay = min(self.delay * 2, PROBE_MAX_S)
         self.next_probe = time.monotonic() + self.delay
-
-
-def death_cause(error: BaseException | str, node_alive: bool | None = None) -> str:
-    """"node" (the actor's node went away), "memory" (Ray's memory monitor killed it) or "row"."""
-    text = str(error).lower()
-    if node_alive is False or any(marker in text for marker in NODE_DEATH):
-        return "node"
-    if "outofmemoryerror" in type(error).__name__.lower() or any(marker in text for marker in MEMORY_KILL):
-        return "memory"
-    return "row"

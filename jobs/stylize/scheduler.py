@@ -4,11 +4,12 @@ come; actors that die replaced.
 Why a driver-side queue over plain actors rather than Ray Data's `map_batches` with an actor pool:
 each promise of the job is one line here and would be a workaround there. Rows of one style go to
 the actor that already holds the style's statistics (Ray Data hands blocks to whichever actor is
-free); a dead actor's rows are known by name and retried exactly once (Ray Data retries whole
-blocks, or tasks forever, and cannot say which rows ran twice); and every finished batch comes
-back at once for progress and the results table. The rows are small dicts of URIs and the images
-move through object storage, so Ray Data's streaming of large blocks through the object store,
-its main strength, would carry nothing here.
+free); a dead actor's rows are known by name and run again alone, so a row fails from deaths
+only on evidence, actors that died while it ran alone (Ray Data retries whole blocks, or tasks
+forever, and cannot say which rows ran twice, nor which row of a block killed its actor); and
+every finished batch comes back at once for progress and the results table. The rows are small
+dicts of URIs and the images move through object storage, so Ray Data's streaming of large
+blocks through the object store, its main strength, would carry nothing here.
 
 Rows travel in batches so that the driver's cost per row stays tiny (a Ray call costs about as
 much as skipping a row whose output exists). A batch holds as many rows as its actor got through
@@ -27,12 +28,12 @@ import numpy as np
 import ray
 from ray.exceptions import OutOfMemoryError, RayActorError, RayTaskError
 
+from .deaths import DEFAULT_MAX_ROW_DEATHS, Death, death_of, one_line
 from .manifest import Row
 from .results import failed, row_fields
-from .retries import Breaker, Retries, death_cause
+from .retries import Breaker, Retries
 
 IN_FLIGHT_PER_ACTOR = 2  # one batch running and one waiting, so an actor never idles on the driver
-MAX_ATTEMPTS = 2  # a row whose actor dies is retried once, alone; a second death fails the row
 MAX_START_FAILURES = 3  # actors failing to start this many times in a row end the job
 BATCH_SECONDS = 1.0  # of an actor's work per batch
 MAX_BATCH = 512
@@ -141,7 +142,7 @@ class _Undecided:
     until: float  # monotonic
     node: str
     in_flight: list[list[Row]]
-    reason: str
+    death: Death
     label: str | None
 
 
@@ -153,11 +154,6 @@ class _Actor:
     node: str | None = None  # its Ray node id, from `ready`
     batches: dict[ray.ObjectRef, list[Row]] = field(default_factory=dict)  # in flight, oldest first
     batch: int = 1  # rows per batch, from its recent pace
-
-
-def _one_line(error: BaseException, limit: int = 400) -> str:
-    text = " ".join(str(error).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Dispatcher:
@@ -181,6 +177,11 @@ class Dispatcher:
         self.overlapped = False
         self._undecided: list[_Undecided] = []
         self.attempts: dict[int, int] = {}  # position -> times started, for rows started twice only
+        # A death is charged to a row only when the row ran alone on the actor: after a death with
+        # several rows running, each of them runs alone once (`alone`) before it can be charged.
+        self.max_row_deaths = DEFAULT_MAX_ROW_DEATHS
+        self.deaths: dict[int, list[str]] = {}  # position -> the deaths charged to it, as "<actor>: <reason>"
+        self.alone: set[int] = set()  # positions to run alone next
         self.counters: dict[str, dict] = {}  # actor label -> the counters it last reported
         self.actors: list[_Actor] = []  # alive
         self.started = 0
@@ -235,9 +236,10 @@ class Dispatcher:
             if alive is False or time.monotonic() >= lost.until:
                 self._undecided.remove(lost)
                 verdict = "its node is gone: its rows go back uncharged" if alive is False else \
-                    "its node lives on: the rows it was running are charged"
+                    "its node lives on: the rows it was running may be to blame"
                 self.say(f"{lost.label}: {verdict}")
-                self._settle("node" if alive is False else "row", lost.in_flight, lost.reason, lost.label)
+                death = Death("node", "its node died") if alive is False else lost.death
+                self._settle(death, lost.in_flight, lost.label)
         due = self.retries.due()
         if due:
             self.queue.put_back(due)
@@ -284,7 +286,7 @@ class Dispatcher:
                 return
             # `process_batch` turns every row error into a status, so this is a bug in the job:
             # the batch's rows fail, the actor carries on.
-            value = {"results": [{"status": "failed", "error": f"{row.content}: {_one_line(e)}",
+            value = {"results": [{"status": "failed", "error": f"{row.content}: {one_line(e)}",
                                   "actor": actor.label} for row in batch]}
         if batch is None:
             actor.label, actor.node = value["actor"], value.get("node")
@@ -301,14 +303,18 @@ class Dispatcher:
         unstarted = {row.index: row for row in batch}  # an overlapping actor finishes rows out of order
         for result in results:
             row = unstarted.pop(result["row"])
+            self.alone.discard(row.index)  # it ran, alone if it had to, and did not kill its actor
             if result.get("failure") == "transient":
                 self._transient(row, result)
                 continue
             self.breaker.answered()
+            self.deaths.pop(row.index, None)
             self.on_result({**row_fields(row), **result, "attempts": self.attempts.pop(row.index, 1),
                             "retries": self.retries.done(row.index)})
-        self.queue.put_back(list(unstarted))  # sent back unstarted
-        seconds = sum(r.get("seconds") or 0.0 for r in results)
+        self._put_back(list(unstarted.values()))  # sent back unstarted
+        # The call's own wall time where the actor reports it: rows stylized together each wait for
+        # their whole group, so the sum of their seconds would shrink the next batch below a group.
+        seconds = value.get("wall_s") or sum(r.get("seconds") or 0.0 for r in results)
         per_row = seconds / max(len(results), 1)
         actor.batch = int(np.clip(BATCH_SECONDS / max(per_row, 1e-4), 1, MAX_BATCH))
 
@@ -319,6 +325,7 @@ class Dispatcher:
             self._say_paused()
         given_up = self.retries.failed(row.index)
         if given_up is not None:
+            self.deaths.pop(row.index, None)
             seconds, retries = given_up
             self.on_result({**row_fields(row), **result, "error": f"{result['error']} (retried for {seconds:.0f} s)",
                             "attempts": self.attempts.pop(row.index, 1), "retries": retries})
@@ -342,7 +349,7 @@ class Dispatcher:
 
     def _suspect(self, batch: list[Row]) -> bool:
         """A row that was running when an actor died, run again alone."""
-        return len(batch) == 1 and self.attempts.get(batch[0].index, 1) > 1
+        return len(batch) == 1 and batch[0].index in self.alone
 
     def _retire(self, actor: _Actor) -> None:
         ray.kill(actor.handle)
@@ -350,60 +357,69 @@ class Dispatcher:
         self.queue.release(actor.name)
 
     def _replace(self, actor: _Actor, error: BaseException) -> None:
-        """An actor died. If its node went away, its rows are not to blame: they all go back as
-        they were. Otherwise the batch it was running (the oldest in flight: an actor runs its calls
-        in order) is retried row by row, each charged an attempt; the others go back as they were.
-        A replacement is started; where the cluster has no room for it, it waits for the
-        autoscaler, and the other actors take the rows meanwhile."""
-        cause = death_cause(error, self._node_alive(actor.node))
-        reason = _one_line(error) if cause != "memory" else \
-            f"killed by Ray's memory monitor: the node ran low on memory ({_one_line(error, 200)})"
+        """An actor died: say why (jobs.stylize.deaths), settle the rows it held, and start a
+        replacement; where the cluster has no room for it, it waits for the autoscaler, and the
+        other actors take the rows meanwhile."""
+        death = death_of(error, self._node_alive(actor.node))
         in_flight = list(actor.batches.values())
         self._probes = {ref: a for ref, a in self._probes.items() if a is not actor}
         actor.batches.clear()
         self._retire(actor)  # dead already, or unreachable: kill it so it cannot come back
-        if actor.label is None and cause != "node":
+        if actor.label is None and death.cause != "node":
             self._start_failures += 1
             if self._start_failures >= MAX_START_FAILURES:
-                raise PoolError(f"actors fail to start ({self._start_failures} in a row); last: {reason}")
-        if cause == "row" and type(error).__name__ == "ActorUnavailableError" and actor.node:
-            cause = "undecided"  # contact lost, death not declared: its node may be going away
-        what = {"node": "its node is gone", "memory": "killed by the memory monitor", "row": "died",
-                "undecided": "lost contact; waiting to learn whether its node died"}[cause]
-        self.say(f"{actor.label or actor.name}: {what}, with {sum(map(len, in_flight))} rows in flight ({reason})")
-        if cause == "undecided":
-            self._undecided.append(_Undecided(time.monotonic() + NODE_VERDICT_S, actor.node, in_flight, reason,
+                raise PoolError(f"actors fail to start ({self._start_failures} in a row); last: {death.reason}")
+        undecided = death.cause == "lost" and actor.node  # its node may be going away: wait for Ray's verdict
+        self.say(f"{actor.label or actor.name}: {death.what}, with {sum(map(len, in_flight))} rows in flight "
+                 f"({death.reason})")
+        if undecided:
+            self._undecided.append(_Undecided(time.monotonic() + NODE_VERDICT_S, actor.node, in_flight, death,
                                               actor.label))
         else:
-            self._settle(cause, in_flight, reason, actor.label)
+            self._settle(death, in_flight, actor.label)
         if len(self.queue) or len(self.retries) or self._undecided:
             self.replaced += 1
             self._start()
 
-    def _settle(self, cause: str, in_flight: list[list[Row]], reason: str, label: str | None) -> None:
-        """A dead actor's rows go back: all unstarted when its node died; otherwise the batch it was
-        running (both, for an overlapping actor) row by row, each charged an attempt, and the
-        others as they were."""
-        if cause == "node":
-            in_flight = [[]] + in_flight  # nothing was running that is to blame
-        if self.overlapped and cause != "node":
-            in_flight = [[row for b in in_flight for row in b]]
-        if in_flight:
-            running, waiting = in_flight[0], [row for b in in_flight[1:] for row in b]
-            self.queue.put_back([row.index for row in waiting])
-            for row in running:
-                self._charge(row, reason, label)
-
-    def _charge(self, row: Row, reason: str, label: str | None) -> None:
-        """A row was running when its actor died: run it again, alone, or fail it the second time."""
-        tries = self.attempts.get(row.index, 1)
-        if tries >= MAX_ATTEMPTS:
-            self.attempts.pop(row.index, None)
-            self.on_result(failed(row, f"{row.content}: not done: the actors running it died {tries} times "
-                                       f"(last: {reason})", tries, label))
-        else:
+    def _settle(self, death: Death, in_flight: list[list[Row]], label: str | None) -> None:
+        """A dead actor's rows go back. When the death blames no row (its node died, ray.kill), all
+        go back as they were. Otherwise the rows it was running (the oldest batch: an actor runs
+        its calls in order; every row it held, for an overlapping actor) are started again: a row
+        that ran alone is charged the death, and rows that ran together each run alone once
+        before a death can be charged to them. Rows it had not started go back as they were."""
+        if not death.blames_rows:
+            self._put_back([row for batch in in_flight for row in batch])
+            return
+        if self.overlapped:
+            in_flight = [[row for batch in in_flight for row in batch]]
+        running = in_flight[0] if in_flight else []
+        self._put_back([row for batch in in_flight[1:] for row in batch])
+        for row in running:
+            tries = self.attempts.get(row.index, 1)
+            if len(running) == 1 and self._charge(row, death, label, tries):
+                continue
             self.attempts[row.index] = tries + 1
+            self.alone.add(row.index)
             self.queue.put_back([row.index], suspect=True)
+
+    def _charge(self, row: Row, death: Death, label: str | None, tries: int) -> bool:
+        """Charge a death to a row that ran alone; True when that fails it (`max_row_deaths`)."""
+        deaths = self.deaths.setdefault(row.index, [])
+        deaths.append(f"{label or 'an actor'}: {death.reason}")
+        if len(deaths) < self.max_row_deaths:
+            return False
+        del self.deaths[row.index]
+        self.attempts.pop(row.index, None)
+        self.alone.discard(row.index)
+        count = f"{len(deaths)} actor{'s' * (len(deaths) != 1)}"
+        self.on_result(failed(row, f"{row.content}: not done: {count} died while running it alone "
+                                   f"({'; '.join(deaths)})", tries, label))
+        return True
+
+    def _put_back(self, rows: list[Row]) -> None:
+        """Rows that did not run go back to the queue, those that are to run alone as such."""
+        self.queue.put_back([row.index for row in rows if row.index not in self.alone])
+        self.queue.put_back([row.index for row in rows if row.index in self.alone], suspect=True)
 
     @staticmethod
     def _node_alive(node: str | None) -> bool | None:

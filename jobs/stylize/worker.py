@@ -9,6 +9,15 @@ background threads read and decode the next ones and encode and write finished o
 device does not wait on storage and codecs. The actor then takes two batches at once (the driver
 keeps two in flight), so the next batch's rows load while this one's finish. `PixelBudget` bounds
 the decoded pixels an actor holds. `io_threads=0` runs each row start to end, one at a time.
+
+Overlapping actors also stylize rows together (`Stylist.render_batch`): loaded rows wait in groups
+of one `Stylist.batch_key` (the decoded size after --content-size and --crop, the method and
+stages), and a group takes the device when it holds `batch_images` rows (None: the Stylist's
+choice from the device's free memory and the image size, `cdcore.batching`), or when no more rows
+can join it: every row of the call has loaded, or the loaders wait for pixels the groups hold.
+Rows that batch with nothing (gatys, a stroke scale, tiled or streamed contents) run alone as
+before. Results stay one per row, failures too: a row that cannot be read or decoded fails before
+it joins a group.
 """
 from __future__ import annotations
 
@@ -21,15 +30,17 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from cdcore import memory, streaming
-from cdcore.io import storage
+from cdcore.io import paths, storage
 from cdcore.options import DEFAULT_MAX_PIXELS
 from cdcore.pipeline import Loaded, Stylist, StylizeError, Timings
 
 from .manifest import Row
+from .telemetry import RowPhases
 
 # Decoded pixels an overlapping actor holds at most: about two 50 MP images with their canvases
 # (7 bytes a pixel: ~0.7 GB). One larger image is let in alone.
 DEFAULT_PIXEL_BUDGET = 100_000_000
+GROUP_POLL_S = 0.02  # how often an actor with rows waiting in groups checks whether its loaders wait
 
 
 @dataclass(frozen=True)
@@ -44,8 +55,11 @@ class WorkerConfig:
     style_cache: int = 16  # styles kept per actor
     tile_size: int | None = None  # None: whole image when it fits the device's memory, else tiles
     precision: str = "fp32"
-    io_threads: int = 2  # 0: no overlap
+    io_threads: int = 2  # 0: no overlap (and no batches)
     pixel_budget: int = DEFAULT_PIXEL_BUDGET
+    output_prefix: str | None = None  # local outputs below it are not written through a symlink out of it
+    batch_images: int | None = None  # rows stylized together at most; None: chosen per size
+    run: str = ""  # the run id, which tags the actor's metrics
 
 
 class PixelBudget:
@@ -56,11 +70,20 @@ class PixelBudget:
         self.limit = limit
         self.held = 0
         self.peak = 0  # the most ever held, for tests and benchmarks
+        self.blocked = 0  # acquirers waiting now
         self._changed = threading.Condition()
 
     def acquire(self, pixels: int) -> None:
+        def admitted() -> bool:
+            return self.held == 0 or self.held + pixels <= self.limit
+
         with self._changed:
-            self._changed.wait_for(lambda: self.held == 0 or self.held + pixels <= self.limit)
+            if not admitted():
+                self.blocked += 1
+                try:
+                    self._changed.wait_for(admitted)
+                finally:
+                    self.blocked -= 1
             self.held += pixels
             self.peak = max(self.peak, self.held)
 
@@ -99,7 +122,9 @@ class Stylizer:
                                max_pixels=config.max_pixels, style_cache=config.style_cache,
                                precision=config.precision)
         self.label = f"{name}@{socket.gethostname()}:{os.getpid()}"
-        self.counters = {"rows": 0, "styles_encoded": 0, "busy_seconds": 0.0, "device_seconds": 0.0}
+        self.counters = {"rows": 0, "styles_encoded": 0, "busy_seconds": 0.0, "device_seconds": 0.0,
+                         "device_calls": 0}
+        self.phases = RowPhases(config.run)  # its metrics
         self._device = threading.Lock()  # one row on the device at a time
         self._counting = threading.Lock()
         self._budget = PixelBudget(config.pixel_budget)
@@ -117,9 +142,12 @@ class Stylizer:
         """Run rows until they are done or have taken `budget_s` (one at least); the driver sends
         the rest again. Returns the status dicts of the rows run and the counters."""
         run = self._overlapped if self._loading else self._one_by_one
-        results = run(rows, time.monotonic() + budget_s)
+        started = time.monotonic()
+        results = run(rows, started + budget_s)
+        self.phases.flush()
         with self._counting:
-            return {"results": results, "actor": self.label, "counters": dict(self.counters)}
+            return {"results": results, "actor": self.label, "counters": dict(self.counters),
+                    "wall_s": time.monotonic() - started}
 
     def process(self, row: Row) -> dict:
         """Run one row start to end; every outcome, including failure, is a status dict (see
@@ -143,10 +171,12 @@ class Stylizer:
 
     def _overlapped(self, rows: list[Row], deadline: float) -> list[dict]:
         """Rows load in order on the loading threads, `io_threads` of them ahead of the device;
-        whichever has loaded takes the device next, then goes to the saving threads. Past the
-        deadline no more rows start loading (the driver sends them again); started ones finish."""
+        loaded rows join their group (`_group_size`), and a group that is full, or that no more rows
+        can join, takes the device; then its rows go to the saving threads. Past the deadline no
+        more rows start loading (the driver sends them again); started ones finish."""
         waiting = deque(_RowState(row) for row in rows)
         loading: dict[Future, _RowState] = {}
+        groups: dict[tuple, list[_RowState]] = {}
         saving, results = [], []
 
         def start_loading() -> None:
@@ -155,21 +185,55 @@ class Stylizer:
                 state = waiting.popleft()
                 loading[self._loading.submit(self._load, state)] = state
 
+        def finish(state: _RowState) -> None:
+            if state.loaded is None:  # skipped, failed or streamed: nothing to write
+                results.append(self._finish(state))
+            else:
+                saving.append(self._saving.submit(self._save_and_finish, state))
+
+        def stylize(states: list[_RowState]) -> None:
+            with self._device:
+                self._render_group(states)
+            for state in states:
+                finish(state)
+
         start_loading()
-        while loading:
-            done, _ = wait(loading, return_when=FIRST_COMPLETED)
+        while loading or groups:
+            # While groups wait, look up now and then: the loaders may be waiting on their pixels.
+            done = wait(loading, GROUP_POLL_S if groups else None, FIRST_COMPLETED)[0] if loading else set()
             for future in done:
                 state = loading.pop(future)
-                start_loading()  # the next row loads while this one is on the device
-                if future.result():
-                    with self._device:
-                        self._render(state)
-                if state.loaded is None:  # skipped or failed: nothing to write
-                    results.append(self._finish(state))
-                else:
-                    saving.append(self._saving.submit(self._save_and_finish, state))
+                start_loading()  # the next row loads while this one waits or is on the device
+                if not future.result():
+                    finish(state)
+                    continue
+                key = self._group_key(state)
+                if key is None:
+                    stylize([state])
+                    continue
+                group = groups.setdefault(key, [])
+                group.append(state)
+                if len(group) >= self._group_size(key):
+                    stylize(groups.pop(key))
             start_loading()
+            if groups and not loading:  # every row has loaded: no more can join
+                for key in list(groups):
+                    stylize(groups.pop(key))
+            elif groups and not done and self._budget.blocked:  # the loaders wait for pixels groups hold
+                stylize(groups.pop(max(groups, key=lambda k: len(groups[k]))))
         return results + [future.result() for future in saving]
+
+    def _group_key(self, state: _RowState) -> tuple | None:
+        if state.streamed or state.loaded is None:
+            return None
+        return self.stylist.batch_key(state.loaded, state.row.recipe)
+
+    def _group_size(self, key: tuple) -> int:
+        """Rows of `key` to stylize at once: `batch_images`, or the Stylist's choice; never more
+        than the pixel budget holds, else the group could not fill."""
+        height, width = key[:2]
+        size = self.config.batch_images or self.stylist.batch_images(key)
+        return max(1, min(size, self._budget.limit // (height * width)))
 
     # ------------------------------------------------------------------ the phases of a row
 
@@ -177,6 +241,7 @@ class Stylizer:
         """Check for the output and read the inputs; False when there is nothing to stylize."""
         row = state.row
         try:
+            self._confined(row.output)  # before the skip check, which would follow a link too
             if not self.config.overwrite and self._exists(row.output):
                 state.outcome["status"] = "skipped"
                 return False
@@ -198,6 +263,19 @@ class Stylizer:
         self._budget.acquire(pixels)
         state.pixels = pixels
 
+    def _render_group(self, states: list[_RowState]) -> None:
+        with self._counting:
+            self.counters["device_calls"] += 1
+        if len(states) == 1:
+            return self._render(states[0])
+        outcomes = self.stylist.render_batch([state.loaded for state in states], [state.row.recipe for state in states])
+        for state, outcome in zip(states, outcomes):
+            if isinstance(outcome, StylizeError):
+                state.fail(outcome)
+                state.loaded = None
+            else:
+                state.canvas = outcome
+
     def _render(self, state: _RowState) -> None:
         if state.streamed:
             return self._stream(state)
@@ -212,6 +290,7 @@ class Stylizer:
         memory that does not grow with the image; nothing is left for the saving threads."""
         row = state.row
         try:
+            self._confined(row.output)
             # Straight to the streamed path: `_load` has decided, and asking again reads the header again.
             done = self.stylist.stylize_streamed(row.content, row.style, row.output, row.recipe)
             state.timings = done.timings
@@ -221,6 +300,7 @@ class Stylizer:
 
     def _save(self, state: _RowState) -> None:
         try:
+            self._confined(state.row.output)  # again: the row was checked seconds ago, on loading
             self.stylist.save(state.canvas, state.row.output, state.timings)
             state.outcome.update(width=state.loaded.picture.size[0], height=state.loaded.picture.size[1])
         except StylizeError as e:
@@ -244,8 +324,17 @@ class Stylizer:
             self.counters["busy_seconds"] += seconds
             self.counters["device_seconds"] += timings["style_s"] + timings["stylize_s"]
             self.counters["styles_encoded"] = self.stylist.styles_prepared
+        self.phases.row({**state.outcome, **timings}, state.row.method)
         return {**state.outcome, **timings, "row": state.row.index, "seconds": seconds,
                 "model_id": self.stylist.models.model_id, "actor": self.label}
+
+    def _confined(self, output: str) -> None:
+        """Refuse a local output below the output prefix whose folder a symlink leads out of it."""
+        prefix = self.config.output_prefix
+        if prefix and storage.is_local(prefix) and storage.is_local(output):
+            why = paths.escape(str(storage.local_path(prefix)), str(storage.local_path(output)))
+            if why:
+                raise StylizeError(f"{output}: refused: {why}")
 
     @staticmethod
     def _exists(uri: str) -> bool:

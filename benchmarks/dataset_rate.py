@@ -1,0 +1,180 @@
+"""Dataset-rate stylization (issue 24): images per second of ordinary-size contents, one at a time
+against batches, and torch ops per image.
+
+    python benchmarks/dataset_rate.py [--sizes 64x48,256x192,512x384] [--batches 1,auto,32]
+                                      [--threads 1] [--seconds 6] [--profile 64x48:1,32]
+
+For each content size: the same distinct photos (crops of the shared pictures, resized) run
+through `stylize` one by one (batch 1) and through `stylize_batch` in batches, uint8 in host
+memory to uint8 in host memory, WCT 5..1, the style prepared once. Rounds alternate between the
+batch sizes so that load from other processes falls on all of them alike; each figure is the
+best round's. On the CPU the rate is also given per CPU-second of this process: with one thread
+that is images/s on an idle machine, and it stays so on a machine that others load, where wall
+time does not. `auto` is the batch the job's actors choose (`cdcore.batching.choose_batch_images`). The
+profile counts the torch ops (every `aten::` call torch.profiler records, nested ones included)
+and the convolutions that took torch's slow path, per image.
+
+`benchmarks/gpu_check.py` runs the same measurements on a GPU (its `dataset` section).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cdcore.batching import choose_batch_images  # noqa: E402
+from cdcore.models import precision as precisions  # noqa: E402
+from cdcore.models.modelset import ModelSet, load_model_set  # noqa: E402
+from cdcore.options import DEFAULT_LEVELS  # noqa: E402
+from cdcore.transfer import stylize as cascade  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+PHOTOS = ("images/content/bridge_512.jpg", "images/content/harbor_420.jpg")
+STYLE = "images/style/style_b_512.jpg"
+
+
+def contents(shared: Path, width: int, height: int, count: int) -> list[np.ndarray]:
+    """`count` distinct (height, width, 3) uint8 photos: shifted crops of the shared pictures,
+    resized, so that no two images of a batch are the same."""
+    photos = [Image.open(shared / p).convert("RGB") for p in PHOTOS]
+    out = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        w, h = photo.size
+        shift = (i // len(photos)) % 8 * 8
+        box = (shift, shift // 2, w - 32 + shift // 2, h - 32 + shift // 4)
+        out.append(np.array(photo.crop(box).resize((width, height), Image.Resampling.BILINEAR)))
+    return out
+
+
+def style_of(models: ModelSet, shared: Path, device: torch.device) -> cascade.StyleStats:
+    rgb = np.array(Image.open(shared / STYLE).convert("RGB").resize((256, 256), Image.Resampling.BILINEAR))
+    return cascade.style_statistics(models, cascade.to_tensor(rgb, device), "wct", DEFAULT_LEVELS["wct"])
+
+
+def auto_batch(models: ModelSet, height: int, width: int) -> int:
+    return choose_batch_images(models, DEFAULT_LEVELS["wct"], height, width)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(models: ModelSet, rgbs: list[np.ndarray], style: cascade.StyleStats, batch: int) -> list[np.ndarray]:
+    """Stylize `rgbs` `batch` at a time, host uint8 to host uint8 (what an actor's row costs)."""
+    device = next(models.encoder(5).parameters()).device
+    out = []
+    for start in range(0, len(rgbs), batch):
+        group = rgbs[start:start + batch]
+        if batch == 1:
+            out.append(cascade.to_uint8(cascade.stylize(models, cascade.to_tensor(group[0], device), style)))
+        else:
+            result = cascade.stylize_batch(models, cascade.to_tensor_batch(group, device), style)
+            out.extend(cascade.to_uint8_batch(result))
+    return out
+
+
+def rates(models: ModelSet, rgbs: list[np.ndarray], style: cascade.StyleStats, batches: list[int],
+          seconds: float, precision: str = "fp32") -> dict[int, tuple[float, float]]:
+    """Per batch size, the best images/s of wall time and of this process's CPU time, over rounds
+    that alternate between the batch sizes for about `seconds`."""
+    device = next(models.encoder(5).parameters()).device
+    best = {b: (0.0, 0.0) for b in batches}
+    with precisions.networks(device, precision):
+        for b in batches:  # warm-up: kernels, allocator, this shape's plans
+            run(models, rgbs[:b], style, b)
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds or not all(w for w, _ in best.values()):
+            for b in batches:
+                synchronize(device)
+                wall, cpu = time.perf_counter(), time.process_time()
+                run(models, rgbs, style, b)
+                synchronize(device)
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                best[b] = max(best[b][0], len(rgbs) / wall), max(best[b][1], len(rgbs) / max(cpu, 1e-9))
+    return best
+
+
+def op_counts(models: ModelSet, rgbs: list[np.ndarray], style: cascade.StyleStats, batch: int) -> dict[str, float]:
+    """Per image: torch ops, convolutions, and those on torch's slow non-oneDNN CPU path."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run(models, rgbs[:batch], style, batch)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run(models, rgbs[:batch], style, batch)
+    counts = {e.key: e.count for e in prof.key_averages()}
+
+    def total(match) -> float:
+        return sum(n for key, n in counts.items() if match(key)) / batch
+
+    return {"ops": total(lambda k: k.startswith("aten::")), "conv2d": total(lambda k: k == "aten::conv2d"),
+            "slow_conv": total(lambda k: k == "aten::_slow_conv2d_forward"),
+            "eigh": total(lambda k: k == "aten::_linalg_eigh")}
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, _, h = text.partition("x")
+    return int(w), int(h or w)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=lambda t: [_size(s) for s in t.split(",")], default="64x48,256x192,512x384")
+    p.add_argument("--batches", default="1,auto", help="batch sizes to compare: numbers or auto (default 1,auto)")
+    p.add_argument("--images", type=int, default=None, help="images per round (default: 2 of the largest batch)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as an actor of one CPU)")
+    p.add_argument("--seconds", type=float, default=6.0, help="time per content size, all rounds (default 6)")
+    p.add_argument("--profile", default="64x48:1,32", help="SIZE:B1,B2: count ops per image at these batches")
+    p.add_argument("--shared", type=Path, default=SHARED)
+    args = p.parse_args(argv if argv is not None else sys.argv[1:])
+    torch.set_num_threads(args.threads)
+    models = load_model_set(args.shared / "models" / "cd16x")
+    models.to("cpu", channels_last=True)  # as `Stylist` runs the CPU
+    device = torch.device("cpu")
+    style = style_of(models, args.shared, device)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    print(f"# dataset_rate on {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} thread(s), "
+          f"{time.strftime('%Y-%m-%d %H:%M')}\n")
+    print("| content | batch | images/s (wall) | images per CPU-s | CPU ms per image | x batch 1 (CPU) |")
+    print("|---|---|---|---|---|---|")
+    for w, h in args.sizes:
+        batches = sorted({auto_batch(models, h, w) if b == "auto" else int(b) for b in args.batches.split(",")})
+        rgbs = contents(args.shared, w, h, args.images or 2 * max(batches))
+        measured = rates(models, rgbs, style, batches, args.seconds)
+        one = measured.get(1)
+        for b in batches:
+            wall, cpu = measured[b]
+            ratio = f"{cpu / one[1]:.2f}x" if one else "-"
+            print(f"| {w}x{h} | {b}{' (auto)' if b == auto_batch(models, h, w) else ''} | {wall:.1f} | {cpu:.1f} | "
+                  f"{1e3 / cpu:.1f} | {ratio} |", flush=True)
+    if args.profile:
+        size, _, batches = args.profile.partition(":")
+        w, h = _size(size)
+        batches = [int(b) for b in batches.split(",")]
+        rgbs = contents(args.shared, w, h, max(batches))
+        print(f"\n| {w}x{h}: per image | " + " | ".join(f"batch {b}" for b in batches) + " |")
+        print("|---|" + "---|" * len(batches))
+        counted = {b: op_counts(models, rgbs, style, b) for b in batches}
+        for key, label in (("ops", "torch ops"), ("conv2d", "conv2d calls"),
+                           ("slow_conv", "_slow_conv2d_forward"), ("eigh", "eigendecompositions")):
+            print(f"| {label} | " + " | ".join(f"{counted[b][key]:.1f}" for b in batches) + " |")
+        if len(batches) > 1:
+            first, last = batches[0], batches[-1]
+            print(f"\nops per image at batch {last}: {counted[last]['ops'] / counted[first]['ops']:.3f} of batch {first}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
