@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from cdcore.io import images
+from cdcore.options import Recipe
 from faults import S3Proxy
 from jobs.stylize.driver import build_parser
 from jobs.stylize.loaders import MAX_LOADERS_GPU, MIN_LOADERS, CallRates, loader_cap, loader_count
@@ -20,6 +21,7 @@ from jobs.stylize.worker import Stylizer, WorkerConfig
 from shared import CONTENT, MODELS, STYLE
 
 logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
+LEVELS = (2, 1)
 
 
 def rates(load_per_row: float, device_per_row: float, waited_s: float, rows: int = 10) -> CallRates:
@@ -36,8 +38,9 @@ def test_loaders_grow_to_the_ratio_of_load_to_device_time_when_the_device_waited
 
 def test_loaders_do_not_grow_for_a_fed_device_and_shrink_to_what_it_needs():
     assert loader_count(4, rates(0.050, 0.005, waited_s=0.001), cap=32) == 4  # waited under 10%: fed
-    assert loader_count(16, rates(0.010, 0.005, waited_s=0.001), cap=32) == 2  # two would do
-    assert loader_count(16, rates(0.001, 0.005, waited_s=1.0), cap=32) == MIN_LOADERS  # never below
+    assert loader_count(16, rates(0.010, 0.005, waited_s=0.001), cap=32) == 8  # two would do: halved
+    assert loader_count(8, rates(0.010, 0.005, waited_s=0.001), cap=32) == 4
+    assert loader_count(3, rates(0.001, 0.005, waited_s=1.0), cap=32) == MIN_LOADERS  # never below
     assert loader_count(7, CallRates(), cap=32) == 7  # nothing measured: as it was
 
 
@@ -47,12 +50,13 @@ def test_the_cap_is_four_loaders_a_cpu_or_a_gpu_actors_fixed_share():
 
 
 def test_io_threads_is_auto_by_default_and_a_count_pins_it():
-    parse = build_parser().parse_args
-    assert parse(["--manifest", "m.parquet"]).io_threads is None
-    assert parse(["--manifest", "m.parquet", "--io-threads", "auto"]).io_threads is None
-    assert parse(["--manifest", "m.parquet", "--io-threads", "0"]).io_threads == 0
+    def parse(*extra: str):
+        return build_parser().parse_args(["--manifest", "m.parquet", "--output-prefix", "o", "--results", "r", *extra])
+
+    assert parse().io_threads is None and parse("--io-threads", "auto").io_threads is None
+    assert parse("--io-threads", "0").io_threads == 0 and parse("--io-threads", "5").io_threads == 5
     with pytest.raises(SystemExit):
-        parse(["--manifest", "m.parquet", "--io-threads", "-1"])
+        parse("--io-threads", "-1")
     assert WorkerConfig("m", (1,)).io_threads is None and not WorkerConfig("m", (1,), io_threads=0).overlaps
 
 
@@ -70,7 +74,7 @@ def test_an_auto_actor_on_slow_reads_grows_its_loaders_and_gives_the_same_rows(s
     s3 = boto3.client("s3", endpoint_url=proxy.upstream.geturl(), region_name="us-east-1")
     photo = Image.open(CONTENT / "bridge_512.jpg").convert("RGB")
     contents = []
-    for i in range(16):
+    for i in range(24):
         photo.crop((i * 8, i * 4, i * 8 + 256, i * 4 + 192)).resize((64, 48)).save(tmp_path / "c.png")
         s3.put_object(Bucket=bucket[len("s3://"):], Key=f"c{i}.png", Body=(tmp_path / "c.png").read_bytes())
         contents.append(f"{bucket}/c{i}.png")
@@ -80,14 +84,14 @@ def test_an_auto_actor_on_slow_reads_grows_its_loaders_and_gives_the_same_rows(s
     def run(actor: Stylizer, out: str) -> dict:
         records = [{"content": c, "style": str(style), "output": str(tmp_path / out / f"{i}.png")}
                    for i, c in enumerate(contents)]
-        rows = plan_rows(records, Options(str(tmp_path / out)))
+        rows = plan_rows(records, Options(str(tmp_path / out), Recipe(levels=LEVELS)))
         results = []
-        for part in (rows[:8], rows[8:]):  # two calls: the second runs with what the first measured
-            results += actor.process_batch(part, budget_s=1e9)["results"]
+        for start in range(0, len(rows), 6):  # each call runs with what the one before measured
+            results += actor.process_batch(rows[start:start + 6], budget_s=1e9)["results"]
         return {r["row"]: r for r in results}
 
-    proxy.delay_s = 0.1  # a distant store: each request 100 ms; a 64x48 row renders in some 10-30 ms
-    auto = Stylizer("w", WorkerConfig(str(MODELS), (2, 1), cpus=2, batch_images=1))
+    proxy.delay_s = 0.25  # a distant store: each request 250 ms; a 64x48 row renders in some 10-30 ms
+    auto = Stylizer("w", WorkerConfig(str(MODELS), LEVELS, cpus=2, batch_images=1))
     started = auto.loaders
     by_auto = run(auto, "auto")
     assert started == MIN_LOADERS and MIN_LOADERS < auto.loaders <= loader_cap("cpu", 2)
@@ -95,7 +99,7 @@ def test_an_auto_actor_on_slow_reads_grows_its_loaders_and_gives_the_same_rows(s
     assert auto._budget.held == 0
 
     proxy.delay_s = 0.0
-    by_one = run(Stylizer("w", WorkerConfig(str(MODELS), (2, 1), io_threads=0)), "one")
+    by_one = run(Stylizer("w", WorkerConfig(str(MODELS), LEVELS, io_threads=0)), "one")
     assert sorted(by_auto) == sorted(by_one) == list(range(len(contents)))
     for i in by_one:
         assert by_auto[i]["status"] == by_one[i]["status"] == "ok"

@@ -43,8 +43,10 @@ def loader_count(current: int, rates: CallRates, cap: int) -> int:
     rows_loaded` to load, that ratio of loads must be in flight (Little's law): ceil of it. The
     count grows only when the device really waited (more than WAIT_SHARE of its rendering time):
     slow loads that the device does not wait for, or loads slowed by contending for the CPUs, are no
-    reason for more threads. It shrinks when fewer would do. Always within [MIN_LOADERS, cap]; a
-    call that measured no rows keeps `current`. The pixel budget still bounds what loaders hold:
+    reason for more threads. It shrinks when fewer would do, to half of `current` at most: one call
+    whose device ran slow (a neighbour's load, the style's first encoding) does not undo what the
+    calls before it found. Always within [MIN_LOADERS, cap]; a call that measured no rows keeps
+    `current`. The pixel budget still bounds what loaders hold:
     they wait on it, however many there are.
     """
     if rates.rows_loaded == 0 or rates.rows_rendered == 0:
@@ -54,4 +56,5 @@ def loader_count(current: int, rates: CallRates, cap: int) -> int:
     need = cap if per_row_device <= 0 else math.ceil(per_row_load / per_row_device)
     if rates.waited_s <= WAIT_SHARE * rates.device_s:
         need = min(need, current)  # fed: do not grow
+    need = max(need, current // 2)
     return max(MIN_LOADERS, min(cap, need))
