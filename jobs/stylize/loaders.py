@@ -20,7 +20,9 @@ WAIT_SHARE = 0.1  # the device waiting less than this share of its rendering tim
 @dataclass
 class CallRates:
     """What one call measured: its rows' load seconds (reading and decoding, not the pixel budget's
-    waits), the seconds the device spent rendering them, and the seconds it waited for them."""
+    waits), the seconds the device spent rendering them, and the seconds the call waited for loaded
+    rows (with two calls in flight the other may have had the device meanwhile: an over-count that
+    errs towards more loaders, which the pixel budget still bounds)."""
 
     rows_loaded: int = 0
     load_s: float = 0.0

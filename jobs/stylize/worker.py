@@ -130,16 +130,16 @@ class Stylizer:
                                max_pixels=config.max_pixels, style_cache=config.style_cache,
                                precision=config.precision)
         self.label = f"{name}@{socket.gethostname()}:{os.getpid()}"
+        # Loads in flight per call: pinned by io_threads, or from MIN_LOADERS up to the cap (auto);
+        # the pools hold the cap's threads, which start only as loads need them.
+        self.auto_loaders = config.io_threads is None
+        self.loaders = MIN_LOADERS if self.auto_loaders else config.io_threads
+        self._loader_cap = threads = loader_cap(config.device, config.cpus) if self.auto_loaders else self.loaders
         self.counters = {"rows": 0, "styles_encoded": 0, "busy_seconds": 0.0, "device_seconds": 0.0,
-                         "device_calls": 0, "device_wait_s": 0.0, "loaders": 0}
+                         "device_calls": 0, "device_wait_s": 0.0, "loaders": self.loaders}
         self._device = threading.Lock()  # one row on the device at a time
         self._counting = threading.Lock()
         self._budget = PixelBudget(config.pixel_budget)
-        # Pinned: that many loads; auto: MIN_LOADERS to start, up to the cap (threads start as needed).
-        self.auto_loaders = config.io_threads is None
-        self.loaders = MIN_LOADERS if self.auto_loaders else config.io_threads
-        self.counters["loaders"] = self.loaders
-        threads = self._loader_cap = loader_cap(config.device, config.cpus) if self.auto_loaders else config.io_threads
         self._loading = ThreadPoolExecutor(threads, thread_name_prefix="load") if threads else None
         self._saving = ThreadPoolExecutor(threads, thread_name_prefix="save") if threads else None
 
