@@ -15,6 +15,7 @@ import threading
 import time
 
 from . import options
+from .statusline import StatusLine
 
 EXIT_BAD_INPUT = 2
 OUTPUT_EXTENSIONS = ".jpg, .jpeg, .png, .tif, .tiff, .webp, .dzi"  # images' FORMATS, STREAMED_FORMATS; tested
@@ -48,16 +49,12 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _progress_printer(every_s: float = 2.0):
-    """A progress callback printing one line at most every `every_s` seconds (so a run shorter
-    than that prints none)."""
-    last = [time.monotonic()]
+def _progress_printer(line: StatusLine):
+    """A progress callback for `line`: on a terminal one line kept up to date, in a log a line
+    every 2 s at most (so a run shorter than that prints none)."""
 
     def report(progress) -> None:
-        now = time.monotonic()
-        if now - last[0] >= every_s:
-            last[0] = now
-            _say(f"cdcore: {progress}")
+        line.show(f"cdcore: {progress}")
 
     return report
 
@@ -69,7 +66,11 @@ def cmd_stylize(args: argparse.Namespace) -> None:
     recipe = options.recipe_from_args(args)
     stylist = Stylist(args.models, args.device, stages=recipe.stages, tile_size=args.tile_size,
                       max_pixels=args.max_pixels, style_cache=1, precision=args.precision)
-    done = stylist.stylize_file(args.content, args.style, args.output, recipe, _progress_printer())
+    line = StatusLine(every_log=2.0)
+    try:
+        done = stylist.stylize_file(args.content, args.style, args.output, recipe, _progress_printer(line))
+    finally:
+        line.end()
     _say(f"cdcore: wrote {args.output} ({done.width}x{done.height}, {recipe.method}, "
          f"{stylist.models.model_id}) in {time.monotonic() - started:.1f} s")
 

@@ -1,14 +1,17 @@
 """`python -m jobs.report RESULTS -o report.html`: one self-contained HTML page about a job's results.
 
-The page holds the summary numbers, the failures grouped by reason with the URIs that hit each,
-and a contact sheet (content | style | output) for a sample of the rows that succeeded. Thumbnails
-are made here, small, and embedded as data URIs, so the file can be mailed or opened anywhere.
-Where several runs recorded one output (a failure, then a success on a rerun), the latest counts.
+The page holds the summary numbers, the latest run's charts (rows per minute, from each row's
+finish time, and where the actors' time went, from the run's summary JSON), the failures grouped
+by reason with the URIs that hit each, and a contact sheet (content | style | output) for a
+sample of the rows that succeeded. Thumbnails and charts are made here and embedded as data URIs,
+so the file can be mailed or opened anywhere. Where several runs recorded one output (a failure,
+then a success on a rerun), the latest counts.
 """
 from __future__ import annotations
 
 import argparse
 import base64
+import datetime as dt
 import html
 import io
 import sys
@@ -21,7 +24,8 @@ from PIL import Image
 from cdcore.io import images, storage
 from cdcore.timings import PHASES
 
-from .stylize.results import STATUSES, read_results
+from . import charts
+from .stylize.results import STATUSES, read_results, read_summaries, reason
 
 URIS_PER_REASON = 20
 
@@ -36,13 +40,10 @@ def latest(table: pa.Table) -> pa.Table:
     return table.take(newest).sort_by([("row", "ascending")])
 
 
-def reason(record: dict) -> str:
-    """The error without the URI it names, so rows that failed alike group together."""
-    text = record["error"] or "unknown"
-    for uri in (record["content"], record["style"], record["output"]):
-        if uri and text.startswith(f"{uri}: "):
-            return text[len(uri) + 2:]
-    return text
+def _data_uri(img: Image.Image, fmt: str, **save) -> str:
+    data = io.BytesIO()
+    img.save(data, fmt, **save)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(data.getvalue()).decode()
 
 
 def thumbnail(uri: str, side: int) -> str:
@@ -54,9 +55,7 @@ def thumbnail(uri: str, side: int) -> str:
         img.thumbnail((side, side))
     except Exception:  # a report shows what it can; the row's status says the rest
         return ""
-    data = io.BytesIO()
-    img.save(data, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(data.getvalue()).decode()
+    return _data_uri(img, "JPEG", quality=80)
 
 
 def sample(table: pa.Table, count: int) -> list[dict]:
@@ -74,6 +73,7 @@ th { border-bottom: 1px solid #aaa; } .num { text-align: right; font-variant-num
 .failed { color: #a00; } .uris { font: 12px monospace; color: #555; }
 .sheet td { padding: 4px; } .sheet img { display: block; max-width: 100%; }
 .caption { font: 11px monospace; color: #555; max-width: 520px; overflow-wrap: anywhere; }
+.charts img { display: block; margin: 8px 0; max-width: 100%; }
 """
 
 
@@ -95,12 +95,49 @@ def summary_rows(table: pa.Table, runs: int) -> list[tuple[str, str]]:
     return rows
 
 
-def render(table: pa.Table, runs: int, source: str, count: int, side: int) -> str:
+def run_started(run: str) -> float | None:
+    """When a run started (its id is its start time, UTC), in seconds since the epoch."""
+    try:
+        return dt.datetime.strptime(run, "%Y%m%dT%H%M%S%fZ").replace(tzinfo=dt.timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+def run_section(records: pa.Table, summary: dict | None) -> list[str]:
+    """The latest run: its summary's figures, rows per minute and the phase breakdown. `records`
+    are that run's records; without a summary (runs before summaries) the phases come from them."""
+    e = html.escape
+    if summary is not None:
+        phases = summary["phase_seconds"]
+        rows = summary["rows"]
+        line = (f"{sum(rows.values()):,} rows in {summary['seconds']:,.1f} s ("
+                + ", ".join(f"{rows[s]:,} {s}" for s in STATUSES)
+                + f"), {summary['megapixels_per_s']:.3f} MP/s, devices busy {summary['device_busy_share']:.0%}, "
+                f"{summary['actors_started']} actors started, {summary['actors_replaced']} replaced, "
+                f"{summary['transient_failures']:,} transient failures retried")
+    else:
+        phases = {p[:-2]: _sum(records[p]) for p in PHASES if p in records.column_names}
+        line = f"{records.num_rows:,} rows"
+    finished = records.filter(pc.is_valid(records["finished"])) if "finished" in records.column_names else None
+    times = [t.timestamp() for t in finished["finished"].to_pylist()] if finished is not None else []
+    statuses = finished["status"].to_pylist() if finished is not None else []
+    run = records["run"][0].as_py() if records.num_rows and "run" in records.column_names else "?"
+    started = run_started(run)
+    return [f"<h2>Latest run {e(run)}</h2><p>{e(line)}</p><div class='charts'>",
+            f"<img src='{_data_uri(charts.rows_per_minute(times, statuses, started), 'PNG')}' alt='rows per minute'>",
+            f"<img src='{_data_uri(charts.phase_breakdown(phases), 'PNG')}' alt='phase breakdown'>", "</div>"]
+
+
+def render(table: pa.Table, runs: int, source: str, count: int, side: int, last_run: pa.Table | None = None,
+           summary: dict | None = None) -> str:
+    """The page: `table` holds the latest record of each row, `last_run` the latest run's records."""
     e = html.escape
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>jobs.stylize report</title>"
            f"<style>{CSS}</style></head><body><h1>jobs.stylize results: {e(source)}</h1>", "<table>"]
     out += [f"<tr><th>{e(k)}</th><td class='num'>{e(v)}</td></tr>" for k, v in summary_rows(table, runs)]
     out.append("</table>")
+    if last_run is not None:
+        out += run_section(last_run, summary)
     failures = defaultdict(list)
     for r in table.filter(pc.equal(table["status"], "failed")).to_pylist():
         failures[reason(r)].append(r["content"] or f"row {r['row']}")
@@ -127,6 +164,15 @@ def render(table: pa.Table, runs: int, source: str, count: int, side: int) -> st
     return "\n".join(out)
 
 
+def latest_run(table: pa.Table, prefix: str) -> tuple[pa.Table, dict | None]:
+    """The records of the latest run, and its summary where it wrote one."""
+    if "run" not in table.column_names:
+        return table, None
+    run = pc.max(table["run"]).as_py()
+    summary = next((s for s in read_summaries(prefix) if s.get("run") == run), None)
+    return table.filter(pc.equal(table["run"], run)), summary
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.report", description=__doc__.splitlines()[0])
     p.add_argument("results", help="the results prefix of jobs.stylize (local, file:// or s3://)")
@@ -143,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         if not table.num_rows:
             raise ValueError(f"{args.results}: no results parts there")
         runs = len(pc.unique(table["run"])) if "run" in table.column_names else 1
-        page = render(latest(table), runs, args.results, args.sample, args.thumbnail)
+        page = render(latest(table), runs, args.results, args.sample, args.thumbnail, *latest_run(table, args.results))
         storage.write_bytes(args.output, page.encode())
     except (storage.StorageError, images.ImageError, ValueError) as e:
         print(f"jobs.report: error: {e}", file=sys.stderr)

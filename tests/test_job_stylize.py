@@ -315,20 +315,25 @@ def test_s3_manifest_images_models_outputs_and_results(local_ray, s3_bucket, inp
                     "--actors", 1)
 
     assert main(args) == 0
-    [part] = storage.list_files(f"{s3_bucket}/results")
+    [summary_file, part] = storage.list_files(f"{s3_bucket}/results")
     assert part.rsplit("/", 1)[1].startswith("part-")
-    check_first_run(read_results(f"{s3_bucket}/results/"), base)  # pyarrow's own S3
+    check_first_run(read_results(f"{s3_bucket}/results/"), base)  # pyarrow's own S3, which skips "_summary-"
+    summary = json.loads(storage.read_bytes(summary_file))
+    assert summary_file.endswith(f"/_summary-{summary['run']}.json") and summary["parts"] == [part]
+    assert summary["rows"] == {"ok": len(GOOD), "skipped": 0, "failed": len(BAD)}
+    assert sum(summary["failure_reasons"].values()) == summary["failures"]["permanent"] == len(BAD)
+    assert abs(sum(summary["phase_shares"].values()) - 1) < 1e-9 and 0 < summary["device_busy_share"] <= 1
 
     # A rerun takes the rows done from the earlier parts, without asking storage about them, and
     # runs the failed ones again.
     assert main(args) == 0
-    later = [p for p in storage.list_files(f"{s3_bucket}/results") if p != part]
+    later = [p for p in storage.list_files(f"{s3_bucket}/results", [".parquet"]) if p != part]
     assert [r["status"] for r in read_results(later[0])] == ["failed"] * len(BAD)
     assert len(read_results(f"{s3_bucket}/results")) == len(GOOD) + 2 * len(BAD)  # the history of runs
     assert f"{len(GOOD)} done by earlier runs" in capsys.readouterr().out
 
     assert main([*args, "--overwrite"]) == 0
-    newest = max(storage.list_files(f"{s3_bucket}/results"))
+    newest = max(storage.list_files(f"{s3_bucket}/results", [".parquet"]))
     assert [r["status"] for r in read_results(newest)] == ["ok"] * len(GOOD) + ["failed"] * len(BAD)
 
 
@@ -501,10 +506,11 @@ def test_dataset_mode_mirrors_the_tree_and_a_rerun_runs_nothing(local_ray, input
     assert {r["status"] for r in pq.read_table(str(results)).to_pylist()} == {"ok"}
     capsys.readouterr()
 
-    parts = sorted(results.iterdir())
+    parts = sorted(results.glob("part-*"))
     assert main(dataset_args(contents, styles, out, results)) == 0  # the same seed: every row done already
     said = capsys.readouterr().out
-    assert "0 rows in" in said and "6 done by earlier runs" in said and sorted(results.iterdir()) == parts
+    assert "0 rows in" in said and "6 done by earlier runs" in said and sorted(results.glob("part-*")) == parts
+    assert len(list(results.glob("_summary-*.json"))) == 2  # no part, only the rerun's summary
 
     other = tmp_path / "other"
     assert main([*dataset_args(contents, styles, other, tmp_path / "r8", seed=8), "--levels", "1"]) == 0

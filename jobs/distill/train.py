@@ -34,6 +34,7 @@ from cdcore.io.patientfs import patiently
 from cdcore.training import losses, pruning, trainset, vgg
 
 from .config import DistillConfig
+from .telemetry import TrainMetrics
 
 log = logging.getLogger(__name__)
 ENCODER_FILE, DECODER_FILE, OPTIMIZER_FILE, PROGRESS_FILE = (
@@ -257,6 +258,7 @@ def train_phase(phase: str, cfg: DistillConfig, models: Models, progress: StepPr
     batches = iter(trainset.loader(wanted, range(progress.step, cfg.steps), cfg.batch_size, rank, world,
                                    cfg.loader_processes, cfg.prefetch, pin_memory=device.type == "cuda"))
     window, skips, started, first = LossWindow(), SkipLog(progress.skipped), time.monotonic(), progress.step
+    metrics, reported = TrainMetrics(cfg.name, phase, rank), progress.step
     phases_left = len(cfg.phases) - cfg.phases.index(phase) - 1
     clock = time.perf_counter()
     for step in range(progress.step, cfg.steps):
@@ -267,7 +269,9 @@ def train_phase(phase: str, cfg: DistillConfig, models: Models, progress: StepPr
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         optimizer.step()
-        window.add(terms, fetched - clock, time.perf_counter() - fetched)
+        computed = time.perf_counter()
+        window.add(terms, fetched - clock, computed - fetched)
+        metrics.step(fetched - clock, computed - fetched)
         skips.note(batch.skipped)
         done = step + 1
         save = done % cfg.checkpoint_every == 0 or done == cfg.steps
@@ -283,6 +287,8 @@ def train_phase(phase: str, cfg: DistillConfig, models: Models, progress: StepPr
                 progress.skipped = skips.union(world)
             state = (models.student, models.decoder, optimizer, progress) if save and rank == 0 else None
             _report(means, phase, done, cfg, state)
+            metrics.reported(done - reported, {t: v for t, v in means.items() if t not in TIMING_TERMS}, save)
+            reported = done
         clock = time.perf_counter()  # reports and checkpoints count as neither data nor compute
 def _report(means: dict, phase: str, step: int, cfg: DistillConfig, state: tuple | None) -> None:
     """Report metrics from every worker (Ray Train's report is a barrier); rank 0 adds the

@@ -12,6 +12,7 @@ cannot start.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import os
 import sys
@@ -33,9 +34,10 @@ from .deaths import DEFAULT_MAX_ROW_DEATHS
 from .manifest import ManifestError, Options, read_manifest, resolve
 from .plan import Plan, plan_table
 from .progress import JobProgress
-from .results import Report, ResultsWriter, done_outputs, failed, new_run_id, summary
+from .results import Report, ResultsWriter, done_outputs, failed, new_run_id, summary, write_summary
 from .retries import DEFAULT_DEADLINE_S, Retries
 from .scheduler import IN_FLIGHT_PER_ACTOR, Dispatcher, PoolError, StyleQueue
+from .telemetry import JobTelemetry
 from .worker import Stylizer, WorkerConfig
 
 EXIT_CANNOT_RUN = 2
@@ -206,8 +208,9 @@ def forwarded_env() -> dict[str, str]:
     return {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
 
 
-def actor_factory(job: Job, say: Callable[[str], None]):
-    """`new_actor(name)` for the dispatcher: a Stylizer actor with the job's resources."""
+def actor_factory(job: Job, say: Callable[[str], None], run_id: str = ""):
+    """`new_actor(name)` for the dispatcher: a Stylizer actor with the job's resources (its
+    metrics tagged with `run_id`)."""
     options = {"num_cpus": job.num_cpus, "num_gpus": job.num_gpus,
                "max_restarts": 0,  # the dispatcher replaces dead actors and decides what to retry
                # an overlapping actor runs its two batches in flight at once (worker.py says why)
@@ -217,7 +220,8 @@ def actor_factory(job: Job, say: Callable[[str], None]):
         options["runtime_env"] = {"env_vars": env}
         say(f"passing {', '.join(sorted(env))} to the actors")
     remote = ray.remote(Stylizer).options(**options)
-    return lambda name: remote.remote(name, job.worker)
+    config = dataclasses.replace(job.worker, run=run_id)
+    return lambda name: remote.remote(name, config)
 
 
 def pool_size(job: Job, runnable: int) -> int:
@@ -238,11 +242,17 @@ def run(job: Job, on_result: Callable[[dict], None] | None = None,
 
     Rows that earlier runs recorded as done there are not run again (unless --overwrite). Uses
     the Ray connection this process already has, or makes one (RAY_ADDRESS or a new local Ray)
-    and closes it again. `on_result(record)` sees each results record as it arrives.
+    and closes it again. `on_result(record)` sees each results record as it arrives. The run's
+    series go to Ray's metrics agent (jobs/metrics.py) and its summary beside the parts.
     """
     started = time.monotonic()
     writer = ResultsWriter(job.results, new_run_id(), job.flush_rows, job.flush_seconds)
     progress = JobProgress(len(job.plan))
+    telemetry = JobTelemetry(writer.run, progress)
+
+    def tell(message: str) -> None:
+        progress.clear()
+        say(message)
 
     def collect(record: dict) -> None:
         writer.add(record)
@@ -257,14 +267,21 @@ def run(job: Job, on_result: Callable[[dict], None] | None = None,
         for chunk in np.array_split(refused, max(1, len(refused) // 10_000)):
             for row in job.plan.rows(chunk):
                 collect(failed(row, row.error))
-        pool = _dispatch(job, runnable, collect, progress, writer, say) if len(runnable) else None
+        pool = _dispatch(job, runnable, collect, progress, writer, telemetry, tell) if len(runnable) else None
+        telemetry.tick(force=True)  # the rows refused while planning, when no actor ran
     except storage.StorageError as e:
         raise JobError(f"cannot write or read the results: {e}") from None
     finally:
+        progress.status.end()  # a message after this one starts a line of its own
         _close(writer)
-    return Report(progress.tally, earlier, pool.counters if pool else {}, pool.started if pool else 0,
-                  pool.replaced if pool else 0, time.monotonic() - started, job.results, writer.parts,
-                  pool.transient_failures if pool else 0)
+    report = Report(progress.tally, earlier, pool.counters if pool else {}, pool.started if pool else 0,
+                    pool.replaced if pool else 0, time.monotonic() - started, job.results, writer.parts,
+                    pool.transient_failures if pool else 0, writer.run)
+    try:
+        write_summary(report, job.model_id)
+    except storage.StorageError as e:  # derived from the parts, which are complete: no reason to fail
+        say(f"could not write the run's summary beside the results ({e}); the results parts are complete")
+    return report
 
 
 def _still_to_run(job: Job) -> tuple[np.ndarray, int]:
@@ -296,7 +313,7 @@ def _close(writer: ResultsWriter) -> None:
 
 
 def _dispatch(job: Job, runnable: np.ndarray, collect: Callable[[dict], None], progress: JobProgress,
-              writer: ResultsWriter, say: Callable[[str], None]) -> Dispatcher:
+              writer: ResultsWriter, telemetry: JobTelemetry, say: Callable[[str], None]) -> Dispatcher:
     connected_here = not ray.is_initialized()
     if connected_here:
         ray.init()
@@ -309,10 +326,11 @@ def _dispatch(job: Job, runnable: np.ndarray, collect: Callable[[dict], None], p
 
         def waited(d: Dispatcher) -> None:
             writer.tick()
+            telemetry.tick(d)
             progress.maybe_print(f"{d.ready_actors}/{len(d.actors)} ready")
 
         queue = StyleQueue(job.plan.style_groups(runnable))
-        pool = Dispatcher(queue, job.plan.rows, actor_factory(job, say), size, collect, waited)
+        pool = Dispatcher(queue, job.plan.rows, actor_factory(job, say, writer.run), size, collect, waited)
         pool.retries, pool.say = Retries(job.retry_deadline), say
         pool.max_row_deaths = job.max_row_deaths
         pool.overlapped = job.worker.overlaps
@@ -321,6 +339,7 @@ def _dispatch(job: Job, runnable: np.ndarray, collect: Callable[[dict], None], p
             pool.run()
         except PoolError as e:
             raise JobError(f"{e}; {len(queue)} rows not run (a rerun runs them)") from None
+        telemetry.tick(pool, force=True)  # before a Ray connected here goes
         progress.maybe_print(force=True)
         return pool
     finally:

@@ -4,11 +4,14 @@ Every run adds parts `part-<run>-<n>.parquet` under the results prefix while it 
 `every_rows` rows or `every_s` seconds, and at the end), so a driver that is killed loses at most
 the records of the last interval (never outputs), and `pyarrow.parquet.read_table(prefix)` reads
 the union of every run. A row appears once per run that ran it; the `run` column orders them.
+At its end a run adds its summary, `_summary-<run>.json` (a leading "_" keeps it out of
+pyarrow's reading of the prefix), for tools such as `jobs.report`.
 """
 from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -53,7 +56,10 @@ SCHEMA = pa.schema([
     ("attempts", pa.int32()),     # 2 when an actor died with the row in flight and it ran again
     ("retries", pa.int32()),      # runs again after transient failures
     ("run", pa.string()),         # the run that wrote the record: its start time, UTC
+    ("finished", pa.timestamp("ms", tz="UTC")),  # when the driver recorded the row's result
 ])
+SUMMARY_PREFIX = "_summary-"
+MAX_REASONS = 100  # distinct failure reasons a summary counts; the rest count as "other reasons"
 
 
 def failed(row: Row, error: str, attempts: int = 0, actor: str | None = None) -> dict:
@@ -92,7 +98,7 @@ class ResultsWriter:
         self._flushed = time.monotonic()
 
     def add(self, record: dict) -> None:
-        self._buffer.append({**record, "run": self.run})
+        self._buffer.append({**record, "run": self.run, "finished": int(time.time() * 1000)})
         if len(self._buffer) >= self.every_rows:
             self._try_flush()
 
@@ -150,6 +156,15 @@ def done_outputs(prefix: str) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------- summary
 
+def reason(record: dict) -> str:
+    """The error without the URI it names, so rows that failed alike group together."""
+    text = record["error"] or "unknown"
+    for uri in (record["content"], record["style"], record["output"]):
+        if uri and text.startswith(f"{uri}: "):
+            return text[len(uri) + 2:]
+    return text
+
+
 @dataclass
 class Tally:
     """What a run did, counted as the records pass (a million rows are not kept)."""
@@ -160,6 +175,7 @@ class Tally:
     megapixels: float = 0.0
     phases: Counter = field(default_factory=Counter)  # seconds per phase (PHASES), summed over rows
     failures: list[dict] = field(default_factory=list)  # the first few, for the summary
+    reasons: Counter = field(default_factory=Counter)  # failed rows by reason (MAX_REASONS of them)
     keep_failures: int = 10
 
     def add(self, record: dict) -> None:
@@ -167,6 +183,8 @@ class Tally:
         self.retried_rows += bool(record.get("retries"))
         if record["status"] == "failed":
             self.failures_by_class[record.get("failure") or "permanent"] += 1
+            why = reason(record)
+            self.reasons[why if why in self.reasons or len(self.reasons) < MAX_REASONS else "other reasons"] += 1
         if record["status"] == "ok":
             self.megapixels += record["width"] * record["height"] / 1e6
         elif record["status"] == "failed" and len(self.failures) < self.keep_failures:
@@ -188,9 +206,20 @@ class Report:
     results: str  # the results prefix
     parts: list[str]  # the parts this run wrote
     transient_failures: int = 0  # transient failures met on the way, retried or not
+    run: str = ""  # the run id of the parts
 
     def count(self, status: str) -> int:
         return self.tally.counts[status]
+
+
+def device_seconds(phases: Counter) -> float:
+    """Seconds the devices worked: stylizing, and preparing styles (encoding them on the device)."""
+    return phases["style_s"] + phases["stylize_s"]
+
+
+def busy_share(report: Report) -> float:
+    """The devices' busy share over the run: device seconds over actors x run seconds."""
+    return device_seconds(report.tally.phases) / (max(len(report.actors), 1) * max(report.seconds, 1e-9))
 
 
 def _time_lines(phases: Counter, report: Report) -> list[str]:
@@ -201,8 +230,8 @@ def _time_lines(phases: Counter, report: Report) -> list[str]:
     shares = ", ".join(f"{name[:-2]} {phases[name]:.1f} s ({phases[name] / total:.0%})" for name in PHASES)
     lines = [f"  time in the actors: {shares}"]
     actors = max(len(report.actors), 1)
-    device = phases["style_s"] + phases["stylize_s"]
-    lines.append(f"  devices busy {device / (actors * max(report.seconds, 1e-9)):.0%} of the run "
+    device = device_seconds(phases)
+    lines.append(f"  devices busy {busy_share(report):.0%} of the run "
                  f"({device:.1f} s over {actors} actor{'s' * (actors != 1)} in {report.seconds:.1f} s)")
     return lines
 
@@ -234,3 +263,44 @@ def summary(report: Report, model_id: str | None) -> str:
         lines += [f"    row {r['row']}: {r['error']}" for r in tally.failures]
     lines.append(f"  results: {report.results} ({len(report.parts)} parts this run)")
     return "\n".join(lines)
+
+
+def summary_record(report: Report, model_id: str | None) -> dict:
+    """The summary as data: what `summary` prints, for tools (jobs.report, dashboards, scripts)."""
+    tally = report.tally
+    phase_total = sum(tally.phases.values())
+    return {
+        "run": report.run, "model_id": model_id, "seconds": report.seconds,
+        "rows": {s: tally.counts[s] for s in STATUSES}, "earlier": report.earlier,
+        "megapixels": tally.megapixels, "megapixels_per_s": tally.megapixels / max(report.seconds, 1e-9),
+        "phase_seconds": {p[:-2]: tally.phases[p] for p in PHASES},
+        "phase_shares": {p[:-2]: tally.phases[p] / phase_total if phase_total else 0.0 for p in PHASES},
+        "device_busy_share": busy_share(report),
+        "actors": report.actors, "actors_started": report.started, "actors_replaced": report.replaced,
+        "failures": {"permanent": tally.failures_by_class["permanent"],
+                     "transient": tally.failures_by_class["transient"]},
+        "failure_reasons": dict(tally.reasons.most_common()),
+        "transient_failures": report.transient_failures, "retried_rows": tally.retried_rows,
+        "parts": report.parts,
+    }
+
+
+def write_summary(report: Report, model_id: str | None, tries: int = 8) -> str:
+    """Write the run's summary record as JSON beside its parts, trying transient failures again
+    over a few minutes as the last part is; returns its URI."""
+    uri = storage.join(report.results, f"{SUMMARY_PREFIX}{report.run}.json")
+    data = json.dumps(summary_record(report, model_id), indent=1).encode()
+    for attempt in range(tries):
+        try:
+            storage.write_bytes(uri, data)
+            return uri
+        except storage.StorageError as e:
+            if not e.transient or attempt == tries - 1:
+                raise
+            time.sleep(min(2.0 ** attempt, 60.0))
+
+
+def read_summaries(prefix: str) -> list[dict]:
+    """The summaries of every run under `prefix`, oldest first."""
+    found = [uri for uri in storage.list_files(prefix, [".json"]) if uri.rsplit("/", 1)[-1].startswith(SUMMARY_PREFIX)]
+    return [json.loads(storage.read_bytes(uri)) for uri in sorted(found)]

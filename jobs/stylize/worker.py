@@ -4,7 +4,7 @@
 tested, without Ray. Images move through storage only: the Stylist reads the row's inputs from
 their URIs and writes the output to its URI; the actor returns a small status dict, never pixels.
 
-With `io_threads` > 0 (the default) an actor overlaps its work: while the device stylizes one row,
+With `io_threads` other than 0 an actor overlaps its work: while the device stylizes one row,
 background threads read and decode the next ones and encode and write finished ones, so the
 device does not wait on storage and codecs. The actor then takes two batches at once (the driver
 keeps two in flight), so the next batch's rows load while this one's finish. `PixelBudget` bounds
@@ -38,6 +38,7 @@ from cdcore.pipeline import Loaded, Stylist, StylizeError, Timings
 
 from .loaders import MIN_LOADERS, CallRates, loader_cap, loader_count
 from .manifest import Row
+from .telemetry import RowPhases
 
 # Decoded pixels an overlapping actor holds at most: about two 50 MP images with their canvases
 # (7 bytes a pixel: ~0.7 GB). One larger image is let in alone.
@@ -62,6 +63,7 @@ class WorkerConfig:
     pixel_budget: int = DEFAULT_PIXEL_BUDGET
     output_prefix: str | None = None  # local outputs below it are not written through a symlink out of it
     batch_images: int | None = None  # rows stylized together at most; None: chosen per size
+    run: str = ""  # the run id, which tags the actor's metrics
 
     @property
     def overlaps(self) -> bool:
@@ -137,6 +139,7 @@ class Stylizer:
         self._loader_cap = threads = loader_cap(config.device, config.cpus) if self.auto_loaders else self.loaders
         self.counters = {"rows": 0, "styles_encoded": 0, "busy_seconds": 0.0, "device_seconds": 0.0,
                          "device_calls": 0, "device_wait_s": 0.0, "loaders": self.loaders}
+        self.phases = RowPhases(config.run)  # its metrics
         self._device = threading.Lock()  # one row on the device at a time
         self._counting = threading.Lock()
         self._budget = PixelBudget(config.pixel_budget)
@@ -155,6 +158,7 @@ class Stylizer:
         run = self._overlapped if self._loading else self._one_by_one
         started = time.monotonic()
         results = run(rows, started + budget_s)
+        self.phases.flush()
         with self._counting:
             return {"results": results, "actor": self.label, "counters": dict(self.counters),
                     "wall_s": time.monotonic() - started}
@@ -360,6 +364,7 @@ class Stylizer:
             self.counters["busy_seconds"] += seconds
             self.counters["device_seconds"] += timings["style_s"] + timings["stylize_s"]
             self.counters["styles_encoded"] = self.stylist.styles_prepared
+        self.phases.row({**state.outcome, **timings}, state.row.method)
         return {**state.outcome, **timings, "row": state.row.index, "seconds": seconds,
                 "model_id": self.stylist.models.model_id, "actor": self.label}
 
