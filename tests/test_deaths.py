@@ -156,7 +156,8 @@ def test_a_row_that_segfaults_its_actor_fails_after_its_deaths_alone_and_the_res
     assert crashed["status"] == "failed" and crashed["failure"] == "permanent", crashed
     assert "not done: 2 actors died while running it alone" in crashed["error"], crashed["error"]
     assert crashed["error"].count(UNEXPLAINED) == 2 and "memory" not in crashed["error"]
-    assert len(results) == 7 and all(r["status"] == "ok" for r in results.values()), results
+    # "skipped": written in a batch whose actor then died, so found done when run again
+    assert len(results) == 7 and all(r["status"] in ("ok", "skipped") for r in results.values()), results
     assert all(os.path.isfile(r["output"]) for r in results.values())
     assert report.count("failed") == 1 and report.replaced >= 2
     deaths = [line for line in said if "rows in flight" in line]
