@@ -4,7 +4,8 @@ and killing processes this test started, by pid.
 `S3Proxy` relays HTTP between clients and an S3-compatible endpoint (moto's server) on 127.0.0.1.
 In `blackout` it cuts every request's connection without an answer (as a restarting MinIO does:
 botocore sees "Connection was closed before we received a valid response"); in `throttle` it
-answers a share of requests with 503 SlowDown, as S3 does under a request storm.
+answers a share of requests with 503 SlowDown, as S3 does under a request storm. `delay_s` holds
+every request that long before relaying it, as a distant store's first byte takes.
 """
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ class _Relay(http.server.BaseHTTPRequestHandler):
     def _relay(self) -> None:
         proxy: S3Proxy = self.server.proxy
         body = self._body()
+        if proxy.delay_s:
+            time.sleep(proxy.delay_s)
         outcome = proxy.decide(self.path)
         proxy.counts[outcome] += 1
         if outcome != "relayed":
@@ -91,6 +94,7 @@ class S3Proxy:
     def __init__(self, upstream: str, seed: int = 0):
         self.upstream = urlparse(upstream)
         self.mode, self.share = "pass", 0.0
+        self.delay_s = 0.0  # added to every request (latency, not a fault)
         self.failing: str | None = None  # requests whose path holds this get 503 SlowDown, always
         self.counts: Counter[str] = Counter()
         self.faulted: list[str] = []  # "METHOD path" of every request cut or throttled

@@ -81,3 +81,26 @@ def test_no_import_circle_in_the_project():
 def test_no_module_is_past_the_line_limit(name):
     lines = len(MODULES[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"{MODULES[name].relative_to(ROOT)} has {lines} lines (at most {MAX_LINES})"
+
+
+# cdcore's layers, lowest first, as its docstring lists them: a module imports only from its own
+# layer and those below. The one exception resizes pictures with the tiled path's band-wise
+# Lanczos, so that held and streamed images get the same pixels.
+LAYERS = ("options", "timings", "results", "memory", "statusline", "io", "models", "transfer", "tiling",
+          "streaming", "training", "batching", "pipeline", "cli")
+UPWARD_ALLOWED = {("cdcore.io.images", "cdcore.tiling.buffers"), ("cdcore.io.images", "cdcore.tiling.resample")}
+
+
+def _layer(name: str) -> int | None:
+    parts = name.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def test_every_cdcore_module_has_a_layer():
+    assert [name for name in MODULES if name.startswith("cdcore.") and _layer(name) is None] == []
+
+
+def test_cdcore_imports_only_from_its_layer_and_below():
+    upward = {(name, target) for name, path in MODULES.items() if name.startswith("cdcore.")
+              for target in _imported(name, path) if target.startswith("cdcore.") and _layer(target) > _layer(name)}
+    assert upward == UPWARD_ALLOWED

@@ -42,6 +42,7 @@ class _Settings:
 
 
 DEFAULT_MAX_ATTEMPTS = 6
+MAX_CONNECTIONS = 64
 
 
 _settings = _Settings()
@@ -121,6 +122,10 @@ def _new_client(endpoint: str | None, max_attempts: int):
         retries={"mode": "standard", "total_max_attempts": max_attempts},
         # S3-compatible servers (MinIO, Ceph, moto) serve buckets as paths, not as DNS subdomains.
         s3={"addressing_style": "path"} if endpoint else None,
+        # One connection per thread that may read at once: an actor's loaders (up to 32 on a GPU,
+        # jobs.stylize.loaders) and a transfer's parts. botocore's default of 10 would make the
+        # rest wait for a connection, or drop and reopen them.
+        max_pool_connections=MAX_CONNECTIONS,
     )
     # A private Session: boto3's default session is not thread-safe while creating clients.
     return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)

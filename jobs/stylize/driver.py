@@ -68,6 +68,11 @@ def _batch_images(text: str) -> int | None:
     return None if text == "auto" else _count(1)(text)
 
 
+def _io_threads(text: str) -> int | None:
+    """'auto' (None: each actor sizes its loaders from measured rates) or a count >= 0."""
+    return None if text == "auto" else _count(0)(text)
+
+
 def _extensions(text: str) -> tuple[str, ...]:
     names = tuple(e.strip().lower().lstrip(".") for e in text.split(",") if e.strip())
     if not names:
@@ -104,13 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU slots per actor, also its torch threads (default 1)")
     p.add_argument("--overwrite", action="store_true", help="redo rows whose output exists")
     p.add_argument("--style-cache", type=_count(1), default=16, help="styles each actor keeps (default 16)")
-    p.add_argument("--io-threads", type=_count(0), default=2,
+    p.add_argument("--io-threads", type=_io_threads, default=None, metavar="N|auto",
                    help="threads per actor that read and decode the next rows and encode and write finished ones "
-                        "while the device stylizes (default 2; 0: each row start to end, one at a time)")
+                        "while the device stylizes; auto (default): 2 to start, then as many reads in flight as "
+                        "the device's measured pace needs, up to 4 per CPU of the actor or 32 on a GPU "
+                        "(jobs.stylize.loaders); 0: each row start to end, one at a time")
     p.add_argument("--batch-images", type=_batch_images, default=None, metavar="N|auto",
                    help="rows of one size (after --content-size and --crop) that an actor stylizes together; auto "
                         "(default): as many as a quarter of the device's free memory holds, up to 64K pixels a "
-                        "batch on a CPU and 16M on a GPU (cdcore.batching); needs --io-threads > 0")
+                        "batch on a CPU and 16M on a GPU (cdcore.batching); not with --io-threads 0")
     p.add_argument("--retry-deadline", type=_count(0, float), default=DEFAULT_DEADLINE_S,
                    help="seconds a row that fails transiently (storage unreachable, 5xx, throttled) is retried "
                         f"for, from its first such failure, before it fails (default {DEFAULT_DEADLINE_S:g})")
@@ -188,6 +195,7 @@ def prepare(args: argparse.Namespace) -> Job:
     worker = WorkerConfig(models=models, stages=stages, device="cuda" if args.num_gpus_per_actor else "cpu",
                           overwrite=args.overwrite, max_pixels=args.max_pixels, style_cache=args.style_cache,
                           tile_size=args.tile_size, precision=args.precision, io_threads=args.io_threads,
+                          cpus=args.cpus_per_actor,
                           output_prefix=job_options.output_prefix, batch_images=args.batch_images)
     return Job(plan, worker, results, model_id, args.actors, args.num_gpus_per_actor, args.cpus_per_actor,
                args.flush_rows, args.flush_seconds, args.retry_deadline, job_options.output_prefix,
@@ -206,7 +214,7 @@ def actor_factory(job: Job, say: Callable[[str], None], run_id: str = ""):
     options = {"num_cpus": job.num_cpus, "num_gpus": job.num_gpus,
                "max_restarts": 0,  # the dispatcher replaces dead actors and decides what to retry
                # an overlapping actor runs its two batches in flight at once (worker.py says why)
-               "max_concurrency": IN_FLIGHT_PER_ACTOR if job.worker.io_threads else 1}
+               "max_concurrency": IN_FLIGHT_PER_ACTOR if job.worker.overlaps else 1}
     env = forwarded_env()
     if env:
         options["runtime_env"] = {"env_vars": env}
@@ -325,7 +333,7 @@ def _dispatch(job: Job, runnable: np.ndarray, collect: Callable[[dict], None], p
         pool = Dispatcher(queue, job.plan.rows, actor_factory(job, say, writer.run), size, collect, waited)
         pool.retries, pool.say = Retries(job.retry_deadline), say
         pool.max_row_deaths = job.max_row_deaths
-        pool.overlapped = job.worker.io_threads > 0
+        pool.overlapped = job.worker.overlaps
         pool.probe = lambda: _answers(job.output_prefix or job.results)
         try:
             pool.run()

@@ -248,10 +248,11 @@ def summary(report: Report, model_id: str | None) -> str:
         f"models {model_id or '-'}; {report.started} actors started, {report.replaced} replaced",
     ]
     if report.actors:
-        lines.append(f"  {'actor':<40} {'rows':>8} {'styles encoded':>15} {'row s':>8} {'device s':>9}")
+        lines.append(f"  {'actor':<40} {'rows':>8} {'styles encoded':>15} {'row s':>8} {'device s':>9} "
+                     f"{'loaders':>7}")
         for name, c in sorted(report.actors.items()):
             lines.append(f"  {name:<40} {c['rows']:>8} {c['styles_encoded']:>15} {c['busy_seconds']:>8.1f} "
-                         f"{c.get('device_seconds', 0.0):>9.1f}")
+                         f"{c.get('device_seconds', 0.0):>9.1f} {c.get('loaders', 0):>7}")
     lines += _time_lines(tally.phases, report)
     by_class = tally.failures_by_class
     lines.append(f"  failed: {by_class['permanent']} permanent, {by_class['transient']} transient past their deadline; "

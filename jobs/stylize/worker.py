@@ -4,11 +4,13 @@
 tested, without Ray. Images move through storage only: the Stylist reads the row's inputs from
 their URIs and writes the output to its URI; the actor returns a small status dict, never pixels.
 
-With `io_threads` > 0 (the default) an actor overlaps its work: while the device stylizes one row,
+With `io_threads` other than 0 an actor overlaps its work: while the device stylizes one row,
 background threads read and decode the next ones and encode and write finished ones, so the
 device does not wait on storage and codecs. The actor then takes two batches at once (the driver
 keeps two in flight), so the next batch's rows load while this one's finish. `PixelBudget` bounds
 the decoded pixels an actor holds. `io_threads=0` runs each row start to end, one at a time.
+`io_threads=None` (auto, the default) starts with two loads in flight and sizes them between calls
+from what each call measured (`jobs.stylize.loaders`), so small objects keep the device fed.
 
 Overlapping actors also stylize rows together (`Stylist.render_batch`): loaded rows wait in groups
 of one `Stylist.batch_key` (the decoded size after --content-size and --crop, the method and
@@ -34,6 +36,7 @@ from cdcore.io import paths, storage
 from cdcore.options import DEFAULT_MAX_PIXELS
 from cdcore.pipeline import Loaded, Stylist, StylizeError, Timings
 
+from .loaders import MIN_LOADERS, CallRates, loader_cap, loader_count
 from .manifest import Row
 from .telemetry import RowPhases
 
@@ -55,11 +58,16 @@ class WorkerConfig:
     style_cache: int = 16  # styles kept per actor
     tile_size: int | None = None  # None: whole image when it fits the device's memory, else tiles
     precision: str = "fp32"
-    io_threads: int = 2  # 0: no overlap (and no batches)
+    io_threads: int | None = None  # loads in flight; None: sized from measured rates; 0: no overlap (nor batches)
+    cpus: float = 1.0  # CPUs Ray gave the actor: they bound automatic loaders
     pixel_budget: int = DEFAULT_PIXEL_BUDGET
     output_prefix: str | None = None  # local outputs below it are not written through a symlink out of it
     batch_images: int | None = None  # rows stylized together at most; None: chosen per size
     run: str = ""  # the run id, which tags the actor's metrics
+
+    @property
+    def overlaps(self) -> bool:
+        return self.io_threads != 0
 
 
 class PixelBudget:
@@ -104,6 +112,8 @@ class _RowState:
         self.loaded: Loaded | None = None
         self.canvas = None  # the stylized result, until it is written
         self.pixels = 0  # admitted by the budget, given back when the row is done
+        self.load_s = 0.0  # reading and decoding it took, less its waits for the pixel budget
+        self.budget_wait_s = 0.0
         self.streamed = False  # too large to hold: read, stylized and written in one streamed call
 
     def fail(self, error: StylizeError) -> None:
@@ -122,13 +132,17 @@ class Stylizer:
                                max_pixels=config.max_pixels, style_cache=config.style_cache,
                                precision=config.precision)
         self.label = f"{name}@{socket.gethostname()}:{os.getpid()}"
+        # Loads in flight per call: pinned by io_threads, or from MIN_LOADERS up to the cap (auto);
+        # the pools hold the cap's threads, which start only as loads need them.
+        self.auto_loaders = config.io_threads is None
+        self.loaders = MIN_LOADERS if self.auto_loaders else config.io_threads
+        self._loader_cap = threads = loader_cap(config.device, config.cpus) if self.auto_loaders else self.loaders
         self.counters = {"rows": 0, "styles_encoded": 0, "busy_seconds": 0.0, "device_seconds": 0.0,
-                         "device_calls": 0}
+                         "device_calls": 0, "device_wait_s": 0.0, "loaders": self.loaders}
         self.phases = RowPhases(config.run)  # its metrics
         self._device = threading.Lock()  # one row on the device at a time
         self._counting = threading.Lock()
         self._budget = PixelBudget(config.pixel_budget)
-        threads = config.io_threads
         self._loading = ThreadPoolExecutor(threads, thread_name_prefix="load") if threads else None
         self._saving = ThreadPoolExecutor(threads, thread_name_prefix="save") if threads else None
 
@@ -170,7 +184,7 @@ class Stylizer:
         return results
 
     def _overlapped(self, rows: list[Row], deadline: float) -> list[dict]:
-        """Rows load in order on the loading threads, `io_threads` of them ahead of the device;
+        """Rows load in order on the loading threads, `self.loaders` of them ahead of the device;
         loaded rows join their group (`_group_size`), and a group that is full, or that no more rows
         can join, takes the device; then its rows go to the saving threads. Past the deadline no
         more rows start loading (the driver sends them again); started ones finish."""
@@ -178,9 +192,10 @@ class Stylizer:
         loading: dict[Future, _RowState] = {}
         groups: dict[tuple, list[_RowState]] = {}
         saving, results = [], []
+        rates, loaders = CallRates(), self.loaders
 
         def start_loading() -> None:
-            while waiting and len(loading) < self.config.io_threads and \
+            while waiting and len(loading) < loaders and \
                     (time.monotonic() < deadline or len(waiting) == len(rows)):  # one row at least
                 state = waiting.popleft()
                 loading[self._loading.submit(self._load, state)] = state
@@ -193,17 +208,24 @@ class Stylizer:
 
         def stylize(states: list[_RowState]) -> None:
             with self._device:
+                began = time.monotonic()
                 self._render_group(states)
+                rates.device_s += time.monotonic() - began
+                rates.rows_rendered += len(states)
             for state in states:
                 finish(state)
 
         start_loading()
         while loading or groups:
             # While groups wait, look up now and then: the loaders may be waiting on their pixels.
+            began = time.monotonic()  # the device waits for loaded rows from here
             done = wait(loading, GROUP_POLL_S if groups else None, FIRST_COMPLETED)[0] if loading else set()
+            rates.waited_s += time.monotonic() - began
             for future in done:
                 state = loading.pop(future)
                 start_loading()  # the next row loads while this one waits or is on the device
+                rates.rows_loaded += 1
+                rates.load_s += state.load_s
                 if not future.result():
                     finish(state)
                     continue
@@ -221,7 +243,16 @@ class Stylizer:
                     stylize(groups.pop(key))
             elif groups and not done and self._budget.blocked:  # the loaders wait for pixels groups hold
                 stylize(groups.pop(max(groups, key=lambda k: len(groups[k]))))
+        self._resize_loaders(rates)
         return results + [future.result() for future in saving]
+
+    def _resize_loaders(self, rates: CallRates) -> None:
+        """Auto loaders: size the next call's from this one's rates (`loaders.loader_count`)."""
+        with self._counting:
+            self.counters["device_wait_s"] += rates.waited_s
+            if self.auto_loaders:
+                self.loaders = loader_count(self.loaders, rates, self._loader_cap)
+                self.counters["loaders"] = self.loaders
 
     def _group_key(self, state: _RowState) -> tuple | None:
         if state.streamed or state.loaded is None:
@@ -239,6 +270,13 @@ class Stylizer:
 
     def _load(self, state: _RowState) -> bool:
         """Check for the output and read the inputs; False when there is nothing to stylize."""
+        began = time.monotonic()
+        try:
+            return self._load_inputs(state)
+        finally:
+            state.load_s = time.monotonic() - began - state.budget_wait_s
+
+    def _load_inputs(self, state: _RowState) -> bool:
         row = state.row
         try:
             self._confined(row.output)  # before the skip check, which would follow a link too
@@ -260,7 +298,9 @@ class Stylizer:
         return True
 
     def _admit(self, state: _RowState, pixels: int) -> None:
+        began = time.monotonic()
         self._budget.acquire(pixels)
+        state.budget_wait_s += time.monotonic() - began
         state.pixels = pixels
 
     def _render_group(self, states: list[_RowState]) -> None:
