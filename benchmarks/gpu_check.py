@@ -10,13 +10,18 @@ Prints, with the device's name:
 4. dataset rate (issue 24): images/s and MP/s of 224, 512 and 1024 px contents, one at a time
    against batches (`stylize_batch`, the batch the actors choose), in each precision, with the
    batched results' PSNR against the single ones; then the actor end to end on rows of 224 px
-   JPEGs from the local S3 server, batching them, against the bare batched rate.
+   JPEGs from the local S3 server, batching them, against the bare batched rate;
+5. at scale (`gpu_scale`, issue 28): tiled against whole MP/s and dB at 200 MP and 1 GP, a
+   gigapixel JPEG in and out streamed (seconds, host memory), and a profile of the cascade
+   (kernel time against gaps, the top kernels).
 
 `--device cpu --quick` runs the same on small images on the CPU; the test suite does, so the
 script still works the day a GPU appears. Goals (issue 11, on an H100): fp32 within 40 dB of the
 CPU; 42 MP in under 3 s; the job's device busy at least 80% of the time on 4 MP rows. Issue 24, on
 an H100: at 512x512 fp32 >= 35 MP/s and fp16 >= 55 MP/s; at 224x224 fp16 >= 1,000 images/s; the
-actor end to end >= 90% of the bare rate.
+actor end to end >= 90% of the bare rate. Issue 28: 42 MP whole fp16 <= 0.3 s and fp32 <= 0.6 s;
+tiled and streamed >= 0.7x the whole image's MP/s at 200 MP and 1 GP; a streamed gigapixel JPEG in
+<= 30 s with host RSS <= 2.5 GB; tiled vs whole >= 75 dB.
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ from cdcore.options import PRECISIONS, Recipe  # noqa: E402
 from cdcore.pipeline import Loaded, Stylist  # noqa: E402
 from cdcore.transfer.stylize import pick_device  # noqa: E402
 from cdcore.timings import Timings  # noqa: E402
+import gpu_scale  # noqa: E402
 
 # ../shared beside the checkout, or a copy carried inside it (.gpu/shared) to a lent machine.
 SHARED_CANDIDATES = (ROOT.parent / "shared", ROOT / ".gpu" / "shared")
@@ -220,6 +226,28 @@ def check_job(shared: Path, device: torch.device, models: str, rows: int, megapi
     return [f"rows from {where}, {megapixels:g} MP JPEG in, {extension} out"] + lines, records
 
 
+def check_at_scale(shared: Path, device: torch.device, models: str, sections: list[str], quick: bool) -> list[dict]:
+    """The issue-28 sections (`gpu_scale`), printed as they come; returns the scale records."""
+    style_rgb = np.asarray(Image.open(shared / STYLE).convert("RGB"))
+    records = []
+    if "scale" in sections:
+        sizes, tile = ([0.02], 128) if quick else ([200, 1000], None)
+        print("\n| MP | mode (buffers) | seconds | MP/s | vs whole MP/s | PSNR vs whole | host peak GB |\n"
+              "|---|---|---|---|---|---|---|")
+        lines, records = gpu_scale.check_scale(lambda mp: content_of(shared, mp), psnr, device, models, sizes,
+                                               tile, style_rgb)
+        print("\n".join(lines), flush=True)
+    if "streamed" in sections:
+        print("\n| streamed | seconds | MP/s | host RSS during the call GB | resident before GB |\n|---|---|---|---|---|")
+        print("\n".join(gpu_scale.check_streamed(shared, device, models, 0.02 if quick else 1000, str(shared / STYLE))),
+              flush=True)
+    if "profile" in sections:
+        rgb = content_of(shared, 0.02 if quick else 42)
+        print("\nprofile (torch.profiler" + (", CUDA activity)" if device.type == "cuda" else ", CPU)"))
+        print("\n".join(gpu_scale.profile_cascade(device, models, rgb, style_rgb, 128 if quick else 2048)), flush=True)
+    return records
+
+
 def check_dataset(shared: Path, device: torch.device, models: str, sides: list[int], precisions: list[str],
                   seconds: float, limit: int | None = None) -> tuple[list[str], list[dict]]:
     """Bare images/s at each side (square contents), batch 1 against the automatic batch (at most
@@ -298,7 +326,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes and few rows (what the tests run)")
     p.add_argument("--shared", type=Path, default=None, help="the shared folder (models, images, golden)")
     p.add_argument("--json", type=Path, default=None, help="also write the measurements here")
-    p.add_argument("--sections", default="exactness,speed,codecs,job,dataset", help="which checks to run (default all)")
+    p.add_argument("--sections", default="exactness,speed,codecs,job,dataset,scale,streamed,profile",
+                   help="which checks to run (default all)")
     p.add_argument("--dataset-sides", type=_numbers(int), default=None, help="dataset section's sides (224,512,1024)")
     p.add_argument("--sizes", type=_numbers(float), default=None, help="megapixels to time (default 4,16,42)")
     p.add_argument("--tile", type=int, default=None, help="tile size of the tiled runs (default 2048)")
@@ -352,8 +381,10 @@ def main(argv=None) -> int:
         print("| content | precision | ok | device calls | rows/s | bare images/s | of bare | device busy |")
         print("|---|---|---|---|---|---|---|---|")
         print("\n".join(lines[1:]), flush=True)
+    scale = check_at_scale(shared, device, models, sections, args.quick)
     if args.json:
-        args.json.write_text(json.dumps({"device": name, "speed": speed, "job": job, "dataset": dataset}, indent=1))
+        args.json.write_text(json.dumps({"device": name, "speed": speed, "job": job, "dataset": dataset,
+                                         "scale": scale}, indent=1))
     return 0
 
 

@@ -74,18 +74,25 @@ class HeapGuard:
       that a pass does not settle on top of what the passes before it left in the heap;
     - arrays waiting for a writer thread (`hold`), which pile up while the disk is slow: the most
       held at once since the last trim is allowed on top of the slack.
+
+    What it settles on must not depend on the pace of the helper threads, or a slowed run would
+    settle higher and hold more for the rest of its pass (issue 28): the bytes held at a sample
+    are taken out of it (they are allowed on top, once), and where `budget` is given (bytes: what
+    planning expects one step's working set to be, `tiling.planning`), it settles at most that
+    far above the heap as trimmed.
     """
 
-    def __init__(self, slack: float = 0.05, settle_steps: int = 3):
-        self.slack, self.settle_steps = slack, settle_steps
+    def __init__(self, slack: float = 0.05, settle_steps: int = 3, budget: int | None = None):
+        self.slack, self.settle_steps, self.budget = slack, settle_steps, budget
         self._lock = threading.Lock()
-        self.held = self.held_peak = self.settled = 0
+        self.held = self.held_peak = self.settled = self.floor = 0
         self.steps: Counter = Counter()
         self.kinds: set = set()  # of the passes under way
 
     def start(self) -> None:
         release_freed_memory()
         self.settled, self.steps, self.held_peak = 0, Counter(), self.held
+        self.floor = resident_bytes() - self.held
 
     def hold(self, nbytes: int) -> None:
         """Bytes now waiting in a pipeline (negative: no longer); any thread may call it."""
@@ -102,7 +109,10 @@ class HeapGuard:
             rss = resident_bytes()
         self.steps[kind] += 1
         if self.steps[kind] <= self.settle_steps:
-            self.settled = max(self.settled, rss)
+            level = rss - self.held
+            if self.budget is not None:
+                level = min(level, self.floor + self.budget)
+            self.settled = max(self.settled, level)
         elif self._grown(rss):
             self.start()
         if last:

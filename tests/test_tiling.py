@@ -18,7 +18,8 @@ from PIL import Image
 from cdcore import memory, tiling
 from cdcore.io.images import Canvas
 from cdcore.tiling import TiledEngine, passes, planning
-from cdcore.tiling.buffers import Buffers, ImageBuffer, RowRing
+from cdcore.tiling import buffers
+from cdcore.tiling.buffers import PLACEMENTS, Buffers, ImageBuffer, RowRing
 from cdcore.io.images import ImageError, read_image
 from cdcore.models.modelset import load_model_set
 from cdcore.transfer.stylize import run_stage, style_statistics, stylize, to_tensor, to_uint8
@@ -107,11 +108,14 @@ def span_area(tile: tiling.Tile) -> int:
     return (tile.rows.stop - tile.rows.start) * (tile.cols.stop - tile.cols.start)
 
 
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("stage", [5, 4, 3, 2, 1])
-def test_tiled_stage_equals_whole_image_stage(models, content, wct, stage):
-    """Floats, one stage, a tile size (100) that neither divides the image nor is a multiple of 16."""
+def test_tiled_stage_equals_whole_image_stage(models, content, wct, stage, placement):
+    """Floats, one stage, a tile size (100) that neither divides the image nor is a multiple of 16,
+    with the buffers in each placement (on the CPU, "device" and "pinned" are torch tensors)."""
     whole = run_stage(models, to_tensor(content), stage, wct, 0.8)
-    tiled = TiledEngine(models, 100).stylize(content, wct, 0.8, (stage,), out=np.empty((H, W, 3), np.float32))
+    tiled = TiledEngine(models, 100, placement=placement).stylize(content, wct, 0.8, (stage,),
+                                                                  out=np.empty((H, W, 3), np.float32))
     np.testing.assert_allclose(tiled, whole[0].permute(1, 2, 0).numpy(), rtol=0, atol=1e-4)
 
 
@@ -128,11 +132,12 @@ def test_halos_are_the_smallest_exact_ones(models, content, wct, monkeypatch, st
     assert np.abs(short - whole).max() > 1e-4  # 10x the tolerance of the exact halos
 
 
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("method,tile_size", [("wct", 96), ("wct", 200), ("adain", 96), ("adain", 136)])
-def test_tiled_cascade_matches_whole_image(models, content, method, tile_size, request):
+def test_tiled_cascade_matches_whole_image(models, content, method, tile_size, request, placement):
     style = request.getfixturevalue(method)
     whole = to_uint8(stylize(models, to_tensor(content), style, 1.0))
-    tiled = TiledEngine(models, tile_size).stylize(content, style, 1.0)
+    tiled = TiledEngine(models, tile_size, placement=placement).stylize(content, style, 1.0)
     assert tiled.shape == (H, W, 3) and tiled.dtype == np.uint8
     assert psnr(tiled, whole) >= 45.0
 
@@ -152,6 +157,82 @@ def test_disk_and_memory_buffers_give_the_same_image(models, content, adain, tmp
     in_ram = TiledEngine(models, 128, disk_buffer=False).stylize(content, adain)
     np.testing.assert_array_equal(on_disk, in_ram)
     assert list(tmp_path.iterdir()) == []  # the temporary directory went with the run
+    for placement in ("device", "pinned"):
+        as_tensors = TiledEngine(models, 128, placement=placement).stylize(content, adain)
+        np.testing.assert_array_equal(as_tensors, in_ram)
+
+
+@pytest.mark.parametrize("placement", ["device", "pinned"])
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_tensor_buffers_are_freed_on_errors_and_interrupts(models, content, wct, placement, error):
+    """An interrupt mid-cascade (stage 3's render, with stage 2's features and stage 3's output
+    allocated) frees every device or pinned buffer, though the traceback still holds the frames."""
+    held = []
+
+    def progress(p):
+        held.append(buffers.live_tensor_bytes())
+        if (p.stage, p.step, p.tile) == (3, "render", 2):
+            raise error("stop")
+
+    assert buffers.live_tensor_bytes() == 0
+    with pytest.raises(error) as caught:
+        TiledEngine(models, 96, placement=placement, progress=progress).stylize(content, wct)
+    assert caught.traceback and max(held) > 0
+    assert buffers.live_tensor_bytes() == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_buffers_on_a_gpu_equal_the_whole_image_and_are_freed(content, wct):
+    """On a GPU: tiled with device and pinned buffers equals the whole image there, and an
+    interrupt gives every byte of device memory back."""
+    gpu = load_model_set(MODELS).to("cuda")
+    style = style_statistics(gpu, to_tensor(read_image(str(STYLE / "style_c_591x800.jpg")).rgb, "cuda"), "wct")
+    whole = to_uint8(stylize(gpu, to_tensor(content, "cuda"), style, 1.0))
+    for placement in ("device", "pinned"):
+        assert psnr(TiledEngine(gpu, 128, placement=placement).stylize(content, style), whole) >= 45.0
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+
+    def stop(p):
+        if p.stage == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        TiledEngine(gpu, 128, placement="device", progress=stop).stylize(content, style)
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before
+
+
+def test_placement_follows_free_memory(models):
+    """On the CPU: RAM for small runs, disk for large ones (or as asked); buffers in memory are
+    planned whole, so they need more than the same run's files."""
+    from cdcore.tiling import placement
+
+    levels = (5, 4, 3, 2, 1)
+    assert placement.choose(models, levels, 1000, 1000, 512) == ("ram", frozenset())
+    assert placement.choose(models, levels, 4096, 4096, 512) == ("disk", frozenset())
+    assert placement.choose(models, levels, 4096, 4096, 512, disk_buffer=False)[0] == "ram"
+    assert placement.choose(models, levels, 1000, 1000, 512, disk_buffer=True)[0] == "disk"
+    files = planning.buffer_bytes(models, levels, 4096, 4096, 512)
+    assert planning.buffer_bytes(models, levels, 4096, 4096, 512, files=False) > files
+
+
+def test_a_gpu_keeps_a_gigapixel_on_the_device_where_encoding_stage_2_again_makes_it_fit(models):
+    """The rule on a GPU, planned here without one: 1 GP in tiles of 2048 needs 50 GB of buffers in
+    memory, 28 GB when stage 2 encodes again; an 80 GB card takes the second, a 40 GB card sends
+    them to pinned host memory where the host has room, else to disk."""
+    from cdcore.tiling import placement
+
+    def where(device_gb, host_gb):
+        return placement.choose(models, (5, 4, 3, 2, 1), 25000, 40000, 2048, device="cuda",
+                                device_free=device_gb * 10**9, host_free=host_gb * 10**9)
+
+    assert where(79, 100) == ("device", frozenset({2}))
+    assert where(200, 100) == ("device", frozenset())
+    assert where(40, 400) == ("pinned", frozenset())
+    assert where(40, 100) == ("disk", frozenset())
+    with pytest.raises(ValueError, match="placement must be one of"):
+        TiledEngine(models, 128, placement="gpu")
 
 
 def test_a_failed_buffer_write_fails_the_run_and_leaves_no_scratch(models, content, adain, tmp_path):

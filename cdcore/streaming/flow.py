@@ -16,6 +16,7 @@ from ..options import DEFAULT_MAX_PIXELS, Recipe
 from ..results import StylizeError, Stylized, naming
 from ..timings import Timings
 from ..transfer.stylize import StyleStats
+from ..tiling.placement import choose as choose_placement
 from ..tiling.planning import available_memory, buffer_bytes, stages_to_recompute
 from ..tiling.resample import lanczos
 from . import scratch as scratches
@@ -85,8 +86,9 @@ def stylize_file(models: ModelSet, style: StyleStats, content: str, output: str,
                     alpha = alpha and _resized(alpha, height, width, scratch.directory)
             # Otherwise decoding happens on demand inside the engine's first pass, in stylize_s.
             with naming(content), timings.phase("stylize_s"), networks(device, precision):
-                engine = tiling.TiledEngine(models, tile, disk_buffer=True, temp_dir=scratch.directory,
-                                            progress=progress, recompute=recompute)
+                where, recompute = _placement(models, device, recipe, tile, (height, width), recompute)
+                engine = tiling.TiledEngine(models, tile, temp_dir=scratch.directory, progress=progress,
+                                            recompute=recompute, placement=where)
                 engine.stylize(colour, style, recipe.alpha, recipe.stages, recipe.stroke_scale, out=result)
             with naming(output), timings.phase("encode_s"):  # encoding and writing are one stream
                 rows_of_alpha = (lambda rows: alpha.read(rows, slice(None))[..., 0]) if alpha else None
@@ -95,6 +97,19 @@ def stylize_file(models: ModelSet, style: StyleStats, content: str, output: str,
             for buffer in {id(b): b for b in (reader, colour, alpha, result) if b is not None}.values():
                 buffer.close()
     return Stylized(width, height, timings)
+
+
+def _placement(models: ModelSet, device: torch.device, recipe: Recipe, tile: int, size: tuple[int, int],
+               recompute: frozenset[int]) -> tuple[str, frozenset[int]]:
+    """Where a streamed run's buffers go, and the stages that encode their features again: on a
+    GPU its memory where they fit (the tiled engine then runs at nearly the whole image's pace,
+    issue 28), else disk; never pinned host memory, which would count against the host memory
+    that streaming exists to bound."""
+    if device.type == "cuda":
+        where, fewer = choose_placement(models, recipe.stages, *size, tile, None, recipe.stroke_scale, recompute)
+        if where == "device":
+            return where, fewer
+    return "disk", recompute
 
 
 def _resized(image: tiling.ImageBuffer, height: int, width: int, directory: str) -> tiling.ImageBuffer:

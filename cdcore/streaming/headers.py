@@ -11,6 +11,11 @@ from ..io import images, storage
 from ..io.images import ImageError
 from ..options import Recipe
 
+# libvips keeps up to 100 recent operations and 100 MB of what they hold for reuse, process-wide.
+# A streamed run opens each file once and reuses none of them, so the cache would only hold memory
+# beside the run, an amount set by libvips rather than by the run's own budget: keep none.
+pyvips.cache_set_max(0)
+
 # Above this many pixels a content is streamed: the in-memory path then holds more than about
 # 170 MB of image, and one more such copy per actor adds up on a shared GPU node.
 STREAM_PIXELS = 24_000_000

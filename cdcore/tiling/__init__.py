@@ -7,7 +7,10 @@ reflect-pads where the whole image does at the image's own edges.
     engine     `TiledEngine`: stylize an image, or compute a style's statistics, tile by tile
     planning   where the windows go (halos, `plan_tiles`), their work, and the tile size
     passes     the statistics and render passes of a stage (`StageRun`), and the cascade of stages
-    buffers    the image between stages, in RAM or in raw files, read by window (or a ring of rows)
+    placement  where the buffers live (device, pinned host memory, RAM, disk), from free memory
+    buffers    the image between stages, as tensors, in RAM or in raw files, read by window (or a
+               ring of rows)
+    devices    windows and results crossing between host and device without the host waiting
     overlap    a pass's window reads and result writes, on helper threads beside the networks
     strokes    stroke scale: the coarse stages on a downscaled content
     resample   Lanczos and bilinear resizes of buffers, a band of rows at a time

@@ -1,9 +1,18 @@
 """Images between the stages of a tiled run, read and written by window.
 
-An intermediate image or a stage's stored features live in an `ImageBuffer`: in RAM, or for large
-images a raw file in a temporary directory that is removed afterwards. `PaddedImage`
-reads windows of a buffer as if it were reflect-padded at the bottom and right, as the
-whole-image path pads the content.
+An intermediate image or a stage's stored features live in an `ImageBuffer`, placed where the run's
+plan puts them (`placement`, one of PLACEMENTS):
+
+    device   a torch tensor on the networks' device: windows are views, results are copied in
+             place on the device's queue, no helper thread and no host copy (`TensorBuffer`)
+    pinned   a torch tensor in host memory, pinned where a GPU computes, so that windows and
+             results cross on a side stream while the device computes (`devices`)
+    ram      a numpy array
+    disk     a raw file in a temporary directory that is removed afterwards
+
+Every kind reads `window`s and takes `store`d network results; the passes never convert through
+numpy where the buffer is a tensor. `PaddedImage` reads windows of a buffer as if it were
+reflect-padded at the bottom and right, as the whole-image path pads the content.
 """
 from __future__ import annotations
 
@@ -11,6 +20,7 @@ import ctypes
 import math
 import os
 import uuid
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -19,7 +29,11 @@ import numpy as np
 import torch
 
 from ..io import tempdirs
-from ..transfer.stylize import to_uint8
+from ..transfer.stylize import uint8_image
+from .devices import as_input, host_array, to_host
+
+PLACEMENTS = ("device", "pinned", "ram", "disk")
+TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.float32): torch.float32}
 
 # An intermediate image larger than this goes to disk when `disk_buffer` is left to choose (about
 # 5.6 MP of float32 RGB): reading a tile window from the page cache costs far less than encoding it.
@@ -42,7 +56,12 @@ class ImageBuffer:
     gigapixel run's 12 GB float buffers would show up as memory. Explicit reads and writes copy
     one window through the page cache, which the kernel reclaims as it needs, and the resident set
     holds only the window (benchmarks/history/sessions-1-9.md, issue 15).
+
+    `overlapped`: the passes read its windows and write results on helper threads (`overlap`),
+    since reads and writes wait on memory copies or the disk.
     """
+
+    overlapped = True
 
     def __init__(self, array: np.ndarray | None = None, path: str | None = None,
                  shape: tuple[int, ...] | None = None, dtype=np.float32):
@@ -72,7 +91,13 @@ class ImageBuffer:
             _read_exactly(self._fd, block[i], offset)
         return block
 
-    def write(self, rows: slice, cols: slice, block: np.ndarray) -> None:
+    def window(self, rows: slice, cols: slice):
+        """What the passes read a window as: here a copy (`read`); a view for a `TensorBuffer`."""
+        return self.read(rows, cols)
+
+    def write(self, rows: slice, cols: slice, block) -> None:
+        """Write (h, w, C) `block`: an array, or what `block_of` made (waited for here)."""
+        block = host_array(block)
         if self._array is not None:
             self._array[rows, cols] = block
             return
@@ -112,9 +137,10 @@ class ImageBuffer:
         """Write (1, C, h, w): as is into float buffers, rounded as `to_uint8` rounds into uint8."""
         self.write(rows, cols, self.block_of(image))
 
-    def block_of(self, image: torch.Tensor) -> np.ndarray:
-        """What `store` writes for (1, C, h, w) `image`: (h, w, C) of this buffer's dtype."""
-        return to_uint8(image) if self.dtype == np.uint8 else to_numpy(image)
+    def block_of(self, image: torch.Tensor):
+        """What `store` writes for (1, C, h, w) `image`: (h, w, C) of this buffer's dtype, on its way
+        to the host (`devices.to_host`: the host does not wait for the device here)."""
+        return to_host(hwc(image, self.dtype))
 
     def __del__(self):
         # A buffer dropped by an error, unclosed, must not keep its deleted file's space.
@@ -145,16 +171,29 @@ class RowRing(ImageBuffer):
     def __init__(self, backing: ImageBuffer, height: int):
         super().__init__(shape=(height, *backing.shape[1:]), dtype=backing.dtype)
         self.backing, self.capacity, self.written = backing, backing.shape[0], 0
+        self.overlapped = backing.overlapped
 
     def read(self, rows: slice, cols: slice) -> np.ndarray:
+        return self._gather(rows, cols, self.backing.read)
+
+    def window(self, rows: slice, cols: slice):
+        return self._gather(rows, cols, self.backing.window)
+
+    def _gather(self, rows: slice, cols: slice, read):
         y0, y1 = self._span(rows, 0)
         if y0 < self.written - self.capacity or y1 > self.written:
             raise RuntimeError(f"rows {y0}-{y1} are not in the ring, which holds rows "
                                f"{max(0, self.written - self.capacity)}-{self.written}")
-        parts = [self.backing.read(ring, cols) for ring, _ in self._pieces(y0, y1)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        parts = [read(ring, cols) for ring, _ in self._pieces(y0, y1)]
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
 
-    def write(self, rows: slice, cols: slice, block: np.ndarray) -> None:
+    def block_of(self, image: torch.Tensor):
+        return self.backing.block_of(image)
+
+    def write(self, rows: slice, cols: slice, block) -> None:
+        block = block if isinstance(block, torch.Tensor) else host_array(block)
         y0, y1 = self._span(rows, 0)
         if y1 - y0 > self.capacity:
             raise ValueError(f"{y1 - y0} rows do not fit a ring of {self.capacity}")
@@ -196,16 +235,84 @@ def as_buffer(image) -> ImageBuffer:
     return buffer
 
 
-class Buffers:
-    """Makes a run's ImageBuffers, in RAM or in one temporary directory (see `Buffers.open`)."""
+class TensorBuffer(ImageBuffer):
+    """An (H, W, C) image held as a torch tensor: on `device` ("device" placement), or in host
+    memory ("pinned"; pinned where `device` is a GPU, so that its copies run asynchronously).
 
-    def __init__(self, directory: str | None):
-        self.directory = directory
+    On the device a window is a view, valid until its rows are written again (the passes read a
+    window before they write over it), and a result is copied in on the device's queue: nothing
+    waits for the device, and no helper thread is needed. In host memory, windows and results
+    cross to the device on the copy stream (`devices`), through the passes' helper threads.
+    Open buffers are counted (`live_tensor_bytes`), so that tests can check each is freed.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype, device: torch.device | str, pinned: bool = False):
+        super().__init__(shape=shape, dtype=dtype)
+        self.device = torch.device(device)
+        self.overlapped = pinned
+        home = torch.device("cpu") if pinned else self.device
+        self.tensor = torch.empty(self.shape, dtype=TORCH_DTYPES[self.dtype], device=home,
+                                  pin_memory=pinned and self.device.type == "cuda")
+        _LIVE.add(self)
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        return self.tensor[rows, cols].cpu().numpy().copy()
+
+    def window(self, rows: slice, cols: slice) -> torch.Tensor:
+        return self.tensor[rows, cols]
+
+    def write(self, rows: slice, cols: slice, block) -> None:
+        if not isinstance(block, torch.Tensor):
+            block = torch.from_numpy(np.asarray(host_array(block)))
+        # Made under the engine's inference mode, the tensor takes in-place writes only there, and
+        # the mode is per thread: a writer thread enters it too.
+        with torch.inference_mode():
+            self.tensor[rows, cols] = block
+
+    def block_of(self, image: torch.Tensor):
+        """On the device: (h, w, C) there, to copy in at once; in host memory: on its way there."""
+        block = hwc(image, self.dtype)
+        return block if self.tensor.device == block.device else to_host(block)
+
+    def discard(self, rows: slice) -> None:
+        """Nothing: a tensor gives its memory back as a whole, when closed."""
+
+    def close(self) -> None:
+        self.tensor = None
+        _LIVE.discard(self)
+
+
+_LIVE: "weakref.WeakSet[TensorBuffer]" = weakref.WeakSet()
+
+
+def live_tensor_bytes() -> int:
+    """Bytes held by TensorBuffers not yet closed."""
+    return sum(b.tensor.nbytes for b in list(_LIVE) if b.tensor is not None)
+
+
+class Buffers:
+    """Makes a run's ImageBuffers where the run's plan places them (one of PLACEMENTS; disk ones in
+    one temporary directory), and closes every one it made when the run ends, however it ends:
+    an error or an interrupt must not leave gigabytes of device or pinned memory to whoever holds
+    the traceback."""
+
+    def __init__(self, directory: str | None = None, placement: str | None = None,
+                 device: torch.device | str = "cpu"):
+        self.placement = placement or ("disk" if directory else "ram")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS} (got {self.placement!r})")
+        self.directory, self.device = directory, torch.device(device)
+        self._made: "weakref.WeakSet[ImageBuffer]" = weakref.WeakSet()
 
     def new(self, shape: tuple[int, ...], dtype=np.float32) -> ImageBuffer:
-        if self.directory:
-            return ImageBuffer.on_disk(self.directory, shape, dtype)
-        return ImageBuffer.in_memory(shape, dtype)
+        if self.placement == "disk":
+            buffer = ImageBuffer.on_disk(self.directory, shape, dtype)
+        elif self.placement == "ram":
+            buffer = ImageBuffer.in_memory(shape, dtype)
+        else:
+            buffer = TensorBuffer(shape, dtype, self.device, pinned=self.placement == "pinned")
+        self._made.add(buffer)
+        return buffer
 
     def rows(self, height: int, capacity: int, shape: tuple[int, ...], dtype=np.float32) -> ImageBuffer:
         """A buffer for an image of `height` rows of which only the last `capacity` written are
@@ -214,17 +321,29 @@ class Buffers:
             return self.new((height, *shape), dtype)
         return RowRing(self.new((capacity, *shape), dtype), height)
 
+    def close(self) -> None:
+        for buffer in list(self._made):
+            buffer.close()
+
     @staticmethod
     @contextmanager
-    def open(height: int, width: int, disk_buffer: bool | None, temp_dir: str | None) -> Iterator["Buffers"]:
-        """Buffers for a run over height x width: on disk when `disk_buffer` says so, or (None)
-        when one float image is larger than DISK_BUFFER_BYTES; the directory goes afterwards."""
-        on_disk = height * width * 3 * 4 > DISK_BUFFER_BYTES if disk_buffer is None else bool(disk_buffer)
-        if not on_disk:
-            yield Buffers(None)
+    def placed(placement: str, temp_dir: str | None = None,
+               device: torch.device | str = "cpu") -> Iterator["Buffers"]:
+        """Buffers of a run with this placement (`placement.choose`); the directory of disk buffers
+        and every buffer made go afterwards."""
+        if placement != "disk":
+            buffers = Buffers(None, placement, device)
+            try:
+                yield buffers
+            finally:
+                buffers.close()
             return
         with tempdirs.run_directory(tempdirs.TILES, temp_dir) as directory:
-            yield Buffers(directory)
+            buffers = Buffers(directory, placement, device)
+            try:
+                yield buffers
+            finally:
+                buffers.close()
 
 
 @dataclass
@@ -237,15 +356,23 @@ class PaddedImage:
     height: int
     width: int
 
-    def read(self, rows: slice, cols: slice) -> np.ndarray:
-        """(h, w, 3) of the image's dtype; rows, cols in padded coordinates."""
+    def read(self, rows: slice, cols: slice):
+        """(h, w, 3) of the image's dtype, as the image's `window`s are (an array or a tensor);
+        rows, cols in padded coordinates."""
         h, w = self.image.shape[:2]
         reflect = self.height - h < h and self.width - w < w
         ri, ci = _padded_index(rows, h, reflect), _padded_index(cols, w, reflect)
-        block = self.image.read(slice(ri.min(), ri.max() + 1), slice(ci.min(), ci.max() + 1))
-        if rows.stop > h or cols.stop > w:  # the window reaches into the padding
-            block = block[np.ix_(ri - ri.min(), ci - ci.min())]
-        return block
+        block = self.image.window(slice(ri.min(), ri.max() + 1), slice(ci.min(), ci.max() + 1))
+        if rows.stop <= h and cols.stop <= w:
+            return block
+        # the window reaches into the padding
+        ri, ci = ri - ri.min(), ci - ci.min()
+        if isinstance(block, np.ndarray):
+            return block[np.ix_(ri, ci)]
+        pin = block.device.type == "cuda"  # a blocking copy to the device would wait for its queue
+        index = [torch.from_numpy(i).pin_memory().to(block.device, non_blocking=True) if pin else torch.from_numpy(i)
+                 for i in (ri, ci)]
+        return block.index_select(0, index[0]).index_select(1, index[1])
 
 
 def _padded_index(span: slice, size: int, reflect: bool) -> np.ndarray:
@@ -254,17 +381,15 @@ def _padded_index(span: slice, size: int, reflect: bool) -> np.ndarray:
     return np.where(i < size, i, 2 * (size - 1) - i) if reflect else np.minimum(i, size - 1)
 
 
-def to_tensor(block: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(h, w, C) uint8 or float32 -> (1, C, h, w) float32 on `device`, uint8 scaled to [0, 1] as
-    `stylize.to_tensor` scales it. The memory stays in (h, w, C) order: dense channels-last, the
-    layout oneDNN convolves fastest."""
-    t = torch.from_numpy(block).to(device)[None].permute(0, 3, 1, 2)
-    return t.float().div_(255.0) if block.dtype == np.uint8 else t
+def hwc(image: torch.Tensor, dtype=np.float32) -> torch.Tensor:
+    """(1, C, h, w) -> (h, w, C) on its device: float32 (reduced-precision results are widened), or
+    uint8 rounded as `stylize.to_uint8` rounds."""
+    return uint8_image(image) if np.dtype(dtype) == np.uint8 else image[0].permute(1, 2, 0).float()
 
 
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    """(1, C, h, w) -> (h, w, C) float32 on the CPU (reduced-precision results are widened)."""
-    return t[0].permute(1, 2, 0).float().cpu().numpy()
+def to_tensor(block, device: torch.device) -> torch.Tensor:
+    """(h, w, C) uint8 or float32 -> (1, C, h, w) float32 on `device` (`devices.as_input`)."""
+    return as_input(block, device)
 
 
 def read_whole(image: ImageBuffer) -> torch.Tensor:

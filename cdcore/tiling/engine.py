@@ -17,6 +17,9 @@ from .buffers import Buffers, ImageBuffer, PaddedImage, as_buffer, read_whole
 from .passes import Cascade, accumulate
 from .planning import (cascade_work, encoder_halo, macs_per_pixel, pass_work, plan_tiles, resolve_tile_size,
                        window_side)
+from .placement import check as check_placement
+from .placement import choose as choose_placement
+from .placement import device_of
 from .progress import Meter, TileProgress
 from .strokes import stylize_stroke_scaled
 
@@ -36,6 +39,11 @@ class TiledEngine:
         temporary directory under `temp_dir` (True), in RAM (False), or decide by size (None: on
         disk above buffers.DISK_BUFFER_BYTES per image). Use a disk-backed `temp_dir` where /tmp
         is tmpfs.
+    placement: where those buffers live, one of buffers.PLACEMENTS ("device", "pinned", "ram",
+        "disk"; device buffers as tensors on the models' device, also the CPU), overriding
+        `disk_buffer`; None: `placement.choose` decides from free memory (on a GPU the device's
+        memory first, encoding features again where that makes them fit, then pinned host
+        memory, then disk).
     progress: called with a `TileProgress` after every tile (whole-image runs report nothing).
     recompute: stages whose features are encoded again in the render pass instead of stored
         between the passes, to spare disk (`planning.stages_to_recompute`); results are the same.
@@ -47,6 +55,10 @@ class TiledEngine:
     temp_dir: str | None = None
     progress: Callable[[TileProgress], None] | None = None
     recompute: frozenset[int] = frozenset()
+    placement: str | None = None
+
+    def __post_init__(self):
+        check_placement(self.placement)
 
     @torch.inference_mode()
     def stylize(self, content, style: StyleStats, alpha: float = 1.0, levels=None, stroke_scale: float = 1.0,
@@ -68,13 +80,17 @@ class TiledEngine:
         if check_stroke_scale(stroke_scale) > 1.0:
             stylize_stroke_scaled(self.models, image, style, alpha, levels, stroke_scale, out,
                                   tile_size=self.tile_size, disk_buffer=self.disk_buffer, temp_dir=self.temp_dir,
-                                  progress=self.progress, recompute=self.recompute)
+                                  progress=self.progress, recompute=self.recompute, placement=self.placement)
             return out
         tile_size = resolve_tile_size(self.models, levels, height, width, self.tile_size)
-        meter = Meter(self.progress, cascade_work(self.models, levels, height, width, tile_size, self.recompute))
-        with Buffers.open(height, width, self.disk_buffer, self.temp_dir) as buffers:
+        where, recompute = self.placement, self.recompute
+        if where is None:
+            where, recompute = choose_placement(self.models, levels, height, width, tile_size, self.disk_buffer,
+                                                recompute=recompute)
+        meter = Meter(self.progress, cascade_work(self.models, levels, height, width, tile_size, recompute))
+        with Buffers.placed(where, self.temp_dir, device_of(self.models)) as buffers:
             dest = out if isinstance(out, ImageBuffer) else ImageBuffer(out)
-            Cascade(self.models, style, alpha, buffers, meter, self.recompute).run(image, dest, levels, tile_size)
+            Cascade(self.models, style, alpha, buffers, meter, recompute).run(image, dest, levels, tile_size)
         return out
 
     @torch.inference_mode()

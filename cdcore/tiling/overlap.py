@@ -7,6 +7,10 @@ read the next tile's window and another write the last tile's result while torch
 one.
 Only I/O runs in the helpers: converting to and from tensors stays with the caller, whose torch
 threads already fill the cores.
+
+What the helpers hold is bounded by count, never by their pace: one window read ahead per pass,
+WRITES_IN_FLIGHT results per writer. A helper slowed by a busy disk or by cores it shares makes the
+caller wait; nothing queues up behind it (tests/test_memory.py slows every read and write).
 """
 from __future__ import annotations
 
@@ -22,8 +26,13 @@ Loaded = TypeVar("Loaded")
 WRITES_IN_FLIGHT = 2
 
 
-def read_ahead(items: Iterable[Item], load: Callable[[Item], Loaded]) -> Iterator[tuple[Item, Loaded]]:
-    """(item, load(item)) in order, the next item's load running while the caller works on this one."""
+def read_ahead(items: Iterable[Item], load: Callable[[Item], Loaded],
+               threaded: bool = True) -> Iterator[tuple[Item, Loaded]]:
+    """(item, load(item)) in order, the next item's load running while the caller works on this one
+    (`threaded`), or in line where a load only queues work on a device (a window of a device buffer)."""
+    if not threaded:
+        yield from ((item, load(item)) for item in items)
+        return
     with ThreadPoolExecutor(1, thread_name_prefix="cdcore-read") as pool:
         items = iter(items)
         pending: deque[tuple[Item, Future]] = deque()

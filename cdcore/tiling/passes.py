@@ -31,10 +31,11 @@ from ..transfer import transforms
 from ..models.modelset import ModelSet
 from ..models.nets import Decoder, Encoder, stage_multiple
 from ..transfer.stylize import StyleStats, check_content_size, stylize
-from .buffers import Buffers, ImageBuffer, PaddedImage, read_whole, to_numpy, to_tensor
+from .buffers import Buffers, ImageBuffer, PaddedImage, read_whole
+from .devices import as_input, to_device
 from .overlap import WriteBehind, read_ahead
-from .planning import (StagePlan, Tile, encoder_halo, expand, image_span, plan_stage, ring_rows, span_length,
-                       window_rows)
+from .planning import (BYTES_PER_CHANNEL_PIXEL, StagePlan, Tile, encoder_halo, expand, full_resolution_width,
+                       image_span, plan_stage, ring_rows, span_length, window_rows, window_side)
 from .progress import Meter, PassMeter
 
 
@@ -42,10 +43,22 @@ def _device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-def _image_under(source: PaddedImage, k: int, rows: slice, cols: slice, grid: tuple[int, int]):
-    """The image pixels (h, w, 3) under stage k's feature window [rows, cols]."""
+def _image_under(source: PaddedImage, k: int, rows: slice, cols: slice, grid: tuple[int, int],
+                 device: torch.device):
+    """The image pixels (h, w, 3) under stage k's feature window [rows, cols], on their way to
+    `device` (`devices.to_device`)."""
     m = stage_multiple(k)
-    return source.read(image_span(rows, m, grid[0], source.height), image_span(cols, m, grid[1], source.width))
+    block = source.read(image_span(rows, m, grid[0], source.height), image_span(cols, m, grid[1], source.width))
+    return to_device(block, device)
+
+
+def _put(writes: WriteBehind, buffer: ImageBuffer, rows: slice, cols: slice, image: torch.Tensor) -> None:
+    """Store a network result: through the writer thread where the buffer's writes wait on the
+    disk or on a copy to the host; at once where they are copies queued on the device."""
+    if buffer.overlapped:
+        writes.submit(buffer.write, rows, cols, buffer.block_of(image))
+    else:
+        buffer.store(rows, cols, image)
 
 
 class Statistics:
@@ -66,18 +79,19 @@ class Statistics:
         ready = self.encoded
         while ready < len(self.tiles) and window_rows(self.tiles[ready], m, rows).stop <= written:
             ready += 1
-        for tile, block in read_ahead(self.tiles[self.encoded: ready], self._window):
+        threaded = self.source.image.overlapped
+        for tile, block in read_ahead(self.tiles[self.encoded: ready], self._window, threaded):
             # exact but within `encoder_halo` of the window's edges inside the grid: keep the rest
-            feature = tile.kept(self.encoder(to_tensor(block, device)))
-            part = transforms.moments(feature)
+            feature = tile.kept(self.encoder(as_input(block, device)))
+            part = transforms.moments(feature)  # on the device, in float64: no host sync per tile
             self.total = part if self.total is None else self.total + part
             if self.store is not None:
-                self.writes.submit(self.store.write, tile.keep_rows, tile.keep_cols, to_numpy(feature))
+                _put(self.writes, self.store, tile.keep_rows, tile.keep_cols, feature)
             self.meter.tile_done(self.encoded, span_length(tile.keep_rows) * span_length(tile.keep_cols) * m * m)
             self.encoded += 1
 
     def _window(self, tile: Tile):
-        return _image_under(self.source, self.encoder.stage, tile.rows, tile.cols, self.grid)
+        return _image_under(self.source, self.encoder.stage, tile.rows, tile.cols, self.grid, _device(self.encoder))
 
     def moments(self) -> transforms.Moments:
         """Encode the windows left (the image is whole by now); wait for the stored features."""
@@ -140,20 +154,23 @@ class StageRun:
         device = _device(self.decoder)
         counts = self.meter.start_pass(k, "render", len(plan.render), plan.render_work)
         store, tiles = self.store, plan.render
-        load = (lambda tile: store.read(tile.rows, tile.cols)) if store is not None else self._image_to_encode
+        if store is not None:
+            load, threaded = (lambda tile: to_device(store.window(tile.rows, tile.cols), device)), store.overlapped
+        else:
+            load, threaded = self._image_to_encode, self.image.overlapped
         with WriteBehind(self.meter.heap) as writes:
-            for i, (tile, block) in enumerate(read_ahead(tiles, load)):
+            for i, (tile, block) in enumerate(read_ahead(tiles, load, threaded)):
                 if store is not None:
-                    feature = to_tensor(block, device)
+                    feature = as_input(block, device)
                 else:
                     encoder = self.statistics.encoder
-                    feature = self._encoder_window(tile).kept(encoder(to_tensor(block, device)))
+                    feature = self._encoder_window(tile).kept(encoder(as_input(block, device)))
                 image = self.decoder(feature, affine=(a, b))
                 y = slice(tile.keep_rows.start * m, min(tile.keep_rows.stop * m, height))
                 x = slice(tile.keep_cols.start * m, min(tile.keep_cols.stop * m, width))
                 y0, x0 = y.start - tile.rows.start * m, x.start - tile.cols.start * m
                 kept = image[..., y0: y0 + span_length(y), x0: x0 + span_length(x)]
-                writes.submit(dest.write, y, x, dest.block_of(kept))
+                _put(writes, dest, y, x, kept)
                 counts.tile_done(i, span_length(y) * span_length(x))
                 if i + 1 < len(tiles) and tiles[i + 1].keep_rows == tile.keep_rows:
                     continue  # the band goes on
@@ -178,7 +195,8 @@ class StageRun:
 
     def _image_to_encode(self, tile: Tile):
         window = self._encoder_window(tile)
-        return _image_under(self.statistics.source, self.plan.k, window.rows, window.cols, self.plan.grid)
+        return _image_under(self.statistics.source, self.plan.k, window.rows, window.cols, self.plan.grid,
+                            _device(self.decoder))
 
     def __enter__(self) -> "StageRun":
         return self
@@ -218,6 +236,7 @@ class Cascade:
         height, width = image.shape[:2]
         check_content_size(height, width, levels)
         plans = [plan_stage(self.models, k, height, width, tile_size, k not in self.recompute) for k in levels]
+        self.meter.heap.budget = step_budget(self.models, levels, tile_size)
         self.meter.heap.start()
         with ExitStack() as held:  # on an error: every writer stopped, every buffer freed
             stage = held.enter_context(StageRun.start(self.models, plans[0], image, self.buffers, self.meter))
@@ -250,3 +269,15 @@ class Cascade:
         its features, since its statistics pass reads each row once, right behind the render."""
         capacity = ring_rows(plan, follower, height) if follower.stored else height
         return self.buffers.rows(height, capacity, (width, 3))
+
+
+# How far above the trimmed heap the heap guard may settle, in planned working sets of the widest
+# window (`memory.HeapGuard`): the estimate is a rounded-up average (BYTES_PER_CHANNEL_PIXEL) and
+# a window's read-ahead and written-behind blocks come on top, so one would trim every tile.
+STEP_BUDGET_WINDOWS = 2
+
+
+def step_budget(models: ModelSet, levels, tile_size: int) -> int:
+    """Bytes one tile of a tiled run may settle above the trimmed heap (`memory.HeapGuard.budget`)."""
+    return STEP_BUDGET_WINDOWS * max(BYTES_PER_CHANNEL_PIXEL * full_resolution_width(models, k)
+                                     * window_side(models, k, tile_size) ** 2 for k in levels)

@@ -303,7 +303,8 @@ def ring_rows(render: StagePlan, follower: StagePlan, height: int) -> int:
     return most
 
 
-def _cascade_bytes(models: ModelSet, levels, height: int, width: int, tile_size: int, recompute) -> int:
+def _cascade_bytes(models: ModelSet, levels, height: int, width: int, tile_size: int, recompute,
+                   files: bool = True) -> int:
     """Peak bytes of a tiled cascade's buffers. The first stage's statistics pass holds its stored
     features. Then each stage's render reads its stored features (or else its float input, unless
     that is the caller's content) band by band and discards what it has read
@@ -313,7 +314,8 @@ def _cascade_bytes(models: ModelSet, levels, height: int, width: int, tile_size:
     writes band by band. So the bytes held run about linearly from what is read plus the ring, as
     the render starts, to the output, the next stage's features and a window's band of what is
     read, as it ends; the peak is at one end or the other. A stage that stores its features has
-    freed its input by then."""
+    freed its input by then. Buffers in memory (`files=False`) are whole from the start and
+    discard nothing: read + out + the next stage's features."""
     if tile_size == 0:
         return 0
     plans = [plan_stage(models, k, height, width, tile_size, k not in recompute) for k in levels]
@@ -340,27 +342,27 @@ def _cascade_bytes(models: ModelSet, levels, height: int, width: int, tile_size:
             ring = out = row * min(height, ring_rows(plan, follower, height))
         else:
             ring, out = 0, row * height
-        peak = max(peak, read + ring, band + out + store(follower))
+        peak = max(peak, read + ring, (band if files else read) + out + store(follower))
     return peak
 
 
 def buffer_bytes(models: ModelSet, levels, height: int, width: int, tile_size: int, stroke_scale: float = 1.0,
-                 recompute=()) -> int:
+                 recompute=(), files: bool = True) -> int:
     """Peak bytes of the files `TiledEngine.stylize` keeps over a run with disk buffers: the images
-    between stages and the stored features (buffers in RAM, which cannot be discarded a band at
-    a time, hold more as a render goes). The content and the result are
-    the caller's. With a stroke scale S: the content shrunk by S (8-bit, and an 8-bit image
+    between stages and the stored features; with `files=False`, of its buffers in memory, which
+    cannot be discarded a band at a time and so hold more. The content and the result are the
+    caller's. With a stroke scale S: the content shrunk by S (8-bit, and an 8-bit image
     between Lanczos' two passes), the coarse stages' float result at that size, and the full-size
     float image they are upsampled into for the fine stages."""
     if stroke_scale == 1.0:
-        return _cascade_bytes(models, levels, height, width, tile_size, recompute)
+        return _cascade_bytes(models, levels, height, width, tile_size, recompute, files)
     coarse, fine = split_levels(levels)
     h, w = coarse_shape(height, width, stroke_scale)
     small, coarse_out, full = 3 * h * w, FLOAT_PIXEL_BYTES * h * w, FLOAT_PIXEL_BYTES * height * width
     return max(small + 3 * height * w,
-               small + coarse_out + _cascade_bytes(models, coarse, h, w, tile_size, recompute),
+               small + coarse_out + _cascade_bytes(models, coarse, h, w, tile_size, recompute, files),
                coarse_out + full,
-               full + _cascade_bytes(models, fine, height, width, tile_size, recompute))
+               full + _cascade_bytes(models, fine, height, width, tile_size, recompute, files))
 
 
 def stages_to_recompute(models: ModelSet, levels, height: int, width: int, tile_size: int, budget: int,

@@ -18,6 +18,7 @@ from ..transfer.stylize import StyleStats
 from .buffers import Buffers, ImageBuffer
 from .passes import Cascade
 from .planning import cascade_work, coarse_shape, resolve_tile_size
+from .placement import choose, device_of
 from .progress import Meter, TileProgress
 from .resample import bilinear, lanczos
 
@@ -25,7 +26,8 @@ from .resample import bilinear, lanczos
 def stylize_stroke_scaled(models: ModelSet, content: ImageBuffer, style: StyleStats, alpha: float,
                           levels: tuple[int, ...], stroke_scale: float, out: np.ndarray | ImageBuffer, *,
                           tile_size: int | None, disk_buffer: bool | None, temp_dir: str | None,
-                          progress: Callable[[TileProgress], None] | None, recompute: frozenset[int]) -> None:
+                          progress: Callable[[TileProgress], None] | None, recompute: frozenset[int],
+                          placement: str | None = None) -> None:
     """`TiledEngine.stylize` with a stroke scale S > 1, into `out` (the keywords are the engine's
     settings): the coarse levels on the content downscaled by S (Lanczos); their float result
     upsampled back to full size (bilinear); the fine levels on that, at full size. `content` is
@@ -38,9 +40,12 @@ def stylize_stroke_scaled(models: ModelSet, content: ImageBuffer, style: StyleSt
     small_shape = coarse_shape(height, width, stroke_scale)
     coarse_tile = resolve_tile_size(models, coarse, *small_shape, tile_size)
     fine_tile = resolve_tile_size(models, fine, height, width, tile_size)
+    where = placement
+    if where is None:
+        where, recompute = choose(models, levels, height, width, fine_tile, disk_buffer, stroke_scale, recompute)
     meter = Meter(progress, cascade_work(models, coarse, *small_shape, coarse_tile, recompute)
                   + cascade_work(models, fine, height, width, fine_tile, recompute))
-    with Buffers.open(height, width, disk_buffer, temp_dir) as buffers:
+    with Buffers.placed(where, temp_dir, device_of(models)) as buffers:
         cascade = Cascade(models, style, alpha, buffers, meter, recompute)
         small = buffers.new((*small_shape, 3), np.uint8)
         lanczos(content, small, buffers.new)

@@ -69,6 +69,11 @@ def to_uint8_batch(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
+def uint8_image(image: torch.Tensor) -> torch.Tensor:
+    """What `to_uint8` gives, as an (H, W, 3) uint8 tensor left on the image's device."""
+    return image[0].float().clamp(0, 1).mul(255.0).add_(0.5).to(torch.uint8).permute(1, 2, 0)
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Reflect-pad the bottom and right of (B, C, H, W) up to multiples of `multiple`."""
     h, w = x.shape[-2:]
