@@ -39,7 +39,7 @@ def test_a_killed_runs_scratch_is_swept_by_the_next_run(tmp_path):
 
 def test_the_engine_buffers_sweep_too(tmp_path):
     left = _killed_run(tmp_path, tempdirs.TILES)
-    with Buffers.open(8, 8, True, str(tmp_path)) as buffers:
+    with Buffers.placed("disk", str(tmp_path)) as buffers:
         buffers.new((8, 8, 3), np.float32).close()
         assert not left.exists()
     assert list(tmp_path.iterdir()) == []
