@@ -149,7 +149,8 @@ def test_a_row_that_segfaults_its_actor_fails_after_its_deaths_alone_and_the_res
     job = prepare(args)
     said: list[str] = []
     segfaulting = ray.remote(Segfaulting).options(num_cpus=1, max_restarts=0, max_concurrency=2)
-    monkeypatch.setattr(driver, "actor_factory", lambda job, say: lambda name: segfaulting.remote(name, job.worker))
+    monkeypatch.setattr(driver, "actor_factory",
+                        lambda job, say, run_id="": lambda name: segfaulting.remote(name, job.worker))
     report = run(job, say=said.append)
     results = {Path(r["content"]).name: r for r in pq.read_table(str(tmp_path / "r")).to_pylist()}
     crashed = results.pop("crash.jpg")
