@@ -106,7 +106,9 @@ def test_a_row_that_runs_its_actor_out_of_memory_fails_as_a_memory_kill(watched_
     report = run(prepare(args), say=said.append)
     results = {r["content"]: r for r in pq.read_table(str(tmp_path / "r.parquet")).to_pylist()}
     failed = results.pop(str(big))
-    assert failed["status"] == "failed" and failed["attempts"] == 2, failed
+    # Two starts alone, each killed; one more where the first kill came while the actor also held
+    # small rows (a death among several rows is charged to none of them).
+    assert failed["status"] == "failed" and failed["attempts"] in (2, 3), failed
     assert "2 actors died while running it alone" in failed["error"], failed["error"]
     assert failed["error"].count("killed by Ray's memory monitor") == 2, failed["error"]
     assert sum("killed by the memory monitor" in line for line in said) >= 2, said
