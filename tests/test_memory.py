@@ -46,15 +46,29 @@ print((settled - base) >> 20, (kept - base) >> 20, (trimmed - base) >> 20, (memo
     assert kept >= 400 and trimmed < 100 and last >= 74
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
-@pytest.mark.integration  # a subprocess
-def test_heap_guard_trims_for_a_new_pass_but_not_for_turns_or_blocks_waiting_to_be_written():
-    code = """
+# A HeapGuard script's start: `trims` collects the `step` at which the guard trimmed.
+GUARD_PREAMBLE = """
 import numpy as np
 from cdcore import memory
 memory.reuse_freed_memory()
 trims = []
-memory.release_freed_memory = lambda: trims.append(step)   # counts, and keeps the heap as it is
+trim = memory.release_freed_memory
+"""
+COUNT_ONLY = "memory.release_freed_memory = lambda: trims.append(step)  # counts, and keeps the heap as it is\n"
+COUNT_AND_TRIM = "memory.release_freed_memory = lambda: (trims.append(step), trim())\n"
+
+
+def _trims(script: str, release: str = COUNT_ONLY) -> list[str]:
+    """The steps at which a HeapGuard trimmed in `script`, run in a fresh process (the heap is
+    the process's own)."""
+    code = GUARD_PREAMBLE + release + script + 'print(" ".join(trims))\n'
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.integration  # a subprocess
+def test_heap_guard_trims_for_a_new_pass_but_not_for_turns_or_blocks_waiting_to_be_written():
+    trims = _trims("""
 guard = memory.HeapGuard(slack=0.1, settle_steps=2)
 step = "start"; guard.start()
 step = "a1"; guard.step_done("a")                # a new kind: trims, then settles
@@ -71,10 +85,8 @@ step = "a5"; guard.step_done("a")                # a pass of kind a again: a new
 step = "a6"; guard.step_done("a")
 crept = np.ones(400 << 20, np.uint8)
 step = "a7"; guard.step_done("a")                # 400 MB past where it settled: trims
-print(" ".join(trims))
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["start", "a1", "b1", "a5", "a7"]
+""")
+    assert trims == ["start", "a1", "b1", "a5", "a7"]
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
@@ -82,13 +94,7 @@ print(" ".join(trims))
 def test_heap_guard_does_not_settle_on_blocks_a_slow_writer_holds():
     """A writer slowed while the pass settles must not raise where it settles: the creep after it
     is caught as it is when the writer keeps pace."""
-    code = """
-import numpy as np
-from cdcore import memory
-memory.reuse_freed_memory()
-trims = []
-trim = memory.release_freed_memory
-memory.release_freed_memory = lambda: (trims.append(step), trim())
+    trims = _trims(release=COUNT_AND_TRIM, script="""
 guard = memory.HeapGuard(slack=0.1, settle_steps=2)
 step = "start"; guard.start()
 waiting = np.ones(300 << 20, np.uint8)           # results a slow writer has not written yet
@@ -99,31 +105,22 @@ guard.hold(-waiting.nbytes); del waiting         # written at last: freed into t
 step = "3"; guard.step_done()                    # allowed: the most held since the trim
 crept = np.ones(400 << 20, np.uint8)             # the pass creeps
 step = "4"; guard.step_done()
-print(" ".join(trims))
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["start", "1", "4"]
+""")
+    assert trims == ["start", "1", "4"]
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 @pytest.mark.integration  # a subprocess
 def test_heap_guard_settles_at_most_its_budget_above_the_trimmed_heap():
-    code = """
-import numpy as np
-from cdcore import memory
-memory.reuse_freed_memory()
-trims = []
-memory.release_freed_memory = lambda: trims.append(step)   # counts, and keeps the heap as it is
+    trims = _trims("""
 guard = memory.HeapGuard(slack=0.1, settle_steps=2, budget=64 << 20)
 step = "start"; guard.start()
 step = "1"; guard.step_done()
 big = np.ones(300 << 20, np.uint8)               # a step far past what planning expects
 step = "2"; guard.step_done()                    # settles, but only up to the budget
 step = "3"; guard.step_done()                    # so the same level is growth: trims
-print(" ".join(trims))
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["start", "1", "3"]
+""")
+    assert trims == ["start", "1", "3"]
 
 
 # A 12.6 MP content (the photo repeated) through stage 1 in tiles of 512 with disk buffers, as
