@@ -542,7 +542,9 @@ def test_a_killed_driver_leaves_parts_that_a_rerun_uses(ray_head, inputs, tmp_pa
                               stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
-        while not (results.is_dir() and any(results.iterdir())) and time.monotonic() < deadline:
+        # A whole part, not the hidden file it is written through before its rename.
+        while not (results.is_dir() and any(not p.name.startswith((".", "_")) for p in results.iterdir())) \
+                and time.monotonic() < deadline:
             assert driver.poll() is None, "the job ended before a part was written"
             time.sleep(0.1)
     finally:
