@@ -176,6 +176,36 @@ def check_codecs(shared: Path, device: torch.device, megapixels: float) -> list[
     return lines
 
 
+def check_batched_decode(shared: Path, device: torch.device, count: int, side: int) -> list[str]:
+    """`count` distinct side x side 4:4:4 JPEGs (what `codecs.is_plain_jpeg` sends to a GPU)
+    decoded one call each against from 16 threads through a `jpegbatch.JpegBatcher`: images/s,
+    calls, and the largest difference from Pillow's pixels."""
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dataset_rate
+    from cdcore.io.jpegbatch import JpegBatcher
+
+    data = []
+    for rgb in dataset_rate.contents(shared, side, side, count):
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, "JPEG", quality=95, subsampling=0)
+        data.append(buffer.getvalue())
+    reference = [np.asarray(Image.open(io.BytesIO(d)).convert("RGB")).astype(int) for d in data]
+    lines = []
+    for label, threads in (("one by one", 1), ("16 threads, batched", 16)):
+        batcher = JpegBatcher(device)
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(batcher.decode, data[:threads]))  # warm-up
+            calls, started = batcher.calls, time.perf_counter()
+            decoded = list(pool.map(batcher.decode, data))
+            rate = count / (time.perf_counter() - started)
+        diff = max(int(np.abs(a.astype(int) - b).max()) for a, b in zip(decoded, reference))
+        lines.append(f"| decode {side} px 4:4:4 x{count} | {label} on {device.type} | {rate:.0f} images/s | "
+                     f"{batcher.calls - calls} calls | max diff {diff} vs Pillow |")
+    return lines
+
+
 @contextlib.contextmanager
 def row_storage(directory: Path):
     """A prefix to put the job's inputs and outputs under: a moto S3 server on 127.0.0.1 when moto
@@ -360,6 +390,7 @@ def main(argv=None) -> int:
     if "codecs" in sections:
         print(f"\n| codec ({mp:g} MP) | by | MP/s | result | |\n|---|---|---|---|---|")
         print("\n".join(check_codecs(shared, device, mp)), flush=True)
+        print("\n".join(check_batched_decode(shared, device, 32 if args.quick else 512, 224)), flush=True)
     for extension in args.formats if "job" in sections else []:
         lines, job[extension] = check_job(shared, device, models, rows, mp, extension, args.io_threads)
         print(f"\njob: {lines[0]}")

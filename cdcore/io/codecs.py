@@ -5,9 +5,9 @@ CPU torchvision decodes a plain JPEG straight to RGB about twice as fast as Pill
 pixels (both are libjpeg-turbo with the same settings), while Pillow encodes faster and keeps our
 4:4:4 chroma. So:
 
-- decode: torchvision for a plain JPEG (8-bit RGB or grey, no EXIF rotation), on the GPU (nvJPEG)
-  when the caller holds one and the JPEG has full-resolution chroma; Pillow for everything else
-  (`images.decode`): CMYK, EXIF orientation, 16-bit, alpha and every other format keep exactly
+- decode: torchvision for a plain JPEG (8-bit RGB or grey, no EXIF rotation), on the GPU (nvJPEG,
+  in batches: `jpegbatch`) when the caller holds one and the JPEG has full-resolution chroma;
+  Pillow for everything else (`images.decode`): CMYK, EXIF orientation, 16-bit, alpha and every other format keep exactly
   today's behaviour. nvJPEG upsamples subsampled chroma (4:2:0 and 4:2:2, what most cameras
   write) otherwise than libjpeg-turbo: up to 16 levels apart on an H200, and the stylized result
   35.5 dB from the CPU's (benchmarks/history/sessions-1-9.md, issue 15);
@@ -56,10 +56,15 @@ def full_chroma(img: Image.Image) -> bool:
 
 
 def decode_jpeg(data: bytes, device=None) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of a plain JPEG, decoded on `device` (None: the CPU)."""
+    """(H, W, 3) uint8 RGB of a plain JPEG, decoded on `device` (None: the CPU); on a GPU in
+    batches with the other threads' JPEGs (`jpegbatch`)."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg as tv_decode
 
+    if device is not None and torch.device(device).type == "cuda":
+        from .jpegbatch import batcher
+
+        return batcher(device).decode(data)
     encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     rgb = tv_decode(encoded, mode=ImageReadMode.RGB, device=device or "cpu")
     return rgb.permute(1, 2, 0).contiguous().cpu().numpy()
