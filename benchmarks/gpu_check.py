@@ -13,7 +13,9 @@ Prints, with the device's name:
    JPEGs from the local S3 server, batching them, against the bare batched rate;
 5. at scale (`gpu_scale`, issue 28): tiled against whole MP/s and dB at 200 MP and 1 GP, a
    gigapixel JPEG in and out streamed (seconds, host memory), and a profile of the cascade
-   (kernel time against gaps, the top kernels).
+   (kernel time against gaps, the top kernels);
+6. variants (`gpu_variants`, issue 28): memory layout, cuDNN's autotuner and the reflect-pad path
+   tried against today's settings, on 42 MP whole and on a batch of 224 px images.
 
 `--device cpu --quick` runs the same on small images on the CPU; the test suite does, so the
 script still works the day a GPU appears. Goals (issue 11, on an H100): fp32 within 40 dB of the
@@ -271,6 +273,19 @@ def check_at_scale(shared: Path, device: torch.device, models: str, sections: li
         print("\n| streamed | seconds | MP/s | host RSS during the call GB | resident before GB |\n|---|---|---|---|---|")
         print("\n".join(gpu_scale.check_streamed(shared, device, models, 0.02 if quick else 1000, str(shared / STYLE))),
               flush=True)
+    if "variants" in sections:
+        import dataset_rate
+        import gpu_variants
+
+        side = 48 if quick else 224
+        batch = 4 if quick else dataset_rate.auto_batch(Stylist(models, device).models, side, side)
+        workloads = {f"{0.02 if quick else 42} MP whole": [content_of(shared, 0.02 if quick else 42)],
+                     f"{side} px x{batch}": dataset_rate.contents(shared, side, side, batch)}
+        offered = [name for name in PRECISIONS if precision.resolve(name, device)[0] == name]
+        print("\n| variant: workload | precision | settings | seconds | MP/s | x today | PSNR vs today |\n"
+              "|---|---|---|---|---|---|---|")
+        lines, _ = gpu_variants.check_variants(models, device, offered, workloads, style_rgb, psnr)
+        print("\n".join(lines), flush=True)
     if "profile" in sections:
         rgb = content_of(shared, 0.02 if quick else 42)
         print("\nprofile (torch.profiler" + (", CUDA activity)" if device.type == "cuda" else ", CPU)"))
@@ -356,7 +371,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes and few rows (what the tests run)")
     p.add_argument("--shared", type=Path, default=None, help="the shared folder (models, images, golden)")
     p.add_argument("--json", type=Path, default=None, help="also write the measurements here")
-    p.add_argument("--sections", default="exactness,speed,codecs,job,dataset,scale,streamed,profile",
+    p.add_argument("--sections", default="exactness,speed,codecs,job,dataset,scale,streamed,variants,profile",
                    help="which checks to run (default all)")
     p.add_argument("--dataset-sides", type=_numbers(int), default=None, help="dataset section's sides (224,512,1024)")
     p.add_argument("--sizes", type=_numbers(float), default=None, help="megapixels to time (default 4,16,42)")

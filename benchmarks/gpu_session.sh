@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Everything the open issues measure on a GPU, in one call of the device tool, in order of need:
+#   here:   bash benchmarks/gpu_carry.sh
+#   device: run(command="bash benchmarks/gpu_session.sh", carry=[".gpu"], timeout_s=600)
+# Each step has its own time limit, so that one that runs long loses only itself, and writes its
+# tables to $OUT as it goes (a step cut off keeps what it printed). Steps:
+#   1. dataset (issue 24): images/s at 224, 512, 1024 px, batch 1 against batched, fp32 and fp16,
+#      the actor end to end from the local S3 server; batched nvJPEG decoding (codecs);
+#   2. whole (issue 28): exactness against the CPU, 42 MP whole and tiled, the cascade's profile,
+#      and the job's actor on 4 MP JPEG rows (issue 11's device busy share);
+#   3. variants (issue 28): layout, cuDNN's autotuner and the reflect-pad path against today's;
+#   4. scale (issue 28): tiled against whole at 200 MP and 1 GP, a gigapixel JPEG streamed;
+#   5. the CUDA-only tests.
+# `--quick` runs each step small on the CPU, with the Python of $PYTHON and its packages:
+#   PYTHON=.venv/bin/python bash benchmarks/gpu_session.sh --quick
+# (tests/test_gpu_check.py runs it so). What comes back from $OUT is 8 files at most: these are 8
+# (the machine's name goes to the call's own output).
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out/gpu-session}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PYTHON=${PYTHON:-python3}
+quick=() device=() slack=1
+if [ "${1:-}" = "--quick" ]; then
+    quick=(--quick) device=(--device cpu) slack=4  # small images, but a CPU shared with other work
+elif ls .gpu/whl/*.whl > /dev/null 2>&1; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .gpu/whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+started=$SECONDS
+
+step() {  # step NAME SECONDS COMMAND...: COMMAND's output into $OUT/NAME.txt, cut off after SECONDS
+    local name=$1 limit=$2
+    shift 2
+    timeout --kill-after 10 $((limit * slack)) "$@" > "$OUT/$name.txt" 2>&1
+    echo "$name: exit $? at $((SECONDS - started)) s"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || true
+"$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+step dataset 150 "$PYTHON" benchmarks/gpu_check.py "${quick[@]}" "${device[@]}" --sections codecs,dataset \
+    --json "$OUT/dataset.json"
+step whole 150 "$PYTHON" benchmarks/gpu_check.py "${quick[@]}" "${device[@]}" --sections exactness,speed,job,profile \
+    --formats .jpg --json "$OUT/whole.json"
+step variants 60 "$PYTHON" benchmarks/gpu_check.py "${quick[@]}" "${device[@]}" --sections variants
+step scale 150 "$PYTHON" benchmarks/gpu_check.py "${quick[@]}" "${device[@]}" --sections scale,streamed \
+    --json "$OUT/scale.json"
+step tests 40 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_jpegbatch.py tests/test_tiling.py \
+    tests/test_actor.py -k "cuda or on_a_gpu or on_the_gpu"

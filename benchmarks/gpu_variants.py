@@ -1,0 +1,99 @@
+"""The cascade's settings tried against each other on one device (`gpu_check.py --sections variants`;
+issue 28's "the cascade at the device's pace").
+
+Which memory layout (channels-last or NCHW, models and input alike), whether cuDNN's autotuner
+(`torch.backends.cudnn.benchmark`) picks the algorithms per shape, and up to what size a 3x3
+reflect-padded convolution pads a copy (`nets.PAD_COPY_LIMIT`; above it, the zero-padded
+convolution with its one-pixel border redone) pay on this device, for the two workloads: one
+large whole image, and a batch of dataset-size images. Each variant is timed as the best of a few
+runs after a warm-up (the autotuner's search falls in the warm-up) and compared with the
+settings the library uses today (the first row of each workload), with its result's PSNR against
+that row's, so a variant that changes the numbers shows it.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import torch
+
+from cdcore.models import nets, precision as precisions
+from cdcore.models.modelset import load_model_set
+from cdcore.transfer import stylize as cascade
+
+# name: (channels-last, cudnn.benchmark, PAD_COPY_LIMIT); "today" first: the library's settings
+# (channels-last on the CPU and in reduced precision, NCHW in fp32 on a GPU: `Stylist`).
+VARIANTS = {
+    "today": (None, False, nets.PAD_COPY_LIMIT),
+    "channels-last": (True, False, nets.PAD_COPY_LIMIT),
+    "NCHW": (False, False, nets.PAD_COPY_LIMIT),
+    "autotuned": (None, True, nets.PAD_COPY_LIMIT),
+    "pad copies always": (None, False, 1 << 62),
+    "borders always": (None, False, 0),
+    "channels-last, autotuned, pad copies": (True, True, 1 << 62),
+}
+
+
+@contextlib.contextmanager
+def settings(autotune: bool, pad_copy_limit: int):
+    before = torch.backends.cudnn.benchmark, nets.PAD_COPY_LIMIT
+    torch.backends.cudnn.benchmark, nets.PAD_COPY_LIMIT = autotune, pad_copy_limit
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, nets.PAD_COPY_LIMIT = before
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_variant(models_dir: str, device: torch.device, precision: str, rgbs: list[np.ndarray],
+                 style_rgb: np.ndarray, variant: tuple, repeats: int) -> tuple[float, np.ndarray]:
+    """Best seconds of `repeats` runs of the cascade on `rgbs` (one whole image, or one batch),
+    and the first image's uint8 result."""
+    channels_last, autotune, limit = variant
+    if channels_last is None:
+        channels_last = device.type == "cpu" or precision != "fp32"
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    models = load_model_set(models_dir).to(device, channels_last=channels_last)
+    with settings(autotune, limit), precisions.networks(device, precision):
+        style = cascade.style_statistics(models, cascade.to_tensor(style_rgb, device))
+        contents = cascade.to_tensor_batch(rgbs, device).contiguous(memory_format=layout)
+        best, result = float("inf"), None
+        for run in range(repeats + 1):  # run 0 is the warm-up
+            _synchronize(device)
+            started = time.perf_counter()
+            result = cascade.stylize_batch(models, contents, style)
+            _synchronize(device)
+            if run:
+                best = min(best, time.perf_counter() - started)
+    return best, cascade.to_uint8_batch(result[:1])[0]
+
+
+def check_variants(models_dir: str, device: torch.device, precision_names: list[str], workloads: dict,
+                   style_rgb: np.ndarray, psnr, repeats: int = 2) -> tuple[list[str], list[dict]]:
+    """Table rows for each workload (name: list of same-size images) x precision x variant."""
+    lines, records = [], []
+    for workload, rgbs in workloads.items():
+        mp = sum(rgb.shape[0] * rgb.shape[1] for rgb in rgbs) / 1e6
+        for name in precision_names:
+            base = None
+            for label, variant in VARIANTS.items():
+                try:
+                    seconds, rgb = time_variant(models_dir, device, name, rgbs, style_rgb, variant, repeats)
+                except torch.cuda.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    lines.append(f"| {workload} | {name} | {label} | out of device memory | | | |")
+                    continue
+                base = base or (seconds, rgb)
+                quality = psnr(rgb, base[1])
+                records.append({"workload": workload, "precision": name, "variant": label, "seconds": seconds,
+                                "mp_per_s": mp / seconds, "vs_today": base[0] / seconds, "psnr_vs_today": quality})
+                lines.append(f"| {workload} | {name} | {label} | {seconds:.3f} | {mp / seconds:.1f} | "
+                             f"{base[0] / seconds:.2f}x | {quality:.1f} |")
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    return lines, records
