@@ -266,9 +266,8 @@ def check_at_scale(shared: Path, device: torch.device, models: str, sections: li
         sizes, tile = ([0.02], 128) if quick else ([200, 1000], None)
         print("\n| MP | mode (buffers) | seconds | MP/s | vs whole MP/s | PSNR vs whole | host peak GB |\n"
               "|---|---|---|---|---|---|---|")
-        lines, records = gpu_scale.check_scale(lambda mp: content_of(shared, mp), psnr, device, models, sizes,
-                                               tile, style_rgb)
-        print("\n".join(lines), flush=True)
+        _, records = gpu_scale.check_scale(lambda mp: content_of(shared, mp), psnr, device, models, sizes, tile,
+                                           style_rgb, emit=lambda line: print(line, flush=True))
     if "streamed" in sections:
         print("\n| streamed | seconds | MP/s | host RSS during the call GB | resident before GB |\n|---|---|---|---|---|")
         print("\n".join(gpu_scale.check_streamed(shared, device, models, 0.02 if quick else 1000, str(shared / STYLE))),
@@ -286,6 +285,9 @@ def check_at_scale(shared: Path, device: torch.device, models: str, sections: li
               "|---|---|---|---|---|---|---|")
         lines, _ = gpu_variants.check_variants(models, device, offered, workloads, style_rgb, psnr)
         print("\n".join(lines), flush=True)
+        print("\n| eigendecomposition | on the device | on the host | |\n|---|---|---|---|")
+        print("\n".join(gpu_variants.check_eigh(device, (32, 128) if quick else (32, 64, 128),
+                                                (1, 4) if quick else (1, 16, 64))), flush=True)
     if "profile" in sections:
         rgb = content_of(shared, 0.02 if quick else 42)
         print("\nprofile (torch.profiler" + (", CUDA activity)" if device.type == "cuda" else ", CPU)"))
@@ -417,7 +419,7 @@ def main(argv=None) -> int:
         sides = args.dataset_sides or ([48] if args.quick else [224, 512, 1024])
         print("\n| dataset content | precision | batch | images/s | MP/s | x batch 1 | batched vs single (dB) |")
         print("|---|---|---|---|---|---|---|")
-        lines, dataset["bare"] = check_dataset(shared, device, models, sides, precisions, 0.0 if args.quick else 10.0,
+        lines, dataset["bare"] = check_dataset(shared, device, models, sides, precisions, 0.0 if args.quick else 6.0,
                                                4 if args.quick else None)
         print("\n".join(lines), flush=True)
         side, fastest = sides[0], precisions[-1]

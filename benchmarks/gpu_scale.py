@@ -41,11 +41,12 @@ def _timed(work, device: torch.device):
 
 
 def check_scale(content_of, psnr, device: torch.device, models: str, sizes: list[float], tile: int | None,
-                style_rgb: np.ndarray) -> tuple[list[str], list[dict]]:
-    """Rows of the scale table (see the module docstring). `content_of(mp)`: an (H, W, 3) uint8."""
+                style_rgb: np.ndarray, emit=None) -> tuple[list[str], list[dict]]:
+    """Rows of the scale table (see the module docstring), each also passed to `emit` as it is
+    made, so a run cut off keeps the sizes it finished. `content_of(mp)`: an (H, W, 3) uint8."""
     stylist = Stylist(models, device)
     style = _style(stylist, style_rgb)
-    lines, records, whole_rate = [], [], None
+    lines, records, whole_rate = _Lines(emit), [], None
     for mp in sizes:
         rgb = content_of(mp)
         pixels = rgb.shape[0] * rgb.shape[1] / 1e6
@@ -73,6 +74,17 @@ def check_scale(content_of, psnr, device: torch.device, models: str, sizes: list
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return lines, records
+
+
+class _Lines(list):
+    def __init__(self, emit):
+        super().__init__()
+        self.emit = emit
+
+    def append(self, line: str) -> None:
+        super().append(line)
+        if self.emit:
+            self.emit(line)
 
 
 def _style(stylist: Stylist, style_rgb: np.ndarray):

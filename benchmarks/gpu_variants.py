@@ -9,6 +9,10 @@ large whole image, and a batch of dataset-size images. Each variant is timed as 
 runs after a warm-up (the autotuner's search falls in the warm-up) and compared with the
 settings the library uses today (the first row of each workload), with its result's PSNR against
 that row's, so a variant that changes the numbers shows it.
+
+`check_eigh` times the batched float64 eigendecompositions a batch of images needs per stage, on
+the device against the host: a GPU's eigh solves matrices above 32 x 32 one at a time, which at
+dataset rates may cost more than the networks.
 """
 from __future__ import annotations
 
@@ -97,3 +101,30 @@ def check_variants(models_dir: str, device: torch.device, precision_names: list[
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     return lines, records
+
+
+def check_eigh(device: torch.device, sizes=(32, 64, 128), batches=(1, 16, 64), repeats: int = 3) -> list[str]:
+    """Batched float64 eigendecompositions of (B, C, C) covariances, as each stage of a batch runs
+    one: milliseconds per call on `device` against the host's CPU (with its torch threads), the
+    copies to and from the host included. A dataset batch calls one per stage and image batch."""
+    lines = []
+    for c in sizes:
+        for b in batches:
+            x = torch.randn(b, c, 4 * c, dtype=torch.float64, device=device)
+            cov = x @ x.mT / (4 * c)
+            timings = []
+            for where in (device, torch.device("cpu")):
+                def once():
+                    evals, evecs = torch.linalg.eigh(cov.to(where))
+                    return evals.to(device), evecs.to(device)
+                once()
+                _synchronize(device)
+                started = time.perf_counter()
+                for _ in range(repeats):
+                    once()
+                _synchronize(device)
+                timings.append((time.perf_counter() - started) / repeats * 1e3)
+            lines.append(f"| eigh ({b}, {c}, {c}) float64 | {timings[0]:.2f} ms on {device.type} | "
+                         f"{timings[1]:.2f} ms on the host ({torch.get_num_threads()} threads) | "
+                         f"{timings[0] / b:.3f} ms per matrix there |")
+    return lines
