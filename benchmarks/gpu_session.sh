@@ -57,5 +57,5 @@ wanted variants && step variants 70 "${check[@]}" --sections variants
 wanted streamed && step streamed 70 "${check[@]}" --sections streamed
 wanted scale && step scale 110 "${check[@]}" --sections scale
 wanted tests && step tests 30 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_jpegbatch.py tests/test_tiling.py \
-    tests/test_actor.py -k "cuda or on_a_gpu or on_the_gpu"
+    tests/test_actor.py tests/test_transforms.py -k "cuda or on_a_gpu or on_the_gpu or on_the_host"
 exit 0

@@ -2,9 +2,10 @@
 issue 28's "the cascade at the device's pace").
 
 Which memory layout (channels-last or NCHW, models and input alike), whether cuDNN's autotuner
-(`torch.backends.cudnn.benchmark`) picks the algorithms per shape, and up to what size a 3x3
+(`torch.backends.cudnn.benchmark`) picks the algorithms per shape, up to what size a 3x3
 reflect-padded convolution pads a copy (`nets.PAD_COPY_LIMIT`; above it, the zero-padded
-convolution with its one-pixel border redone) pay on this device, for the two workloads: one
+convolution with its one-pixel border redone), and where a batch's eigendecompositions run
+(`transforms.BATCHED_EIGH_ON_HOST`) pay on this device, for the two workloads: one
 large whole image, and a batch of dataset-size images. Each variant is timed as the best of a few
 runs after a warm-up (the autotuner's search falls in the warm-up) and compared with the
 settings the library uses today (the first row of each workload), with its result's PSNR against
@@ -24,29 +25,33 @@ import torch
 
 from cdcore.models import nets, precision as precisions
 from cdcore.models.modelset import load_model_set
-from cdcore.transfer import stylize as cascade
+from cdcore.transfer import stylize as cascade, transforms
 
-# name: (channels-last, cudnn.benchmark, PAD_COPY_LIMIT); "today" first: the library's settings
-# (channels-last on the CPU and in reduced precision, NCHW in fp32 on a GPU: `Stylist`).
+# name: (channels-last, cudnn.benchmark, PAD_COPY_LIMIT, a batch's eigh on the host); "today"
+# first: the library's settings (channels-last on the CPU and in reduced precision, NCHW in fp32
+# on a GPU: `Stylist`).
+LIMIT, ON_HOST = nets.PAD_COPY_LIMIT, transforms.BATCHED_EIGH_ON_HOST
 VARIANTS = {
-    "today": (None, False, nets.PAD_COPY_LIMIT),
-    "channels-last": (True, False, nets.PAD_COPY_LIMIT),
-    "NCHW": (False, False, nets.PAD_COPY_LIMIT),
-    "autotuned": (None, True, nets.PAD_COPY_LIMIT),
-    "pad copies always": (None, False, 1 << 62),
-    "borders always": (None, False, 0),
-    "channels-last, autotuned, pad copies": (True, True, 1 << 62),
+    "today": (None, False, LIMIT, ON_HOST),
+    "channels-last": (True, False, LIMIT, ON_HOST),
+    "NCHW": (False, False, LIMIT, ON_HOST),
+    "autotuned": (None, True, LIMIT, ON_HOST),
+    "pad copies always": (None, False, 1 << 62, ON_HOST),
+    "borders always": (None, False, 0, ON_HOST),
+    "batched eigh on the host": (None, False, LIMIT, not ON_HOST),
+    "channels-last, autotuned, pad copies": (True, True, 1 << 62, ON_HOST),
 }
 
 
 @contextlib.contextmanager
-def settings(autotune: bool, pad_copy_limit: int):
-    before = torch.backends.cudnn.benchmark, nets.PAD_COPY_LIMIT
-    torch.backends.cudnn.benchmark, nets.PAD_COPY_LIMIT = autotune, pad_copy_limit
+def settings(autotune: bool, pad_copy_limit: int, eigh_on_host: bool):
+    before = torch.backends.cudnn.benchmark, nets.PAD_COPY_LIMIT, transforms.BATCHED_EIGH_ON_HOST
+    torch.backends.cudnn.benchmark, nets.PAD_COPY_LIMIT, transforms.BATCHED_EIGH_ON_HOST = \
+        autotune, pad_copy_limit, eigh_on_host
     try:
         yield
     finally:
-        torch.backends.cudnn.benchmark, nets.PAD_COPY_LIMIT = before
+        torch.backends.cudnn.benchmark, nets.PAD_COPY_LIMIT, transforms.BATCHED_EIGH_ON_HOST = before
 
 
 def _synchronize(device: torch.device) -> None:
@@ -58,12 +63,12 @@ def time_variant(models_dir: str, device: torch.device, precision: str, rgbs: li
                  style_rgb: np.ndarray, variant: tuple, repeats: int) -> tuple[float, np.ndarray]:
     """Best seconds of `repeats` runs of the cascade on `rgbs` (one whole image, or one batch),
     and the first image's uint8 result."""
-    channels_last, autotune, limit = variant
+    channels_last, autotune, limit, eigh_on_host = variant
     if channels_last is None:
         channels_last = device.type == "cpu" or precision != "fp32"
     layout = torch.channels_last if channels_last else torch.contiguous_format
     models = load_model_set(models_dir).to(device, channels_last=channels_last)
-    with settings(autotune, limit), precisions.networks(device, precision):
+    with settings(autotune, limit, eigh_on_host), precisions.networks(device, precision):
         style = cascade.style_statistics(models, cascade.to_tensor(style_rgb, device))
         contents = cascade.to_tensor_batch(rgbs, device).contiguous(memory_format=layout)
         best, result = float("inf"), None

@@ -28,6 +28,11 @@ METHODS = ("wct", "adain")
 # Eigenvalues below this are dropped, as in the reference WCT: a flat image has a zero covariance
 # and must give a finite result (its whitened feature is zero, the output is the style mean).
 EIG_FLOOR = 1e-5
+# Where a GPU's batches of eigendecompositions run: on the device (False), or copied to the host
+# CPU and back (True). A GPU's eigh solves matrices above 32 x 32 one by one, so a batch's may
+# cost more there than the host's; `benchmarks/gpu_check.py --sections variants` times both.
+# Not yet measured on a GPU: until it is, they stay where the features are.
+BATCHED_EIGH_ON_HOST = False
 
 
 @dataclass
@@ -91,7 +96,10 @@ def moments_per_image(feature: torch.Tensor, band_bytes: int = 16 << 20) -> Mome
 def _sym_power(cov: torch.Tensor, power: float) -> torch.Tensor:
     """cov^power for symmetric PSD matrices (..., C, C), over the eigenvalues above EIG_FLOOR only:
     one batched eigendecomposition for a batch."""
-    evals, evecs = torch.linalg.eigh(cov)
+    if BATCHED_EIGH_ON_HOST and cov.is_cuda and cov.dim() == 3 and cov.shape[0] > 1:
+        evals, evecs = (t.to(cov.device) for t in torch.linalg.eigh(cov.cpu()))
+    else:
+        evals, evecs = torch.linalg.eigh(cov)
     keep = evals > EIG_FLOOR
     scaled = torch.where(keep, evals.clamp_min(EIG_FLOOR) ** power, torch.zeros_like(evals))
     return (evecs * scaled[..., None, :]) @ evecs.mT
