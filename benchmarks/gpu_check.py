@@ -260,7 +260,7 @@ def check_job(shared: Path, device: torch.device, models: str, rows: int, megapi
 
 def check_at_scale(shared: Path, device: torch.device, models: str, sections: list[str], quick: bool) -> list[dict]:
     """The issue-28 sections (`gpu_scale`), printed as they come; returns the scale records."""
-    style_rgb = np.asarray(Image.open(shared / STYLE).convert("RGB"))
+    style_rgb = np.array(Image.open(shared / STYLE).convert("RGB"))  # writable: torch warns otherwise
     records = []
     if "scale" in sections:
         sizes, tile = ([0.02], 128) if quick else ([200, 1000], None)
@@ -276,18 +276,18 @@ def check_at_scale(shared: Path, device: torch.device, models: str, sections: li
         import dataset_rate
         import gpu_variants
 
-        side = 48 if quick else 224
-        batch = 4 if quick else dataset_rate.auto_batch(Stylist(models, device).models, side, side)
-        workloads = {f"{0.02 if quick else 42} MP whole": [content_of(shared, 0.02 if quick else 42)],
-                     f"{side} px x{batch}": dataset_rate.contents(shared, side, side, batch)}
-        offered = [name for name in PRECISIONS if precision.resolve(name, device)[0] == name]
-        print("\n| variant: workload | precision | settings | seconds | MP/s | x today | PSNR vs today |\n"
-              "|---|---|---|---|---|---|---|")
-        lines, _ = gpu_variants.check_variants(models, device, offered, workloads, style_rgb, psnr)
-        print("\n".join(lines), flush=True)
         print("\n| eigendecomposition | on the device | on the host | |\n|---|---|---|---|")
         print("\n".join(gpu_variants.check_eigh(device, (32, 128) if quick else (32, 64, 128),
                                                 (1, 4) if quick else (1, 16, 64))), flush=True)
+        side = 48 if quick else 224
+        batch = 4 if quick else dataset_rate.auto_batch(Stylist(models, device).models, side, side)
+        workloads = {f"{side} px x{batch}": dataset_rate.contents(shared, side, side, batch),
+                     f"{0.02 if quick else 42} MP whole": [content_of(shared, 0.02 if quick else 42)]}
+        offered = [name for name in PRECISIONS if precision.resolve(name, device)[0] == name]
+        print("\n| variant: workload | precision | settings | seconds | MP/s | x today | PSNR vs today |\n"
+              "|---|---|---|---|---|---|---|")
+        gpu_variants.check_variants(models, device, offered, workloads, style_rgb, psnr,
+                                    emit=lambda line: print(line, flush=True))
     if "profile" in sections:
         rgb = content_of(shared, 0.02 if quick else 42)
         print("\nprofile (torch.profiler" + (", CUDA activity)" if device.type == "cuda" else ", CPU)"))
@@ -319,8 +319,10 @@ def check_dataset(shared: Path, device: torch.device, models: str, sides: list[i
                 rate = measured[b][0]
                 records.append({"side": side, "precision": name, "batch": b, "images_per_s": rate,
                                 "mp_per_s": rate * side * side / 1e6, "batched_vs_single_db": quality})
-                lines.append(f"| {side}x{side} | {name} | {b} | {rate:.1f} | {rate * side * side / 1e6:.1f} | "
-                             f"{rate / measured[1][0]:.2f}x | {quality:.1f} |")
+                line = (f"| {side}x{side} | {name} | {b} | {rate:.1f} | {rate * side * side / 1e6:.1f} | "
+                        f"{rate / measured[1][0]:.2f}x | {quality:.1f} |")
+                print(line, flush=True)  # as it comes: a run cut off keeps the sides it finished
+                lines.append(line)
             del stylist
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -419,9 +421,8 @@ def main(argv=None) -> int:
         sides = args.dataset_sides or ([48] if args.quick else [224, 512, 1024])
         print("\n| dataset content | precision | batch | images/s | MP/s | x batch 1 | batched vs single (dB) |")
         print("|---|---|---|---|---|---|---|")
-        lines, dataset["bare"] = check_dataset(shared, device, models, sides, precisions, 0.0 if args.quick else 6.0,
-                                               4 if args.quick else None)
-        print("\n".join(lines), flush=True)
+        _, dataset["bare"] = check_dataset(shared, device, models, sides, precisions, 0.0 if args.quick else 6.0,
+                                           4 if args.quick else None)
         side, fastest = sides[0], precisions[-1]
         bare = max(r["images_per_s"] for r in dataset["bare"] if r["side"] == side and r["precision"] == fastest)
         lines, dataset["job"] = check_dataset_job(shared, device, models, 6 if args.quick else 2048, side, fastest, bare)

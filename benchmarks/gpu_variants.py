@@ -83,9 +83,10 @@ def time_variant(models_dir: str, device: torch.device, precision: str, rgbs: li
 
 
 def check_variants(models_dir: str, device: torch.device, precision_names: list[str], workloads: dict,
-                   style_rgb: np.ndarray, psnr, repeats: int = 2) -> tuple[list[str], list[dict]]:
-    """Table rows for each workload (name: list of same-size images) x precision x variant."""
-    lines, records = [], []
+                   style_rgb: np.ndarray, psnr, repeats: int = 2, emit=print) -> list[dict]:
+    """A table row, passed to `emit` as it is made, for each workload (name: list of same-size
+    images) x precision x variant; returns the records."""
+    records = []
     for workload, rgbs in workloads.items():
         mp = sum(rgb.shape[0] * rgb.shape[1] for rgb in rgbs) / 1e6
         for name in precision_names:
@@ -95,23 +96,23 @@ def check_variants(models_dir: str, device: torch.device, precision_names: list[
                     seconds, rgb = time_variant(models_dir, device, name, rgbs, style_rgb, variant, repeats)
                 except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()
-                    lines.append(f"| {workload} | {name} | {label} | out of device memory | | | |")
+                    emit(f"| {workload} | {name} | {label} | out of device memory | | | |")
                     continue
                 base = base or (seconds, rgb)
                 quality = psnr(rgb, base[1])
                 records.append({"workload": workload, "precision": name, "variant": label, "seconds": seconds,
                                 "mp_per_s": mp / seconds, "vs_today": base[0] / seconds, "psnr_vs_today": quality})
-                lines.append(f"| {workload} | {name} | {label} | {seconds:.3f} | {mp / seconds:.1f} | "
-                             f"{base[0] / seconds:.2f}x | {quality:.1f} |")
+                emit(f"| {workload} | {name} | {label} | {seconds:.3f} | {mp / seconds:.1f} | "
+                     f"{base[0] / seconds:.2f}x | {quality:.1f} |")
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-    return lines, records
+    return records
 
 
 def check_eigh(device: torch.device, sizes=(32, 64, 128), batches=(1, 16, 64), repeats: int = 3) -> list[str]:
     """Batched float64 eigendecompositions of (B, C, C) covariances, as each stage of a batch runs
     one: milliseconds per call on `device` against the host's CPU (with its torch threads), the
-    copies to and from the host included. A dataset batch calls one per stage and image batch."""
+    copies to and from the host included. A batch of images needs one such call per stage."""
     lines = []
     for c in sizes:
         for b in batches:
