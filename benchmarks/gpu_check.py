@@ -14,8 +14,9 @@ Prints, with the device's name:
 5. at scale (`gpu_scale`, issue 28): tiled against whole MP/s and dB at 200 MP and 1 GP, a
    gigapixel JPEG in and out streamed (seconds, host memory), and a profile of the cascade
    (kernel time against gaps, the top kernels);
-6. variants (`gpu_variants`, issue 28): memory layout, cuDNN's autotuner and the reflect-pad path
-   tried against today's settings, on 42 MP whole and on a batch of 224 px images.
+6. variants (`gpu_variants`, issue 28): memory layout, cuDNN's autotuner, the reflect-pad path and
+   where a batch's eigendecompositions run, tried against today's settings on a batch of 224 px
+   images and on 42 MP whole; and batched float64 eigh timed on the device against the host.
 
 `--device cpu --quick` runs the same on small images on the CPU; the test suite does, so the
 script still works the day a GPU appears. Goals (issue 11, on an H100): fp32 within 40 dB of the
@@ -57,6 +58,11 @@ SHARED_CANDIDATES = (ROOT.parent / "shared", ROOT / ".gpu" / "shared")
 CONTENT, STYLE = "images/content/bridge_512.jpg", "images/style/style_b_512.jpg"
 GOLDEN = "golden/wct16x_bridge_512+style_b_512_alpha1.png"
 ASPECT = 10240 / 4096  # the paper's ultra-resolution anchor
+
+
+def emit(line: str) -> None:
+    """Print a table row at once: a step cut off at its time limit keeps what it printed."""
+    print(line, flush=True)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -266,8 +272,8 @@ def check_at_scale(shared: Path, device: torch.device, models: str, sections: li
         sizes, tile = ([0.02], 128) if quick else ([200, 1000], None)
         print("\n| MP | mode (buffers) | seconds | MP/s | vs whole MP/s | PSNR vs whole | host peak GB |\n"
               "|---|---|---|---|---|---|---|")
-        _, records = gpu_scale.check_scale(lambda mp: content_of(shared, mp), psnr, device, models, sizes, tile,
-                                           style_rgb, emit=lambda line: print(line, flush=True))
+        records = gpu_scale.check_scale(lambda mp: content_of(shared, mp), psnr, device, models, sizes, tile,
+                                        style_rgb, emit=emit)
     if "streamed" in sections:
         print("\n| streamed | seconds | MP/s | host RSS during the call GB | resident before GB |\n|---|---|---|---|---|")
         print("\n".join(gpu_scale.check_streamed(shared, device, models, 0.02 if quick else 1000, str(shared / STYLE))),
@@ -286,8 +292,7 @@ def check_at_scale(shared: Path, device: torch.device, models: str, sections: li
         offered = [name for name in PRECISIONS if precision.resolve(name, device)[0] == name]
         print("\n| variant: workload | precision | settings | seconds | MP/s | x today | PSNR vs today |\n"
               "|---|---|---|---|---|---|---|")
-        gpu_variants.check_variants(models, device, offered, workloads, style_rgb, psnr,
-                                    emit=lambda line: print(line, flush=True))
+        gpu_variants.check_variants(models, device, offered, workloads, style_rgb, psnr, emit=emit)
     if "profile" in sections:
         rgb = content_of(shared, 0.02 if quick else 42)
         print("\nprofile (torch.profiler" + (", CUDA activity)" if device.type == "cuda" else ", CPU)"))
@@ -296,12 +301,13 @@ def check_at_scale(shared: Path, device: torch.device, models: str, sections: li
 
 
 def check_dataset(shared: Path, device: torch.device, models: str, sides: list[int], precisions: list[str],
-                  seconds: float, limit: int | None = None) -> tuple[list[str], list[dict]]:
+                  seconds: float, limit: int | None = None) -> list[dict]:
     """Bare images/s at each side (square contents), batch 1 against the automatic batch (at most
-    `limit` images)."""
+    `limit` images): a table row for each, printed as it comes (a run cut off keeps the sides it
+    finished); returns the records."""
     import dataset_rate
 
-    lines, records = [], []
+    records = []
     for side in sides:
         rgbs = None
         for name in precisions:
@@ -319,14 +325,12 @@ def check_dataset(shared: Path, device: torch.device, models: str, sides: list[i
                 rate = measured[b][0]
                 records.append({"side": side, "precision": name, "batch": b, "images_per_s": rate,
                                 "mp_per_s": rate * side * side / 1e6, "batched_vs_single_db": quality})
-                line = (f"| {side}x{side} | {name} | {b} | {rate:.1f} | {rate * side * side / 1e6:.1f} | "
-                        f"{rate / measured[1][0]:.2f}x | {quality:.1f} |")
-                print(line, flush=True)  # as it comes: a run cut off keeps the sides it finished
-                lines.append(line)
+                emit(f"| {side}x{side} | {name} | {b} | {rate:.1f} | {rate * side * side / 1e6:.1f} | "
+                     f"{rate / measured[1][0]:.2f}x | {quality:.1f} |")
             del stylist
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    return lines, records
+    return records
 
 
 def check_dataset_job(shared: Path, device: torch.device, models: str, rows: int, side: int, precision_name: str,
@@ -421,8 +425,8 @@ def main(argv=None) -> int:
         sides = args.dataset_sides or ([48] if args.quick else [224, 512, 1024])
         print("\n| dataset content | precision | batch | images/s | MP/s | x batch 1 | batched vs single (dB) |")
         print("|---|---|---|---|---|---|---|")
-        _, dataset["bare"] = check_dataset(shared, device, models, sides, precisions, 0.0 if args.quick else 6.0,
-                                           4 if args.quick else None)
+        dataset["bare"] = check_dataset(shared, device, models, sides, precisions, 0.0 if args.quick else 6.0,
+                                        4 if args.quick else None)
         side, fastest = sides[0], precisions[-1]
         bare = max(r["images_per_s"] for r in dataset["bare"] if r["side"] == side and r["precision"] == fastest)
         lines, dataset["job"] = check_dataset_job(shared, device, models, 6 if args.quick else 2048, side, fastest, bare)

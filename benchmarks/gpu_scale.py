@@ -41,12 +41,13 @@ def _timed(work, device: torch.device):
 
 
 def check_scale(content_of, psnr, device: torch.device, models: str, sizes: list[float], tile: int | None,
-                style_rgb: np.ndarray, emit=None) -> tuple[list[str], list[dict]]:
-    """Rows of the scale table (see the module docstring), each also passed to `emit` as it is
-    made, so a run cut off keeps the sizes it finished. `content_of(mp)`: an (H, W, 3) uint8."""
+                style_rgb: np.ndarray, emit=print) -> list[dict]:
+    """The scale table's rows (see the module docstring), each passed to `emit` as it is made, so
+    a run cut off keeps the sizes it finished; returns the records. `content_of(mp)`: an (H, W, 3)
+    uint8."""
     stylist = Stylist(models, device)
     style = _style(stylist, style_rgb)
-    lines, records, whole_rate = _Lines(emit), [], None
+    records, whole_rate = [], None
     for mp in sizes:
         rgb = content_of(mp)
         pixels = rgb.shape[0] * rgb.shape[1] / 1e6
@@ -54,10 +55,10 @@ def check_scale(content_of, psnr, device: torch.device, models: str, sizes: list
         try:
             whole, seconds = _timed(lambda: tiling.TiledEngine(stylist.models, 0).stylize(rgb, style), device)
             whole_rate = pixels / seconds
-            lines.append(f"| {mp:g} | whole | {seconds:.2f} | {whole_rate:.2f} | 1.00x | - | - |")
+            emit(f"| {mp:g} | whole | {seconds:.2f} | {whole_rate:.2f} | 1.00x | - | - |")
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            lines.append(f"| {mp:g} | whole | out of device memory | | | | |")
+            emit(f"| {mp:g} | whole | out of device memory | | | | |")
         engine = tiling.TiledEngine(stylist.models, tile)
         size = tiling.resolve_tile_size(stylist.models, Recipe().stages, *rgb.shape[:2], tile)
         where = placement.choose(stylist.models, Recipe().stages, *rgb.shape[:2], size)[0] if size else "-"
@@ -66,25 +67,14 @@ def check_scale(content_of, psnr, device: torch.device, models: str, sizes: list
         rate = pixels / seconds
         ratio = f"{rate / whole_rate:.2f}x" if whole_rate else "-"
         quality = f"{psnr(tiled, whole):.1f} dB" if whole is not None else "-"
-        lines.append(f"| {mp:g} | tiled {size or 'whole'} ({where}) | {seconds:.2f} | {rate:.2f} | {ratio} | "
+        emit(f"| {mp:g} | tiled {size or 'whole'} ({where}) | {seconds:.2f} | {rate:.2f} | {ratio} | "
                      f"{quality} | {peak_host_gb():.2f} |")
         records.append({"megapixels": mp, "tile": size, "placement": where, "seconds": seconds, "mp_per_s": rate,
                         "whole_mp_per_s": whole_rate, "psnr_vs_whole": quality})
         del whole, tiled, rgb
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return lines, records
-
-
-class _Lines(list):
-    def __init__(self, emit):
-        super().__init__()
-        self.emit = emit
-
-    def append(self, line: str) -> None:
-        super().append(line)
-        if self.emit:
-            self.emit(line)
+    return records
 
 
 def _style(stylist: Stylist, style_rgb: np.ndarray):

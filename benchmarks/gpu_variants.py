@@ -83,7 +83,7 @@ def time_variant(models_dir: str, device: torch.device, precision: str, rgbs: li
 
 
 def check_variants(models_dir: str, device: torch.device, precision_names: list[str], workloads: dict,
-                   style_rgb: np.ndarray, psnr, repeats: int = 2, emit=print) -> list[dict]:
+                   style_rgb: np.ndarray, psnr, emit=print, repeats: int = 2) -> list[dict]:
     """A table row, passed to `emit` as it is made, for each workload (name: list of same-size
     images) x precision x variant; returns the records."""
     records = []

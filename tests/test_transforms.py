@@ -107,15 +107,13 @@ def test_moments_refuses_a_batch():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_batched_eigh_on_the_host_gives_the_devices_maps(monkeypatch):
     """A GPU batch's eigendecompositions copied to the host and back give the same maps."""
-    from cdcore.transfer import transforms
-
     torch.manual_seed(0)
     x = torch.rand(4, 16, 300, dtype=torch.float64, device="cuda")
-    content = transforms.Moments(x.sum(-1), x @ x.mT, 300)
-    style = transforms.style_stage(transforms.Moments(x[0].sum(-1), x[0] @ x[0].mT, 300))
-    on_device = transforms.affine_map(content, style)
-    monkeypatch.setattr(transforms, "BATCHED_EIGH_ON_HOST", True)
-    on_host = transforms.affine_map(content, style)
+    content = T.Moments(x.sum(-1), x @ x.mT, 300)
+    style = T.style_stage(T.Moments(x[0].sum(-1), x[0] @ x[0].mT, 300))
+    on_device = T.affine_map(content, style)
+    monkeypatch.setattr(T, "BATCHED_EIGH_ON_HOST", True)
+    on_host = T.affine_map(content, style)
     for a, b in zip(on_device, on_host):
         assert a.is_cuda and b.is_cuda
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
