@@ -96,6 +96,30 @@ def test_a_batch_gets_each_images_own_map(method, channels_last):
             torch.testing.assert_close(out[i:i + 1], T.apply_affine(feats[i:i + 1], ai, bi), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("flat", [False, True])
+def test_fewer_pixels_than_channels_whiten_from_their_gram_matrix(flat):
+    """Moments of fewer vectors than channels keep them, and the map made from their N x N Gram
+    matrix equals the one from the C x C covariance, alone and in a batch (the rank-deficient case
+    of a deep stage of a small image)."""
+    g = torch.Generator().manual_seed(2)
+    feats = torch.rand(3, 24, 3, 4, generator=g, dtype=torch.float64) * 5  # 12 pixels, 24 channels
+    if flat:
+        feats[1] = 2.0  # a flat image: zero covariance, the map sends it to the style mean
+    style = T.style_stage(T.moments(torch.rand(24, 10, 10, generator=g, dtype=torch.float64)))
+    batch = T.moments_per_image(feats)
+    assert batch.samples.shape == (3, 12, 24)
+    assert T.moments(torch.rand(1, 24, 5, 5)).samples is None  # 25 vectors: no samples
+    from_covariance = T.Moments(batch.total, batch.outer, batch.count)
+    for ours, ref in zip(T.affine_map(batch, style, 0.8), T.affine_map(from_covariance, style, 0.8)):
+        torch.testing.assert_close(ours, ref, rtol=1e-8, atol=1e-8)
+    for i in range(3):
+        alone = T.moments(feats[i])
+        torch.testing.assert_close(alone.samples, batch.samples[i])
+        a, _ = T.affine_map(alone, style, 0.8)
+        torch.testing.assert_close(a, T.affine_map(batch, style, 0.8)[0][i], rtol=1e-10, atol=1e-10)
+    assert (batch + batch).samples is None  # merged moments (tiles) fall back on the covariance
+
+
 def test_moments_refuses_a_batch():
     with pytest.raises(ValueError, match="moments_per_image"):
         T.moments(torch.randn(2, 3, 4, 4))

@@ -37,11 +37,14 @@ BATCHED_EIGH_ON_HOST = False
 
 @dataclass
 class Moments:
-    """Sum, sum of outer products and count of C-dim feature vectors, in float64."""
+    """Sum, sum of outer products and count of C-dim feature vectors, in float64; and, where there
+    are fewer vectors than channels, the vectors themselves, from which `whitening` takes the
+    covariance's eigenvectors at a fraction of the cost."""
 
     total: torch.Tensor  # (C,), or (B, C): one row per image
     outer: torch.Tensor  # (C, C), or (B, C, C)
     count: int  # vectors per image
+    samples: torch.Tensor | None = None  # (N, C), or (B, N, C): the vectors, kept only when N < C
 
     def __add__(self, other: "Moments") -> "Moments":
         return Moments(self.total + other.total, self.outer + other.outer, self.count + other.count)
@@ -73,7 +76,7 @@ def moments(feature: torch.Tensor, band_bytes: int = 16 << 20) -> Moments:
     if feature.dim() != 3:
         raise ValueError(f"expected a (C, H, W) feature, got shape {tuple(feature.shape)}")
     m = moments_per_image(feature[None], band_bytes)
-    return Moments(m.total[0], m.outer[0], m.count)
+    return Moments(m.total[0], m.outer[0], m.count, None if m.samples is None else m.samples[0])
 
 
 def moments_per_image(feature: torch.Tensor, band_bytes: int = 16 << 20) -> Moments:
@@ -90,19 +93,44 @@ def moments_per_image(feature: torch.Tensor, band_bytes: int = 16 << 20) -> Mome
         f = rows[:, start:start + band].to(torch.float64).reshape(n, -1, c)
         total += f.sum(dim=1)
         outer.baddbmm_(f.mT, f)
-    return Moments(total, outer, h * w)
+    few = h * w < c and band >= h  # then `f` is every vector of every image
+    return Moments(total, outer, h * w, f if few else None)
+
+
+def _eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues and eigenvectors of symmetric matrices (..., C, C): one batched call."""
+    if BATCHED_EIGH_ON_HOST and matrix.is_cuda and matrix.dim() == 3 and matrix.shape[0] > 1:
+        return tuple(t.to(matrix.device) for t in torch.linalg.eigh(matrix.cpu()))
+    return torch.linalg.eigh(matrix)
+
+
+def _powers(evals: torch.Tensor, power: float) -> torch.Tensor:
+    """evals^power where evals > EIG_FLOOR, else 0."""
+    return torch.where(evals > EIG_FLOOR, evals.clamp_min(EIG_FLOOR) ** power, torch.zeros_like(evals))
 
 
 def _sym_power(cov: torch.Tensor, power: float) -> torch.Tensor:
     """cov^power for symmetric PSD matrices (..., C, C), over the eigenvalues above EIG_FLOOR only:
     one batched eigendecomposition for a batch."""
-    if BATCHED_EIGH_ON_HOST and cov.is_cuda and cov.dim() == 3 and cov.shape[0] > 1:
-        evals, evecs = (t.to(cov.device) for t in torch.linalg.eigh(cov.cpu()))
-    else:
-        evals, evecs = torch.linalg.eigh(cov)
-    keep = evals > EIG_FLOOR
-    scaled = torch.where(keep, evals.clamp_min(EIG_FLOOR) ** power, torch.zeros_like(evals))
-    return (evecs * scaled[..., None, :]) @ evecs.mT
+    evals, evecs = _eigh(cov)
+    return (evecs * _powers(evals, power)[..., None, :]) @ evecs.mT
+
+
+def _whiten_from_samples(samples: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """cov^(-1/2) over the eigenvalues above EIG_FLOOR, as `_sym_power` gives it, of N < C samples
+    (..., N, C) with their mean (..., C), from the N x N Gram matrix instead of the C x C covariance.
+
+    With X the centred samples (N, C), cov = X^T X / (N - 1) and G = X X^T / (N - 1) have the same
+    non-zero eigenvalues l_i, and G's eigenvectors v_i give cov's as u_i = X^T v_i / sqrt((N-1) l_i).
+    So cov^(-1/2) = sum_i l_i^(-1/2) u_i u_i^T = P P^T with columns p_i = X^T v_i l_i^(-3/4) / sqrt(N-1).
+    A deep stage of a small image has fewer feature pixels than channels (12 and 48 against 128 at
+    stages 5 and 4 of 64x48 px): its eigendecompositions shrink from 128 x 128 to 12 x 12 and 48 x 48.
+    """
+    x = samples - mean[..., None, :]
+    n = x.shape[-2]
+    evals, evecs = _eigh(x @ x.mT / (n - 1))
+    p = x.mT @ (evecs * (_powers(evals, -0.75) / (n - 1) ** 0.5)[..., None, :])
+    return p @ p.mT
 
 
 def colour_matrix(cov: torch.Tensor, method: str = "wct") -> torch.Tensor:
@@ -111,6 +139,15 @@ def colour_matrix(cov: torch.Tensor, method: str = "wct") -> torch.Tensor:
     if method == "adain":
         return torch.diag_embed(cov.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt())
     return _sym_power(cov, 0.5)
+
+
+def whitening(content: Moments, method: str = "wct") -> torch.Tensor:
+    """W of the content's moments (`whiten_matrix` of their covariance), from their samples where
+    they have them (`_whiten_from_samples`)."""
+    mean, cov = content.mean_cov()
+    if method == "wct" and content.samples is not None:
+        return _whiten_from_samples(content.samples, mean)
+    return whiten_matrix(cov, method)
 
 
 def whiten_matrix(cov: torch.Tensor, method: str = "wct") -> torch.Tensor:
@@ -159,7 +196,7 @@ def affine_map(content: Moments, style: StyleStage, alpha=1.0,
             alpha = torch.tensor([check_alpha(x) for x in alpha], dtype=torch.float64)
         alpha = alpha.to(cov_c.device, torch.float64)[:, None]  # (B, 1), and (B, 1, 1) to scale A
         scale = alpha[..., None]
-    kw = style.colour.to(cov_c.device) @ whiten_matrix(cov_c, method)
+    kw = style.colour.to(cov_c.device) @ whitening(content, method)
     eye = torch.eye(kw.shape[-1], dtype=kw.dtype, device=kw.device)
     a = scale * kw + (1.0 - scale) * eye
     b = alpha * (style.mean.to(kw.device) - (kw @ mean_c[..., None])[..., 0])
