@@ -140,20 +140,21 @@ def _stage(models: ModelSet, images: torch.Tensor, k: int, style: transforms.Sty
     per image (`stylize_batch`).
 
     The images are reflect-padded to a multiple of 2^(k-1); content statistics come from the
-    feature pixels that cover the unpadded image only, so padding does not bias them. One image
-    has its map folded into the decoder's first conv (`Decoder.forward`); a batch, whose maps
-    differ per image, applies them as one batched matrix product.
+    feature pixels that cover the unpadded image only, so padding does not bias them. The maps,
+    one per image, are applied as one batched matrix product; one image whose feature has more
+    pixels than folding costs (`Decoder.fold_pays`) has its map folded into the decoder's first
+    conv instead.
     """
     h, w = images.shape[-2:]
     step = stage_multiple(k)
     feature = models.encoder(k)(pad_to_multiple(images, step))
     valid = feature[..., : -(-h // step), : -(-w // step)]
-    if images.shape[0] == 1:
-        a, b = transforms.affine_map(transforms.moments(valid), style, alpha, method)
-        out = models.decoder(k)(feature, affine=(a, b))
+    a, b = transforms.affine_map(transforms.moments_per_image(valid), style, alpha, method)
+    decoder = models.decoder(k)
+    if decoder.fold_pays(feature):
+        out = decoder(feature, affine=(a[0], b[0]))
     else:
-        a, b = transforms.affine_map(transforms.moments_per_image(valid), style, alpha, method)
-        out = models.decoder(k)(transforms.apply_affine(feature, a, b))
+        out = decoder(transforms.apply_affine(feature, a, b))
     return out[..., :h, :w]
 
 
