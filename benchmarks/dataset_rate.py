@@ -3,6 +3,7 @@ against batches, and torch ops per image.
 
     python benchmarks/dataset_rate.py [--sizes 64x48,256x192,512x384] [--batches 1,auto,32]
                                       [--threads 1] [--seconds 6] [--profile 64x48:1,32]
+                                      [--breakdown 64x48:1,32]
 
 For each content size: the same distinct photos (crops of the shared pictures, resized) run
 through `stylize` one by one (batch 1) and through `stylize_batch` in batches, uint8 in host
@@ -12,18 +13,21 @@ best round's. On the CPU the rate is also given per CPU-second of this process: 
 that is images/s on an idle machine, and it stays so on a machine that others load, where wall
 time does not. `auto` is the batch the job's actors choose (`cdcore.batching.choose_batch_images`). The
 profile counts the torch ops (every `aten::` call torch.profiler records, nested ones included)
-and the convolutions that took torch's slow path, per image.
+and the convolutions that took torch's slow path, per image; `--breakdown 64x48:1,32` says where
+an image's time goes (networks, moments, maps) at those batches.
 
 `benchmarks/gpu_check.py` runs the same measurements on a GPU (its `dataset` section).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -106,6 +110,64 @@ def rates(models: ModelSet, rgbs: list[np.ndarray], style: cascade.StyleStats, b
     return best
 
 
+# The parts of the cascade that `breakdown` times: a label, and where its calls are looked up.
+PARTS = (("encoders", "encoder"), ("decoders (a map folded in, where it pays)", "decoder"),
+         ("content moments", ("moments", "moments_per_image")), ("maps (eigendecompositions)", ("affine_map",)),
+         ("applying the maps", ("apply_affine",)))
+
+
+@contextlib.contextmanager
+def _timed(owner, name: str, spent: list[float], clock) -> Iterator[None]:
+    """Replace `owner.name` by a wrapper that adds the time of each call to spent[0], except calls
+    made inside one it is already timing (spent[1] is then set): `moments` calls `moments_per_image`."""
+    inner = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        if spent[1]:
+            return inner(*args, **kwargs)
+        spent[1], start = 1, clock()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            spent[0] += clock() - start
+            spent[1] = 0
+
+    setattr(owner, name, wrapper)
+    try:
+        yield
+    finally:
+        if isinstance(owner, torch.nn.Module):
+            del owner.forward  # the class's own forward again
+        else:
+            setattr(owner, name, inner)
+
+
+def breakdown(models: ModelSet, rgbs: list[np.ndarray], style: cascade.StyleStats, batch: int,
+              seconds: float) -> dict[str, float]:
+    """ms per image in each of PARTS at `batch`, and the rest of a run, over runs of about
+    `seconds`: the calls are wrapped with a clock (CPU time on the CPU; on a GPU wall time with a
+    synchronisation around every call, which serialises the device: a profile, not a rate)."""
+    device = next(models.encoder(5).parameters()).device
+    clock = time.process_time if device.type == "cpu" else lambda: (synchronize(device), time.perf_counter())[1]
+    spent = {label: [0.0, 0] for label, _ in PARTS}
+    run(models, rgbs[:batch], style, batch)  # warm-up
+    with contextlib.ExitStack() as stack:
+        for label, where in PARTS:
+            if isinstance(where, str):  # a network of every stage
+                for k in DEFAULT_LEVELS["wct"]:
+                    stack.enter_context(_timed(getattr(models, where)(k), "forward", spent[label], clock))
+            else:
+                for name in where:
+                    stack.enter_context(_timed(cascade.transforms, name, spent[label], clock))
+        images, started, start = 0, clock(), time.perf_counter()
+        while time.perf_counter() - start < seconds or not images:
+            run(models, rgbs[:batch], style, batch)
+            images += batch
+        total = clock() - started
+    ms = {label: 1e3 * t[0] / images for label, t in spent.items()}
+    return {**ms, "the rest": 1e3 * total / images - sum(ms.values()), "total": 1e3 * total / images}
+
+
 def op_counts(models: ModelSet, rgbs: list[np.ndarray], style: cascade.StyleStats, batch: int) -> dict[str, float]:
     """Per image: torch ops, convolutions, and those on torch's slow non-oneDNN CPU path."""
     from torch.profiler import ProfilerActivity, profile
@@ -136,6 +198,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as an actor of one CPU)")
     p.add_argument("--seconds", type=float, default=6.0, help="time per content size, all rounds (default 6)")
     p.add_argument("--profile", default="64x48:1,32", help="SIZE:B1,B2: count ops per image at these batches")
+    p.add_argument("--breakdown", default="", help="SIZE:B1,B2: ms per image in each part of the cascade at these batches")
     p.add_argument("--shared", type=Path, default=SHARED)
     args = p.parse_args(argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
@@ -159,6 +222,17 @@ def main(argv=None) -> int:
             ratio = f"{cpu / one[1]:.2f}x" if one else "-"
             print(f"| {w}x{h} | {b}{' (auto)' if b == auto_batch(models, h, w) else ''} | {wall:.1f} | {cpu:.1f} | "
                   f"{1e3 / cpu:.1f} | {ratio} |", flush=True)
+    if args.breakdown:
+        size, _, batches = args.breakdown.partition(":")
+        w, h = _size(size)
+        batches = [int(b) for b in batches.split(",")]
+        rgbs = contents(args.shared, w, h, max(batches))
+        print(f"\n| {w}x{h}: {'CPU ' if device.type == 'cpu' else ''}ms per image | "
+              + " | ".join(f"batch {b}" for b in batches) + " |")
+        print("|---|" + "---|" * len(batches))
+        parts = {b: breakdown(models, rgbs, style, b, args.seconds / len(batches)) for b in batches}
+        for label in parts[batches[0]]:
+            print(f"| {label} | " + " | ".join(f"{parts[b][label]:.2f}" for b in batches) + " |")
     if args.profile:
         size, _, batches = args.profile.partition(":")
         w, h = _size(size)
