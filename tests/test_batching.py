@@ -186,3 +186,25 @@ def test_crop_and_batch_images_from_the_job(inputs, tmp_path):
     results = actor.process_batch(rows, budget_s=1e9)["results"]
     assert [r["status"] for r in results] == ["ok"] * 3 and actor.counters["device_calls"] == 1
     assert all(Image.open(row.output).size == (48, 40) for row in rows)
+
+
+def test_dataset_rate_breakdown_times_every_part(tmp_path):
+    """benchmarks/dataset_rate.py --breakdown: each part of the cascade gets time at batch 1 and in
+    a batch (a wrapper that missed its calls would print zero)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "dataset_rate.py"), "--sizes", "32x32",
+                           "--batches", "1,2", "--images", "2", "--seconds", "0.2", "--profile", "",
+                           "--breakdown", "32x32:1,2"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    table = done.stdout.split("CPU ms per image | batch 1 | batch 2 |")[1]
+    rows = {line.split(" | ")[0].strip("| "): [float(x) for x in line.strip(" |").split(" | ")[1:]]
+            for line in table.splitlines()[2:] if line.startswith("| ")}
+    assert set(rows) == {"encoders", "decoders (a map folded in, where it pays)", "content moments",
+                         "maps (eigendecompositions)", "applying the maps", "the rest", "total"}
+    for label in ("encoders", "decoders (a map folded in, where it pays)", "content moments", "maps (eigendecompositions)"):
+        assert min(rows[label]) > 0, label
+    assert rows["applying the maps"][1] > 0  # a batch always applies its maps
