@@ -112,8 +112,8 @@ def test_decoder_folds_a_map_only_where_that_costs_less():
     """One image folds where its feature has at least 9 x C_out pixels (decoder 5: 128 outputs,
     so 1,152 pixels); smaller features and batches have the map applied first."""
     dec = Decoder(5, CD16X)
-    assert not dec.fold_pays(torch.empty(1, 128, 3, 4))  # stage 5 of a 64x48 image
-    assert not dec.fold_pays(torch.empty(1, 128, 32, 35))  # 1,120 pixels
-    assert dec.fold_pays(torch.empty(1, 128, 32, 36))  # 1,152
-    assert not dec.fold_pays(torch.empty(2, 128, 64, 64))  # a batch: one map per image
-    assert Decoder(1, CD16X).fold_pays(torch.empty(1, 24, 5, 6))  # 3 outputs: from 27 pixels
+    assert not dec.fold_pays(1, 3 * 4)  # stage 5 of a 64x48 image
+    assert not dec.fold_pays(1, 1151)
+    assert dec.fold_pays(1, 1152)
+    assert not dec.fold_pays(2, 64 * 64)  # a batch: one map per image
+    assert Decoder(1, CD16X).fold_pays(1, 27)  # 3 outputs

@@ -166,14 +166,14 @@ class Decoder(nn.Module):
             self.add_module(name, nn.Conv2d(convs[name], c_in_encoder, 3))
         self._plan = tuple(reversed(stage_layers(stage)))
 
-    def fold_pays(self, x: torch.Tensor) -> bool:
-        """Whether `forward(x, affine=...)` costs less than applying the map to x first: x is one
-        image with at least 9 x the first conv's output channels in pixels. Folding takes
-        9 C_out multiply-adds per entry of the C x C map, applying it one per pixel; so the deep
-        stages of small images apply (stage 5 of 64x48 px: 12 pixels, against 1,152), the rest
-        fold and save a pass over the feature."""
+    def fold_pays(self, images: int, pixels: int) -> bool:
+        """Whether `forward(x, affine=...)` costs less than applying the map to x first, for x of
+        `images` images of `pixels` feature pixels: one image with at least 9 x the first conv's
+        output channels. Folding takes 9 C_out multiply-adds per entry of the C x C map, applying
+        it one per pixel; so the deep stages of small images apply (stage 5 of 64x48 px: 12
+        pixels, against 1,152), the rest fold and save a pass over the feature."""
         first = getattr(self, self._plan[0])
-        return x.shape[0] == 1 and x.shape[-2] * x.shape[-1] >= 9 * first.out_channels
+        return images == 1 and pixels >= 9 * first.out_channels
 
     def forward(self, x: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Decode x, or A x + b at every pixel when `affine` = (A (C, C), b (C,)) is given.

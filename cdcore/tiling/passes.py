@@ -30,7 +30,7 @@ import torch
 from ..transfer import transforms
 from ..models.modelset import ModelSet
 from ..models.nets import Decoder, Encoder, stage_multiple
-from ..transfer.stylize import StyleStats, check_content_size, stylize
+from ..transfer.stylize import StyleStats, check_content_size, decode_moved, stylize
 from .buffers import Buffers, ImageBuffer, PaddedImage, read_whole
 from .devices import as_input, to_device
 from .overlap import WriteBehind, read_ahead
@@ -154,6 +154,7 @@ class StageRun:
         device = _device(self.decoder)
         counts = self.meter.start_pass(k, "render", len(plan.render), plan.render_work)
         store, tiles = self.store, plan.render
+        fold = self.decoder.fold_pays(1, plan.grid[0] * plan.grid[1])  # as the whole image would
         if store is not None:
             load, threaded = (lambda tile: to_device(store.window(tile.rows, tile.cols), device)), store.overlapped
         else:
@@ -165,7 +166,7 @@ class StageRun:
                 else:
                     encoder = self.statistics.encoder
                     feature = self._encoder_window(tile).kept(encoder(as_input(block, device)))
-                image = self.decoder(feature, affine=(a, b))
+                image = decode_moved(self.decoder, feature, a, b, fold)
                 y = slice(tile.keep_rows.start * m, min(tile.keep_rows.stop * m, height))
                 x = slice(tile.keep_cols.start * m, min(tile.keep_cols.stop * m, width))
                 y0, x0 = y.start - tile.rows.start * m, x.start - tile.cols.start * m

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from . import transforms
 from ..models.modelset import ModelSet
+from ..models.nets import Decoder
 from ..models.architecture import stage_multiple
 from ..options import DEFAULT_LEVELS
 from ..options import alpha as alpha_value
@@ -150,12 +151,20 @@ def _stage(models: ModelSet, images: torch.Tensor, k: int, style: transforms.Sty
     feature = models.encoder(k)(pad_to_multiple(images, step))
     valid = feature[..., : -(-h // step), : -(-w // step)]
     a, b = transforms.affine_map(transforms.moments_per_image(valid), style, alpha, method)
-    decoder = models.decoder(k)
-    if decoder.fold_pays(feature):
-        out = decoder(feature, affine=(a[0], b[0]))
-    else:
-        out = decoder(transforms.apply_affine(feature, a, b))
-    return out[..., :h, :w]
+    fold = models.decoder(k).fold_pays(feature.shape[0], feature.shape[-2] * feature.shape[-1])
+    return decode_moved(models.decoder(k), feature, a, b, fold)[..., :h, :w]
+
+
+def decode_moved(decoder: Decoder, feature: torch.Tensor, a: torch.Tensor, b: torch.Tensor, fold: bool) -> torch.Tensor:
+    """The decoded image of A f + b, for features (B, C, H, W) and one map for all ((C, C), (C,))
+    or one per image ((B, C, C), (B, C)): folded into the decoder's first conv where `fold` (one
+    image only: `Decoder.fold_pays`), else applied first as one batched matrix product. The tiles
+    of an image take the whole image's choice, so that they round as it does in fp16 too."""
+    if a.dim() == 2:
+        a, b = a[None], b[None]
+    if fold:
+        return decoder(feature, affine=(a[0], b[0]))
+    return decoder(transforms.apply_affine(feature, a, b))
 
 
 def check_style(models: ModelSet, style: StyleStats, levels=None) -> tuple[int, ...]:
