@@ -112,25 +112,21 @@ def rates(models: ModelSet, rgbs: list[np.ndarray], style: cascade.StyleStats, b
 
 # The parts of the cascade that `breakdown` times: a label, and where its calls are looked up.
 PARTS = (("encoders", "encoder"), ("decoders (a map folded in, where it pays)", "decoder"),
-         ("content moments", ("moments", "moments_per_image")), ("maps (eigendecompositions)", ("affine_map",)),
+         ("content moments", ("moments_per_image",)), ("maps (eigendecompositions)", ("affine_map",)),
          ("applying the maps", ("apply_affine",)))
 
 
 @contextlib.contextmanager
 def _timed(owner, name: str, spent: list[float], clock) -> Iterator[None]:
-    """Replace `owner.name` by a wrapper that adds the time of each call to spent[0], except calls
-    made inside one it is already timing (spent[1] is then set): `moments` calls `moments_per_image`."""
+    """Replace `owner.name` by a wrapper that adds the time of each call to spent[0]."""
     inner = getattr(owner, name)
 
     def wrapper(*args, **kwargs):
-        if spent[1]:
-            return inner(*args, **kwargs)
-        spent[1], start = 1, clock()
+        start = clock()
         try:
             return inner(*args, **kwargs)
         finally:
             spent[0] += clock() - start
-            spent[1] = 0
 
     setattr(owner, name, wrapper)
     try:
@@ -149,7 +145,7 @@ def breakdown(models: ModelSet, rgbs: list[np.ndarray], style: cascade.StyleStat
     synchronisation around every call, which serialises the device: a profile, not a rate)."""
     device = next(models.encoder(5).parameters()).device
     clock = time.process_time if device.type == "cpu" else lambda: (synchronize(device), time.perf_counter())[1]
-    spent = {label: [0.0, 0] for label, _ in PARTS}
+    spent = {label: [0.0] for label, _ in PARTS}
     run(models, rgbs[:batch], style, batch)  # warm-up
     with contextlib.ExitStack() as stack:
         for label, where in PARTS:

@@ -151,8 +151,9 @@ def _stage(models: ModelSet, images: torch.Tensor, k: int, style: transforms.Sty
     feature = models.encoder(k)(pad_to_multiple(images, step))
     valid = feature[..., : -(-h // step), : -(-w // step)]
     a, b = transforms.affine_map(transforms.moments_per_image(valid), style, alpha, method)
-    fold = models.decoder(k).fold_pays(feature.shape[0], feature.shape[-2] * feature.shape[-1])
-    return decode_moved(models.decoder(k), feature, a, b, fold)[..., :h, :w]
+    decoder = models.decoder(k)
+    fold = decoder.fold_pays(feature.shape[0], feature.shape[-2] * feature.shape[-1])
+    return decode_moved(decoder, feature, a, b, fold)[..., :h, :w]
 
 
 def decode_moved(decoder: Decoder, feature: torch.Tensor, a: torch.Tensor, b: torch.Tensor, fold: bool) -> torch.Tensor:

@@ -38,7 +38,7 @@ BATCHED_EIGH_ON_HOST = False
 @dataclass
 class Moments:
     """Sum, sum of outer products and count of C-dim feature vectors, in float64; and, where there
-    are fewer vectors than channels, the vectors themselves, from which `whitening` takes the
+    are fewer vectors than channels, the vectors themselves, from which `affine_map` takes the
     covariance's eigenvectors at a fraction of the cost."""
 
     total: torch.Tensor  # (C,), or (B, C): one row per image
@@ -141,15 +141,6 @@ def colour_matrix(cov: torch.Tensor, method: str = "wct") -> torch.Tensor:
     return _sym_power(cov, 0.5)
 
 
-def whitening(content: Moments, method: str = "wct") -> torch.Tensor:
-    """W of the content's moments (`whiten_matrix` of their covariance), from their samples where
-    they have them (`_whiten_from_samples`)."""
-    mean, cov = content.mean_cov()
-    if method == "wct" and content.samples is not None:
-        return _whiten_from_samples(content.samples, mean)
-    return whiten_matrix(cov, method)
-
-
 def whiten_matrix(cov: torch.Tensor, method: str = "wct") -> torch.Tensor:
     """W: cov^(-1/2) for WCT, diag(1/std) for AdaIN (zero where the variance vanishes)."""
     _check_method(method)
@@ -196,7 +187,11 @@ def affine_map(content: Moments, style: StyleStage, alpha=1.0,
             alpha = torch.tensor([check_alpha(x) for x in alpha], dtype=torch.float64)
         alpha = alpha.to(cov_c.device, torch.float64)[:, None]  # (B, 1), and (B, 1, 1) to scale A
         scale = alpha[..., None]
-    kw = style.colour.to(cov_c.device) @ whitening(content, method)
+    if method == "wct" and content.samples is not None:
+        whiten = _whiten_from_samples(content.samples, mean_c)
+    else:
+        whiten = whiten_matrix(cov_c, method)
+    kw = style.colour.to(cov_c.device) @ whiten
     eye = torch.eye(kw.shape[-1], dtype=kw.dtype, device=kw.device)
     a = scale * kw + (1.0 - scale) * eye
     b = alpha * (style.mean.to(kw.device) - (kw @ mean_c[..., None])[..., 0])
