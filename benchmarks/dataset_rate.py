@@ -3,7 +3,7 @@ against batches, and torch ops per image.
 
     python benchmarks/dataset_rate.py [--sizes 64x48,256x192,512x384] [--batches 1,auto,32]
                                       [--threads 1] [--seconds 6] [--profile 64x48:1,32]
-                                      [--breakdown 64x48:1,32]
+                                      [--breakdown 64x48:1,32] [--baseline REV]
 
 For each content size: the same distinct photos (crops of the shared pictures, resized) run
 through `stylize` one by one (batch 1) and through `stylize_batch` in batches, uint8 in host
@@ -14,7 +14,8 @@ that is images/s on an idle machine, and it stays so on a machine that others lo
 time does not. `auto` is the batch the job's actors choose (`cdcore.batching.choose_batch_images`). The
 profile counts the torch ops (every `aten::` call torch.profiler records, nested ones included)
 and the convolutions that took torch's slow path, per image; `--breakdown 64x48:1,32` says where
-an image's time goes (networks, moments, maps) at those batches.
+an image's time goes (networks, moments, maps) at those batches. `--baseline REV` adds batch 1 of
+the cascade as it was at a git revision (3cf08ad: before issue 24), timed in turn with the rest.
 
 `benchmarks/gpu_check.py` runs the same measurements on a GPU (its `dataset` section).
 """
@@ -22,12 +23,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import io
 import os
 import platform
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -61,9 +67,12 @@ def contents(shared: Path, width: int, height: int, count: int) -> list[np.ndarr
     return out
 
 
+def style_rgb(shared: Path) -> np.ndarray:
+    return np.array(Image.open(shared / STYLE).convert("RGB").resize((256, 256), Image.Resampling.BILINEAR))
+
+
 def style_of(models: ModelSet, shared: Path, device: torch.device) -> cascade.StyleStats:
-    rgb = np.array(Image.open(shared / STYLE).convert("RGB").resize((256, 256), Image.Resampling.BILINEAR))
-    return cascade.style_statistics(models, cascade.to_tensor(rgb, device), "wct", DEFAULT_LEVELS["wct"])
+    return cascade.style_statistics(models, cascade.to_tensor(style_rgb(shared), device), "wct", DEFAULT_LEVELS["wct"])
 
 
 def auto_batch(models: ModelSet, height: int, width: int) -> int:
@@ -90,24 +99,61 @@ def run(models: ModelSet, rgbs: list[np.ndarray], style: cascade.StyleStats, bat
 
 
 def rates(models: ModelSet, rgbs: list[np.ndarray], style: cascade.StyleStats, batches: list[int],
-          seconds: float, precision: str = "fp32") -> dict[int, tuple[float, float]]:
+          seconds: float, precision: str = "fp32",
+          others: dict[str, Callable[[], tuple[float, float]]] | None = None) -> dict:
     """Per batch size, the best images/s of wall time and of this process's CPU time, over rounds
-    that alternate between the batch sizes for about `seconds`."""
+    that alternate between the batch sizes for about `seconds`. `others` are more rounds to take
+    in turn, each a call that runs one over `rgbs` and returns its (wall s, CPU s)."""
     device = next(models.encoder(5).parameters()).device
-    best = {b: (0.0, 0.0) for b in batches}
+
+    def ours(b: int) -> tuple[float, float]:
+        synchronize(device)
+        wall, cpu = time.perf_counter(), time.process_time()
+        run(models, rgbs, style, b)
+        synchronize(device)
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    rounds = {**{b: functools.partial(ours, b) for b in batches}, **(others or {})}
+    best = {key: (0.0, 0.0) for key in rounds}
     with precisions.networks(device, precision):
         for b in batches:  # warm-up: kernels, allocator, this shape's plans
             run(models, rgbs[:b], style, b)
         started = time.perf_counter()
         while time.perf_counter() - started < seconds or not all(w for w, _ in best.values()):
-            for b in batches:
-                synchronize(device)
-                wall, cpu = time.perf_counter(), time.process_time()
-                run(models, rgbs, style, b)
-                synchronize(device)
-                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-                best[b] = max(best[b][0], len(rgbs) / wall), max(best[b][1], len(rgbs) / max(cpu, 1e-9))
+            for key, one_round in rounds.items():
+                wall, cpu = one_round()
+                best[key] = max(best[key][0], len(rgbs) / wall), max(best[key][1], len(rgbs) / max(cpu, 1e-9))
     return best
+
+
+@contextlib.contextmanager
+def baseline_rounds(rev: str, rgbs: list[np.ndarray], shared: Path, threads: int) -> Iterator[Callable]:
+    """Rounds of batch 1 through the cascade as it was at git revision `rev`: its `cdcore` is
+    unpacked into a temporary folder and run by benchmarks/batch1_rounds.py in a child process,
+    which times each round itself (so the pipe costs nothing) on the same contents and style."""
+    with tempfile.TemporaryDirectory(prefix="cdcore-baseline-") as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "cdcore"], capture_output=True, check=True)
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(tmp, filter="data")
+        images = Path(tmp) / "images.npz"
+        np.savez(images, contents=np.stack(rgbs), style=style_rgb(shared))
+        child = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "batch1_rounds.py"), tmp, str(images),
+                                  str(shared / "models" / "cd16x"), str(threads)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            if child.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the cascade at {rev} did not start (exit {child.wait()})")
+
+            def one_round() -> tuple[float, float]:
+                child.stdin.write("\n")
+                child.stdin.flush()
+                wall, cpu = child.stdout.readline().split()
+                return float(wall), float(cpu)
+
+            yield one_round
+        finally:
+            child.stdin.close()
+            child.wait()
 
 
 # The parts of the cascade that `breakdown` times: a label, and where its calls are looked up.
@@ -195,6 +241,8 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=6.0, help="time per content size, all rounds (default 6)")
     p.add_argument("--profile", default="64x48:1,32", help="SIZE:B1,B2: count ops per image at these batches")
     p.add_argument("--breakdown", default="", help="SIZE:B1,B2: ms per image in each part of the cascade at these batches")
+    p.add_argument("--baseline", default="", metavar="REV",
+                   help="also time batch 1 of the cascade as it was at git revision REV, in turn with this tree's")
     p.add_argument("--shared", type=Path, default=SHARED)
     args = p.parse_args(argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
@@ -206,18 +254,23 @@ def main(argv=None) -> int:
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
     print(f"# dataset_rate on {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} thread(s), "
           f"{time.strftime('%Y-%m-%d %H:%M')}\n")
-    print("| content | batch | images/s (wall) | images per CPU-s | CPU ms per image | x batch 1 (CPU) |")
-    print("|---|---|---|---|---|---|")
+    base = f"{args.baseline}'s batch 1"
+    print("| content | batch | images/s (wall) | images per CPU-s | CPU ms per image | x batch 1 (CPU) |"
+          + (f" x {base} (CPU) |" if args.baseline else ""))
+    print("|---|---|---|---|---|---|" + ("---|" if args.baseline else ""))
     for w, h in args.sizes:
         batches = sorted({auto_batch(models, h, w) if b == "auto" else int(b) for b in args.batches.split(",")})
         rgbs = contents(args.shared, w, h, args.images or 2 * max(batches))
-        measured = rates(models, rgbs, style, batches, args.seconds)
-        one = measured.get(1)
-        for b in batches:
-            wall, cpu = measured[b]
-            ratio = f"{cpu / one[1]:.2f}x" if one else "-"
-            print(f"| {w}x{h} | {b}{' (auto)' if b == auto_batch(models, h, w) else ''} | {wall:.1f} | {cpu:.1f} | "
-                  f"{1e3 / cpu:.1f} | {ratio} |", flush=True)
+        with contextlib.ExitStack() as stack:
+            others = {base: stack.enter_context(baseline_rounds(args.baseline, rgbs, args.shared, args.threads))
+                      } if args.baseline else {}
+            measured = rates(models, rgbs, style, batches, args.seconds, others=others)
+        one, old = measured.get(1), measured.get(base)
+        for key, (wall, cpu) in measured.items():
+            label = key if key == base else f"{key}{' (auto)' if key == auto_batch(models, h, w) else ''}"
+            ratios = [f"{cpu / one[1]:.2f}x" if one else "-"] + ([f"{cpu / old[1]:.2f}x"] if old else [])
+            print(f"| {w}x{h} | {label} | {wall:.1f} | {cpu:.1f} | {1e3 / cpu:.1f} | " + " | ".join(ratios) + " |",
+                  flush=True)
     if args.breakdown:
         size, _, batches = args.breakdown.partition(":")
         w, h = _size(size)

@@ -188,9 +188,10 @@ def test_crop_and_batch_images_from_the_job(inputs, tmp_path):
     assert all(Image.open(row.output).size == (48, 40) for row in rows)
 
 
-def test_dataset_rate_breakdown_times_every_part(tmp_path):
+def test_dataset_rate_breakdown_times_every_part_and_baseline_runs_a_revision(tmp_path):
     """benchmarks/dataset_rate.py --breakdown: each part of the cascade gets time at batch 1 and in
-    a batch (a wrapper that missed its calls would print zero)."""
+    a batch (a wrapper that missed its calls would print zero). --baseline: a revision's cascade
+    (here HEAD's, unpacked from git) is timed in its child process and gets its own row."""
     import subprocess
     import sys
     from pathlib import Path
@@ -198,8 +199,11 @@ def test_dataset_rate_breakdown_times_every_part(tmp_path):
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, str(root / "benchmarks" / "dataset_rate.py"), "--sizes", "32x32",
                            "--batches", "1,2", "--images", "2", "--seconds", "0.2", "--profile", "",
-                           "--breakdown", "32x32:1,2"], capture_output=True, text=True, timeout=300)
+                           "--breakdown", "32x32:1,2", "--baseline", "HEAD"],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    baseline = next(line for line in done.stdout.splitlines() if line.startswith("| 32x32 | HEAD's batch 1 |"))
+    assert float(baseline.split(" | ")[2]) > 0 and baseline.endswith("| 1.00x |")
     table = done.stdout.split("CPU ms per image | batch 1 | batch 2 |")[1]
     rows = {line.split(" | ")[0].strip("| "): [float(x) for x in line.strip(" |").split(" | ")[1:]]
             for line in table.splitlines()[2:] if line.startswith("| ")}
