@@ -261,9 +261,9 @@ def main(argv=None) -> int:
     for w, h in args.sizes:
         batches = sorted({auto_batch(models, h, w) if b == "auto" else int(b) for b in args.batches.split(",")})
         rgbs = contents(args.shared, w, h, args.images or 2 * max(batches))
-        with contextlib.ExitStack() as stack:
-            others = {base: stack.enter_context(baseline_rounds(args.baseline, rgbs, args.shared, args.threads))
-                      } if args.baseline else {}
+        old_rounds = baseline_rounds(args.baseline, rgbs, args.shared, args.threads) if args.baseline else None
+        with old_rounds or contextlib.nullcontext() as old_round:
+            others = {base: old_round} if old_round else None
             measured = rates(models, rgbs, style, batches, args.seconds, others=others)
         one, old = measured.get(1), measured.get(base)
         for key, (wall, cpu) in measured.items():
